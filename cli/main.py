@@ -1,0 +1,309 @@
+"""`loyalty`: run a loyalty programme from the command line.
+
+Exit status: 0 success; 1 the command ran and found problems (rejected events, invalid rules,
+ledger mismatches); 2 it could not run (bad arguments, no database schema, unloadable rules).
+"""
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from sqlalchemy.exc import OperationalError
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cli.output import console, emit_json, errors, fail
+from engine.errors import RuleFileError
+from engine.loader import load_programmes
+from engine.programme import ProgrammeSet
+from service.benefits import client_benefits
+from service.clock import utc_now
+from service.errors import InputError, NotFoundError
+from service.ingest import Ingestor
+from service.reversal import reverse_event
+from storage import ledger
+from storage.db import SchemaMissingError, database_url, init_schema, make_engine, require_schema
+
+PROJECT_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+app = typer.Typer(
+    help="Loyalty-programme rules engine for corporate lenders: rule files in, entitlements out.\n\n"
+         "Typical session: `loyalty init`, `loyalty ingest events.jsonl`, `loyalty benefits C-1001 "
+         "--product working_capital`, `loyalty ledger C-1001`.",
+    no_args_is_help=True, add_completion=False, rich_markup_mode="markdown", pretty_exceptions_show_locals=False)
+rules_app = typer.Typer(help="Check rule files before they go live.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+class Settings:
+    """Where the database and the rules are, from options or the environment."""
+
+    def __init__(self, db: str | None, rules: Path | None):
+        self.db_url = database_url(db)
+        self.rules = rules or PROJECT_RULES
+
+    def engine(self, as_json: bool, need_schema: bool = True):  # noqa: ANN201
+        """The database engine; exits with a clear message when `loyalty init` has not been run."""
+        engine = make_engine(self.db_url)
+        try:
+            if need_schema:
+                require_schema(engine)
+            else:
+                engine.connect().close()
+        except SchemaMissingError as exc:
+            raise fail(str(exc), as_json=as_json) from None
+        except OperationalError as exc:
+            where = engine.url.render_as_string(hide_password=True)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise fail(f"cannot open the database {where}: {reason}", as_json=as_json) from None
+        return engine
+
+    def programmes(self, as_json: bool) -> ProgrammeSet:
+        """The active programme versions; exits listing every problem if they do not load."""
+        try:
+            return load_programmes(self.rules)
+        except RuleFileError as exc:
+            problems = "\n  ".join(str(p) for p in exc.problems)
+            raise fail(f"the rules at {self.rules} do not load:\n  {problems}", as_json=as_json) from None
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    db: Annotated[Optional[str], typer.Option(
+        "--db", envvar="LOYALTY_DATABASE_URL", show_envvar=True,
+        help="Database URL, e.g. sqlite:///loyalty.db or postgresql+psycopg://postgres@127.0.0.1:5432/test. "
+             "Default: loyalty.db in the working directory.")] = None,
+    rules: Annotated[Optional[Path], typer.Option(
+        "--rules", envvar="LOYALTY_RULES", show_envvar=True,
+        help="Rule file or directory of rule files (versions of one programme). Default: the project's rules/.")] = None,
+) -> None:
+    """Options shared by every command."""
+    ctx.obj = Settings(db, rules)
+
+
+@app.command()
+def init(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Create the database schema (tables and append-only guards). Safe to run again."""
+    settings: Settings = ctx.obj
+    engine = settings.engine(as_json, need_schema=False)
+    init_schema(engine)
+    where = engine.url.render_as_string(hide_password=True)
+    if as_json:
+        emit_json({"database": where, "status": "ready"})
+    else:
+        console.print(f"Database ready: {where}")
+
+
+@rules_app.command("check")
+def rules_check(
+    ctx: typer.Context,
+    files: Annotated[Optional[list[Path]], typer.Argument(
+        help="Rule files or directories to check. Default: the active rules.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate rule files: every error at once, each with file, line, key path and what was expected."""
+    settings: Settings = ctx.obj
+    targets = files or [settings.rules]
+    results = []
+    for target in targets:
+        try:
+            programmes = load_programmes(target)
+            results.append({"path": str(target), "valid": True, "problems": [],
+                            "versions": [{"file": p.source, "programme": p.id, "version": p.version,
+                                          "rules": len(p.rules)} for p in programmes.versions]})
+        except RuleFileError as exc:
+            results.append({"path": str(target), "valid": False,
+                            "problems": [p.as_dict() for p in exc.problems], "versions": []})
+    valid = all(r["valid"] for r in results)
+    if as_json:
+        emit_json({"valid": valid, "results": results})
+    else:
+        for result in results:
+            if result["valid"]:
+                for v in result["versions"]:
+                    console.print(f"[green]ok[/] {v['file']}: {v['programme']} {v['version']}, {v['rules']} rules")
+            else:
+                for problem in result["problems"]:
+                    where = f"{problem['file']}:{problem['line']}" if problem["line"] else problem["file"]
+                    console.print(f"[red]{where}[/]: {problem['path'] or '<top>'}: {problem['message']}",
+                                  highlight=False)
+        if not valid:
+            count = sum(len(r["problems"]) for r in results)
+            console.print(f"[bold red]{count} problem(s)[/] in {len([r for r in results if not r['valid']])} location(s)")
+    raise typer.Exit(0 if valid else 1)
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="NDJSON file of events, or - for standard input.")],
+    as_json: JsonFlag = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Events per transaction.")] = 500,
+) -> None:
+    """Apply client activity events (one JSON object per line).
+
+    Each line: {"id", "client_id", "type", "occurred_at" (UTC, with zone), "data": {...}}. Bad lines
+    are rejected with their line number and reason; every good line is still applied. Re-running the
+    same file is safe: already-applied events are counted as duplicates. Exits 1 if any line was rejected.
+    """
+    settings: Settings = ctx.obj
+    programmes = settings.programmes(as_json)
+    engine = settings.engine(as_json)
+    ingestor = Ingestor(engine, programmes, batch_size=batch_size)
+    if source == "-":
+        report = ingestor.ingest_lines(sys.stdin)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise fail(f"no such file: {source}", as_json=as_json)
+        with path.open(encoding="utf-8") as handle:
+            if as_json or not sys.stderr.isatty():
+                report = ingestor.ingest_lines(handle)
+            else:
+                report = _ingest_with_progress(ingestor, handle, path)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        console.print(f"applied {report.applied}, duplicates {report.duplicates}, rejected {report.rejected}")
+        for error in report.errors[:50]:
+            console.print(f"  line {error['line']} ({error['id'] or 'no id'}): {error['error']}", highlight=False)
+        if len(report.errors) > 50:
+            console.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
+    raise typer.Exit(1 if report.rejected else 0)
+
+
+def _ingest_with_progress(ingestor: Ingestor, handle, path: Path):  # noqa: ANN001, ANN202
+    total = sum(1 for _ in path.open(encoding="utf-8"))
+    columns = (TextColumn("ingesting"), BarColumn(), TextColumn("{task.completed}/{task.total} lines"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=errors, transient=True) as progress:
+        task = progress.add_task("ingest", total=total)
+        return ingestor.ingest_lines(handle, progress=lambda n: progress.advance(task, n))
+
+
+def _parse_moment(text: str | None, as_json: bool) -> datetime:
+    if text is None:
+        return utc_now()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise fail(f"--at {text!r} is not a timestamp; use ISO 8601 with a zone, e.g. 2026-03-01T10:00:00Z",
+                   as_json=as_json) from None
+    if moment.tzinfo is None:
+        raise fail(f"--at {text!r} has no time zone; add Z for UTC, e.g. {text}Z", as_json=as_json)
+    return moment
+
+
+@app.command()
+def benefits(
+    ctx: typer.Context,
+    client_id: Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")],
+    product: Annotated[Optional[str], typer.Option(help="Loan product to price, e.g. working_capital.")] = None,
+    at: Annotated[Optional[str], typer.Option(help="Moment to evaluate (ISO 8601 with zone). Default: now.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """What a client holds: tier, points, effective rate discount (after stacking and the ceiling), fast track."""
+    settings: Settings = ctx.obj
+    programmes = settings.programmes(as_json)
+    engine = settings.engine(as_json)
+    try:
+        answer = client_benefits(engine, programmes, client_id, _parse_moment(at, as_json), product)
+    except (NotFoundError, InputError) as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    if as_json:
+        emit_json(answer)
+        return
+    console.print(f"[bold]{client_id}[/]  tier [bold]{answer['tier_name']}[/]  points {answer['points_balance']:,}"
+                  f"  (as of {answer['as_of']})")
+    if product:
+        d = answer["rate_discount"]
+        capped = f" (capped from {d['uncapped_bps']})" if d["uncapped_bps"] > d["ceiling_bps"] else ""
+        console.print(f"rate discount on {product}: [bold]{answer['rate_discount_bps']} bps[/]{capped}, "
+                      f"ceiling {d['ceiling_bps']} bps")
+    else:
+        shown = ", ".join(f"{p} {bps}" for p, bps in answer["rate_discount_bps_by_product"].items())
+        console.print(f"rate discount (bps) by product: {shown}")
+    lane = (f"{answer['fast_track_lane']} ({answer['fast_track_sla_hours']} h)" if answer["fast_track_lane"]
+            else "none")
+    console.print(f"fast track: {lane}; relationship manager: {'yes' if answer['relationship_manager'] else 'no'};"
+                  f" fee waiver: {answer['fee_waiver_pct']}%")
+    if answer["entitlements"]:
+        table = Table("id", "kind", "use", "amount", "products", "rule", "version", "event", "valid to")
+        for e in answer["entitlements"]:
+            amount = f"{e['bps']} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-"
+            table.add_row(str(e["id"]), e["kind"], e["use"], amount, ",".join(e["products"]) or "-", e["rule_id"],
+                          e["programme_version"], e["event_id"] or "-", e["valid_to"] or "-")
+        console.print(table)
+
+
+@app.command("ledger")
+def ledger_command(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(
+        help="A client id to list its entries (newest first), or `verify` to check the whole ledger.")],
+    limit: Annotated[int, typer.Option(min=1, help="Most entries to list.")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """List a client's ledger entries, or `ledger verify`: recompute balances and entitlements from the entries.
+
+    `verify` exits 1 on any mismatch and lists each one.
+    """
+    settings: Settings = ctx.obj
+    engine = settings.engine(as_json)
+    if target == "verify":
+        with engine.connect() as conn:
+            problems = ledger.verify(conn)
+        if as_json:
+            emit_json({"ok": not problems, "problems": problems})
+        else:
+            for problem in problems:
+                console.print(f"[red]mismatch[/]: {problem}", highlight=False)
+            console.print("ledger consistent" if not problems else f"[bold red]{len(problems)} mismatch(es)[/]")
+        raise typer.Exit(1 if problems else 0)
+    with engine.connect() as conn:
+        entries = ledger.client_entries(conn, target, limit=limit)
+    if as_json:
+        emit_json(entries)
+        return
+    if not entries:
+        console.print(f"no ledger entries for {target}")
+        return
+    table = Table("id", "when", "kind", "reason", "amount", "rule", "version", "event", "reverses")
+    for e in entries:
+        amount = f"{e['points']:+,} pts" if e["kind"] == "points" else (
+            f"{e['bps']:+} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-")
+        table.add_row(str(e["id"]), e["valid_from"][:19], e["kind"], e["reason"], amount, e["rule_id"] or "-",
+                      e["programme_version"] or "-", e["event_id"] or "-", str(e["reverses_entry_id"] or ""))
+    console.print(table)
+
+
+@app.command()
+def reverse(
+    ctx: typer.Context,
+    event_id: Annotated[str, typer.Argument(help="Id of the event whose effects to reverse.")],
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Reverse an event: write compensating entries for everything it produced. Reversing twice changes nothing."""
+    settings: Settings = ctx.obj
+    engine = settings.engine(as_json)
+    try:
+        result = reverse_event(engine, event_id, reason)
+    except NotFoundError as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    if as_json:
+        emit_json(result)
+        return
+    if result["status"] == "already_reversed":
+        console.print(f"{event_id} was already reversed; nothing written")
+        return
+    count = len(result["entries"])
+    console.print(f"reversed {event_id}: {count} compensating {'entry' if count == 1 else 'entries'} {result['entries']}")
+    for item in result["skipped"]:
+        console.print(f"  entitlement {item['entitlement_id']} not reversed: it is already {item['status']}")

@@ -1,0 +1,35 @@
+"""Printing for people (rich tables, on stdout) and for scripts (`--json`, on stdout); messages on stderr."""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, datetime
+from decimal import Decimal
+
+import typer
+from rich.console import Console
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _default(value: object) -> object:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def emit_json(value: object) -> None:
+    """Write `value` as JSON on stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, default=_default, ensure_ascii=False) + "\n")
+
+
+def fail(message: str, code: int = 2, as_json: bool = False) -> typer.Exit:
+    """Report an error (as JSON on stdout with --json, else on stderr) and return the Exit to raise."""
+    if as_json:
+        emit_json({"error": message})
+    else:
+        errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)

@@ -1,0 +1,322 @@
+"""Load rule files: YAML → pydantic schema → cross-reference checks → CEL and matcher compilation.
+
+A file either loads completely or not at all; every problem found is reported at once, each with
+its file, line and key path.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from engine.errors import Problem, RuleFileError
+from engine.events import matching_value, minor_unit_exponent, parse_day
+from engine.expressions import ExpressionError, compile_points
+from engine.matching import AttributeTest, Matcher, MatcherLimitError, MatchRule
+from engine.programme import CompiledProgramme, CompiledRule, ProgrammeSet
+from engine.schema import AttributeSpec, Condition, Programme, Rule
+from engine.yaml_source import YamlDocument, load_yaml
+
+RULE_FILE_SUFFIXES = (".yaml", ".yml")
+_RANGE_OPS = {"lt", "lte", "gt", "gte"}
+_ORDERED_TYPES = {"integer", "money", "date", "month"}
+
+
+def rule_files(location: Path) -> list[Path]:
+    """The rule files at `location`: the file itself, or the top-level *.yaml files of a directory."""
+    if location.is_dir():
+        return sorted(p for p in location.iterdir() if p.suffix in RULE_FILE_SUFFIXES and p.is_file())
+    return [location]
+
+
+def load_programme(path: Path) -> CompiledProgramme:
+    """Load, check and compile one rule file, or raise RuleFileError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuleFileError([Problem(str(path), None, "", f"cannot read the file: {exc.strerror}")]) from None
+    return compile_document(load_yaml(str(path), text))
+
+
+def compile_document(doc: YamlDocument) -> CompiledProgramme:
+    """Validate a parsed YAML document and compile it."""
+    try:
+        model = Programme.model_validate(doc.data)
+    except ValidationError as exc:
+        raise RuleFileError([_schema_problem(doc, err) for err in exc.errors()]) from None
+    problems = list(_cross_reference_problems(doc, model))
+    rules = []
+    for index, rule in enumerate(model.rules):
+        try:
+            points = compile_points(rule.award.points, _sample_activation(model, rule)) if rule.award.points else None
+        except ExpressionError as exc:
+            problems.append(doc.problem(("rules", index, "award", "points"), str(exc)))
+            points = None
+        rules.append(CompiledRule(rule, index, points))
+    if problems:
+        raise RuleFileError(problems)
+    try:
+        matcher = Matcher([_match_rule(model, compiled) for compiled in rules])
+    except MatcherLimitError as exc:
+        raise RuleFileError([doc.problem(("rules",), str(exc))]) from None
+    return CompiledProgramme(model, doc.file, tuple(rules), matcher)
+
+
+# --- schema errors -------------------------------------------------------------------------------
+
+_ALL_KEYS: set[str] = set()
+
+
+def _known_keys() -> set[str]:
+    if not _ALL_KEYS:
+        from engine import schema
+
+        for model in vars(schema).values():
+            if isinstance(model, type) and issubclass(model, schema.Strict):
+                for name, field in model.model_fields.items():
+                    _ALL_KEYS.add(field.alias or name)
+    return _ALL_KEYS
+
+
+def _schema_problem(doc: YamlDocument, err: dict) -> Problem:
+    loc = tuple(err["loc"])
+    # pydantic adds the union member or validator name to the location; keep the document path.
+    path = tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p in
+                                                                 {"str", "int", "decimal", "bool", "date"})))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        close = difflib.get_close_matches(key, _known_keys(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return doc.problem(path, f"unknown key {key!r}{hint}")
+    if kind == "missing":
+        return doc.problem(path, f"required key {path[-1]!r} is missing")
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if kind not in {"model_type", "dict_type", "list_type"} and not isinstance(value, (dict, list)):
+        message += f" (got {value!r})"
+    return doc.problem(path, message)
+
+
+# --- cross-reference checks -------------------------------------------------------------------------
+
+def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[Problem]:
+    products = set(model.loan_products)
+    tier_ids = [t.id for t in model.tiers]
+    yield from _duplicates(doc, "tiers", tier_ids)
+    yield from _duplicates(doc, "rules", [r.id for r in model.rules])
+    yield from _duplicates(doc, "loan_products", model.loan_products)
+
+    for product in model.discount_ceiling_bps:
+        if product != "default" and product not in products:
+            yield doc.problem(("discount_ceiling_bps", product), _unknown("loan product", product, products))
+    if "default" not in model.discount_ceiling_bps:
+        for product in sorted(products - set(model.discount_ceiling_bps)):
+            yield doc.problem(("discount_ceiling_bps",),
+                              f"no ceiling for loan product {product!r}; name it or add a 'default' ceiling")
+    ceilings = model.discount_ceiling_bps
+    for index, tier in enumerate(model.tiers):
+        for product, bps in tier.benefits.rate_discount_bps.items():
+            path = ("tiers", index, "benefits", "rate_discount_bps", product)
+            if product not in products:
+                yield doc.problem(path, _unknown("loan product", product, products))
+            elif bps > ceilings.get(product, ceilings.get("default", 0)):
+                yield doc.problem(path, f"{bps} bps is above the ceiling for {product} "
+                                        f"({ceilings.get(product, ceilings.get('default'))} bps): it could never apply")
+
+    segments = _segment_values(model)
+    for index, rule in enumerate(model.rules):
+        base = ("rules", index)
+        when = rule.when
+        spec = model.event_types.get(when.event)
+        if spec is None:
+            yield doc.problem(base + ("when", "event"), _unknown("event type", when.event, model.event_types))
+        else:
+            for name, condition in when.where.items():
+                path = base + ("when", "where", name)
+                if name not in spec.attributes:
+                    yield doc.problem(path, _unknown(f"attribute of {when.event}", name, spec.attributes))
+                else:
+                    yield from _condition_problems(doc, path, condition, spec.attributes[name], model.programme.currency)
+        client = when.client
+        if client.min_tier is not None and client.min_tier not in tier_ids:
+            yield doc.problem(base + ("when", "client", "min_tier"), _unknown("tier", client.min_tier, tier_ids))
+        if client.tier is not None:
+            yield from _condition_problems(doc, base + ("when", "client", "tier"), client.tier,
+                                           AttributeSpec(type="enum", values=tier_ids), model.programme.currency)
+        if client.segment is not None:
+            segment_spec = AttributeSpec(type="enum", values=segments) if segments else AttributeSpec(type="string")
+            yield from _condition_problems(doc, base + ("when", "client", "segment"), client.segment,
+                                           segment_spec, model.programme.currency)
+        if client.tenure_months is not None:
+            yield from _condition_problems(doc, base + ("when", "client", "tenure_months"), client.tenure_months,
+                                           AttributeSpec(type="integer", min=0), model.programme.currency)
+        grant = rule.award.rate_discount
+        if grant is not None:
+            for position, product in enumerate(grant.products):
+                if product not in products:
+                    yield doc.problem(base + ("award", "rate_discount", "products", position),
+                                      _unknown("loan product", product, products))
+        if rule.cap and rule.cap.points is not None and rule.award.points is None:
+            yield doc.problem(base + ("cap", "points"), "a points cap needs an award with points")
+
+
+def _segment_values(model: Programme) -> list[str]:
+    onboarded = model.event_types.get("client.onboarded")
+    segment = onboarded.attributes.get("segment") if onboarded else None
+    return list(segment.values or []) if segment is not None and segment.type == "enum" else []
+
+
+def _duplicates(doc: YamlDocument, key: str, ids: list[str]) -> Iterable[Problem]:
+    seen: set[str] = set()
+    for index, item in enumerate(ids):
+        if item in seen:
+            yield doc.problem((key, index), f"{item!r} appears more than once; ids must be unique")
+        seen.add(item)
+
+
+def _unknown(what: str, name: str, known: Iterable[str]) -> str:
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {name!r}{hint}; known: {', '.join(known)}"
+
+
+def _condition_problems(doc: YamlDocument, path: tuple, condition: Condition, spec: AttributeSpec,
+                        currency: str) -> Iterable[Problem]:
+    for op, value in condition.operators().items():
+        if op == "exists":
+            continue
+        if op in _RANGE_OPS and spec.type not in _ORDERED_TYPES:
+            yield doc.problem(path + (op,), f"{op} compares order; {spec.type} values can only be tested with "
+                                            "eq, ne, in, not_in or exists")
+            continue
+        for item in (value if op in ("in", "not_in") else [value]):
+            error = _literal_error(spec, item, currency)
+            if error:
+                yield doc.problem(path + (op,), error)
+
+
+def _literal_error(spec: AttributeSpec, value: object, currency: str) -> str | None:
+    kind = spec.type
+    if kind == "enum":
+        if value not in (spec.values or []):
+            return _unknown("value", str(value), spec.values or [])
+    elif kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected a whole number, got {value!r}"
+    elif kind == "money":
+        try:
+            amount = Decimal(str(value))
+        except InvalidOperation:
+            return f"expected an amount, got {value!r}"
+        if isinstance(value, bool) or amount != amount.quantize(Decimal(1).scaleb(-minor_unit_exponent(currency))):
+            return f"expected an amount with at most {minor_unit_exponent(currency)} decimals, got {value!r}"
+    elif kind == "boolean":
+        if not isinstance(value, bool):
+            return f"expected true or false, got {value!r}"
+    elif kind == "date":
+        if parse_day(value) is None:
+            return f"expected a date YYYY-MM-DD, got {value!r}"
+    elif kind == "month":
+        if parse_day(f"{value}-01") is None:
+            return f"expected a month \"YYYY-MM\" (quoted), got {value!r}"
+    elif kind == "string" and not isinstance(value, str):
+        return f"expected text, got {value!r}"
+    return None
+
+
+# --- compilation --------------------------------------------------------------------------------------
+
+def _match_rule(model: Programme, compiled: CompiledRule) -> MatchRule:
+    rule = compiled.rule
+    currency = model.programme.currency
+    types = {name: spec.type for name, spec in model.event_types[rule.when.event].attributes.items()}
+    tests: list[AttributeTest] = []
+    for name, condition in rule.when.where.items():
+        tests.extend(_tests(f"e.{name}", condition, types[name], currency))
+    client = rule.when.client
+    if client.tier is not None:
+        tests.extend(_tests("c.tier", client.tier, "enum", currency))
+    if client.min_tier is not None:
+        tier_ids = [t.id for t in model.tiers]
+        tests.append(AttributeTest("c.tier", "in", tuple(tier_ids[tier_ids.index(client.min_tier):])))
+    if client.segment is not None:
+        tests.extend(_tests("c.segment", client.segment, "enum", currency))
+    if client.tenure_months is not None:
+        tests.extend(_tests("c.tenure_months", client.tenure_months, "integer", currency))
+    return MatchRule(compiled.index, rule.when.event, tuple(tests))
+
+
+def _tests(path: str, condition: Condition, attribute_type: str, currency: str) -> list[AttributeTest]:
+    def convert(value: object) -> object:
+        return matching_value(attribute_type, value, currency)
+
+    tests = []
+    for op, value in sorted(condition.operators().items()):
+        if op == "exists":
+            tests.append(AttributeTest(path, op, value))
+        elif op in ("in", "not_in"):
+            tests.append(AttributeTest(path, op, tuple(convert(v) for v in value)))  # type: ignore[union-attr]
+        else:
+            tests.append(AttributeTest(path, op, convert(value)))
+    return tests
+
+
+def _sample_activation(model: Programme, rule: Rule) -> dict:
+    """Typed sample values, so a points expression's type errors show up when the file loads."""
+    spec = model.event_types.get(rule.when.event)
+    samples = {"money": 1_000_000, "integer": 1, "string": "sample", "date": "2026-01-01", "month": "2026-01",
+               "boolean": True}
+    event = {}
+    for name, attribute in (spec.attributes.items() if spec else []):
+        if attribute.type == "enum":
+            event[name] = (attribute.values or [""])[0]
+        elif attribute.type == "integer":
+            event[name] = attribute.min if attribute.min is not None else 1
+        else:
+            event[name] = samples[attribute.type]
+    return {"event": event, "client": {"tier": model.tiers[0].id, "segment": "", "tenure_months": 0}}
+
+
+def load_programmes(location: Path) -> ProgrammeSet:
+    """Load every rule file at `location` as versions of one programme, or raise listing every problem."""
+    files = rule_files(location)
+    if not files:
+        raise RuleFileError([Problem(str(location), None, "", "no rule files (*.yaml) here")])
+    loaded: list[CompiledProgramme] = []
+    problems: list[Problem] = []
+    for path in files:
+        try:
+            loaded.append(load_programme(path))
+        except RuleFileError as exc:
+            problems.extend(exc.problems)
+    problems.extend(_version_problems(loaded))
+    if problems:
+        raise RuleFileError(problems)
+    return ProgrammeSet(tuple(sorted(loaded, key=lambda p: p.effective_from)))
+
+
+def _version_problems(loaded: list[CompiledProgramme]) -> Iterable[Problem]:
+    if not loaded:
+        return
+    first = loaded[0]
+    seen_versions: dict[str, str] = {}
+    seen_starts: dict[datetime, str] = {}
+    for programme in loaded:
+        if programme.id != first.id:
+            yield Problem(programme.source, None, "programme.id",
+                          f"programme {programme.id!r} differs from {first.id!r} in {first.source}; "
+                          "one rules location holds versions of one programme")
+        if programme.version in seen_versions:
+            yield Problem(programme.source, None, "programme.version",
+                          f"version {programme.version!r} is also defined in {seen_versions[programme.version]}")
+        if programme.effective_from in seen_starts:
+            yield Problem(programme.source, None, "programme.effective_from",
+                          f"{programme.effective_from.isoformat()} is also the start of {seen_starts[programme.effective_from]}")
+        seen_versions[programme.version] = programme.source
+        seen_starts[programme.effective_from] = programme.source

@@ -1,0 +1,232 @@
+"""The rule-file format, version 1, as pydantic models (the single definition of what is valid).
+
+Structural validation lives here; cross-references (a rule naming an unknown tier, product or
+attribute) are checked in `engine.loader`, which knows the whole programme.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+EventTypeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=64)]
+RuleId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=80)]
+Scalar = bool | int | Decimal | date | str
+
+
+class Strict(BaseModel):
+    """Base for every rule-file model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttributeSpec(Strict):
+    """One typed attribute of an event type."""
+
+    type: Literal["string", "integer", "money", "date", "month", "enum", "boolean"]
+    required: bool = True
+    values: list[str] | None = Field(default=None, description="allowed values, for type enum")
+    min: int | None = Field(default=None, description="lowest allowed value, for type integer")
+    max: int | None = Field(default=None, description="highest allowed value, for type integer")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _values_only_for_enum(self) -> AttributeSpec:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum attribute needs a non-empty list of values")
+        if self.type != "enum" and self.values is not None:
+            raise ValueError("values is only allowed on an enum attribute")
+        if self.type != "integer" and (self.min is not None or self.max is not None):
+            raise ValueError("min and max are only allowed on an integer attribute")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class EventTypeSpec(Strict):
+    """An activity type the lender's systems report, with its attributes."""
+
+    description: str = ""
+    attributes: dict[Name, AttributeSpec] = {}
+
+
+class FastTrack(Strict):
+    """An approval lane with a service-level agreement."""
+
+    lane: Name
+    sla_hours: int = Field(gt=0, le=24 * 90)
+
+
+class TierBenefits(Strict):
+    """Standing benefits every client of a tier holds while in it."""
+
+    points_multiplier: Decimal = Field(default=Decimal(1), ge=0, le=10)
+    rate_discount_bps: dict[Name, Annotated[int, Field(ge=0, le=1000)]] = {}
+    fast_track: FastTrack | None = None
+    relationship_manager: bool = False
+    fee_waiver_pct: int = Field(default=0, ge=0, le=100)
+
+
+class Tier(Strict):
+    """A service level; tiers are listed lowest first."""
+
+    id: Name
+    name: str
+    description: str = ""
+    benefits: TierBenefits = TierBenefits()
+
+
+class Condition(Strict):
+    """A test on one attribute; every operator given must hold."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    eq: Scalar | None = None
+    ne: Scalar | None = None
+    lt: Scalar | None = None
+    lte: Scalar | None = None
+    gt: Scalar | None = None
+    gte: Scalar | None = None
+    in_: list[Scalar] | None = Field(default=None, alias="in", min_length=1)
+    not_in: list[Scalar] | None = Field(default=None, min_length=1)
+    exists: bool | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Condition:
+        if not self.model_fields_set:
+            raise ValueError("a condition needs at least one operator: eq, ne, lt, lte, gt, gte, in, not_in, exists")
+        return self
+
+    def operators(self) -> dict[str, object]:
+        """The operators that were given, by their rule-file names."""
+        return {("in" if k == "in_" else k): getattr(self, k) for k in self.model_fields_set}
+
+
+class ClientConditions(Strict):
+    """Conditions on the client as of the event's time."""
+
+    tier: Condition | None = None
+    min_tier: Name | None = Field(default=None, description="this tier or any higher one")
+    segment: Condition | None = None
+    tenure_months: Condition | None = None
+
+
+class When(Strict):
+    """What makes a rule fire: an event type plus conditions on its attributes and on the client."""
+
+    event: EventTypeName
+    where: dict[Name, Condition] = {}
+    client: ClientConditions = ClientConditions()
+
+
+Use = Literal["single", "standing"]
+
+
+class RateDiscountGrant(Strict):
+    """Grant an interest-rate discount in basis points on some loan products."""
+
+    bps: int = Field(gt=0, le=1000)
+    products: list[Name] = Field(min_length=1)
+    use: Use = "single"
+    valid_for_days: int | None = Field(default=None, gt=0, le=3660)
+
+
+class BenefitGrant(Strict):
+    """Grant a service benefit: a fast-track lane, a relationship manager or a fee waiver."""
+
+    kind: Literal["fast_track", "relationship_manager", "fee_waiver"]
+    lane: Name | None = None
+    sla_hours: int | None = Field(default=None, gt=0, le=24 * 90)
+    fee_waiver_pct: int | None = Field(default=None, gt=0, le=100)
+    use: Use = "single"
+    valid_for_days: int | None = Field(default=None, gt=0, le=3660)
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> BenefitGrant:
+        if self.kind == "fast_track" and (self.lane is None or self.sla_hours is None):
+            raise ValueError("a fast_track benefit needs lane and sla_hours")
+        if self.kind == "fee_waiver" and self.fee_waiver_pct is None:
+            raise ValueError("a fee_waiver benefit needs fee_waiver_pct")
+        if self.kind != "fast_track" and (self.lane is not None or self.sla_hours is not None):
+            raise ValueError("lane and sla_hours belong to a fast_track benefit only")
+        if self.kind != "fee_waiver" and self.fee_waiver_pct is not None:
+            raise ValueError("fee_waiver_pct belongs to a fee_waiver benefit only")
+        return self
+
+
+class Award(Strict):
+    """What a rule gives: points (a CEL expression), a rate discount, a benefit, or several."""
+
+    points: str | None = Field(default=None, description="CEL expression giving whole points")
+    tier_multiplier: bool = True
+    rate_discount: RateDiscountGrant | None = None
+    benefit: BenefitGrant | None = None
+
+    @model_validator(mode="after")
+    def _gives_something(self) -> Award:
+        if self.points is None and self.rate_discount is None and self.benefit is None:
+            raise ValueError("an award needs at least one of points, rate_discount, benefit")
+        return self
+
+
+class Cap(Strict):
+    """Per-client limits on a rule within a calendar period (UTC)."""
+
+    per: Literal["day", "month", "quarter", "year", "lifetime"]
+    points: int | None = Field(default=None, gt=0, description="most points this rule gives per period")
+    times: int | None = Field(default=None, gt=0, description="most times this rule fires per period")
+
+    @model_validator(mode="after")
+    def _limits_something(self) -> Cap:
+        if self.points is None and self.times is None:
+            raise ValueError("a cap needs points, times or both")
+        return self
+
+
+class Rule(Strict):
+    """An earning rule: when an event matches, award something."""
+
+    id: RuleId
+    description: str = ""
+    priority: int = Field(default=100, ge=0, le=10_000, description="lower fires first")
+    when: When
+    award: Award
+    cap: Cap | None = None
+
+
+class ProgrammeHeader(Strict):
+    """Identity and version of a programme."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
+    name: str = ""
+    version: Annotated[str, Field(min_length=1, max_length=32)]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    effective_from: AwareDatetime
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_text(cls, value: object) -> object:
+        # YAML reads 2026.1 as a number; versions are labels, so say so instead of guessing.
+        if not isinstance(value, str):
+            raise ValueError("version must be a quoted string, for example \"2026.1\"")
+        return value
+
+
+class Programme(Strict):
+    """A whole rule file: a programme version."""
+
+    format: Literal[1]
+    programme: ProgrammeHeader
+    loan_products: list[Name] = Field(min_length=1)
+    event_types: dict[EventTypeName, EventTypeSpec] = Field(min_length=1)
+    tiers: list[Tier] = Field(min_length=1)
+    discount_ceiling_bps: dict[Name, Annotated[int, Field(ge=0, le=1000)]] = Field(
+        description="most stacked discount per product; key 'default' covers products not named")
+    rules: list[Rule] = []
+
+    def effective_from(self) -> datetime:
+        """When this version starts to apply."""
+        return self.programme.effective_from

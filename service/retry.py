@@ -1,0 +1,33 @@
+"""Retrying a whole transaction when a concurrent writer got there first."""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+T = TypeVar("T")
+ATTEMPTS = 8
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent writer inserted the same event or client: re-read and re-decide
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig).lower()
+        return any(word in text for word in ("deadlock", "could not serialize", "database is locked"))
+    return False
+
+
+def with_retry(work: Callable[[], T]) -> T:
+    """Run `work` (one whole transaction) again after a conflict with a concurrent writer."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return work()
+        except DBAPIError as exc:
+            if attempt == ATTEMPTS - 1 or not _retryable(exc):
+                raise
+            time.sleep(random.uniform(0, 0.02 * 2 ** attempt))
+    raise AssertionError("unreachable")

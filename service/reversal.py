@@ -1,0 +1,45 @@
+"""Reverse an event: compensating entries for everything it produced, each pointing to what it cancels."""
+from __future__ import annotations
+
+from sqlalchemy import Engine, insert, select
+
+from rewards.kinds import Reason, Status
+from service.clock import Clock, utc_now
+from service.errors import NotFoundError
+from service.retry import with_retry
+from storage import clients as client_store
+from storage import ledger
+from storage.db import write_transaction
+from storage.models import Entitlement, EventReversal, ProcessedEvent
+
+
+def reverse_event(engine: Engine, event_id: str, reason: str = "", clock: Clock = utc_now) -> dict:
+    """Reverse `event_id` once; a second call reports it was already reversed and writes nothing."""
+    return with_retry(lambda: _reverse(engine, event_id, reason, clock))
+
+
+def _reverse(engine: Engine, event_id: str, reason: str, clock: Clock) -> dict:
+    processed, reversals = ProcessedEvent.__table__, EventReversal.__table__
+    entitlements = Entitlement.__table__
+    with write_transaction(engine) as conn:
+        event = conn.execute(select(processed.c.client_id).where(processed.c.event_id == event_id)).first()
+        if event is None:
+            raise NotFoundError(f"no processed event {event_id!r}")
+        client_store.load_clients(conn, [event.client_id], lock=True)  # serialise with ingest for this client
+        if conn.execute(select(reversals.c.event_id).where(reversals.c.event_id == event_id)).first():
+            return {"event_id": event_id, "status": "already_reversed", "entries": [], "skipped": []}
+        now = clock()
+        conn.execute(insert(reversals).values(event_id=event_id, reversed_at=now, reason=reason))
+        originals = [row for row in ledger.event_entries(conn, event_id)
+                     if row["reason"] in (Reason.EARN, Reason.GRANT) and row["reverses_entry_id"] is None]
+        grant_ids = [row["id"] for row in originals if row["reason"] == Reason.GRANT]
+        status = dict(conn.execute(select(entitlements.c.id, entitlements.c.status)
+                                   .where(entitlements.c.id.in_(grant_ids))).all()) if grant_ids else {}
+        # An entitlement already consumed or revoked cannot be taken back by a reversal: say so instead.
+        skipped = [{"entitlement_id": row["id"], "status": status[row["id"]]} for row in originals
+                   if row["reason"] == Reason.GRANT and status.get(row["id"]) != Status.ACTIVE]
+        skipped_ids = {item["entitlement_id"] for item in skipped}
+        rows = [ledger.compensating_entry(row, Reason.REVERSE, now, event_id) for row in originals
+                if row["id"] not in skipped_ids]
+        ids = ledger.append(conn, rows)
+        return {"event_id": event_id, "status": "reversed", "entries": ids, "skipped": skipped}

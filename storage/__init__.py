@@ -1,0 +1,1 @@
+"""Storage: sqlmodel tables, database set-up, the append-only ledger and its verification."""

@@ -1,0 +1,102 @@
+"""Client rows, tier history and processed-event records: the reads and writes ingest needs, in bulk."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+
+from rewards.caps import CapUsage
+from rewards.kinds import Reason
+from storage.models import Client, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
+
+CLIENT = Client.__table__
+TIER = TierAssignment.__table__
+PROCESSED = ProcessedEvent.__table__
+REVERSAL = EventReversal.__table__
+ENTRY = LedgerEntry.__table__
+
+
+@dataclass
+class ClientRecord:
+    """A client's profile as ingest works with it."""
+
+    client_id: str
+    first_seen_at: datetime
+    name: str | None = None
+    segment: str | None = None
+    industry: str | None = None
+    onboarded_at: datetime | None = None
+
+
+def load_clients(conn: Connection, client_ids: list[str], lock: bool) -> dict[str, ClientRecord]:
+    """Existing clients among `client_ids`, locked for update (in id order, so writers never deadlock) if asked."""
+    if not client_ids:
+        return {}
+    query = select(CLIENT.c.client_id, CLIENT.c.first_seen_at, CLIENT.c.name, CLIENT.c.segment,
+                   CLIENT.c.industry, CLIENT.c.onboarded_at) \
+        .where(CLIENT.c.client_id.in_(sorted(client_ids))).order_by(CLIENT.c.client_id)
+    if lock and conn.dialect.name != "sqlite":  # SQLite's write lock already serialises writers
+        query = query.with_for_update()
+    return {row.client_id: ClientRecord(*row) for row in conn.execute(query)}
+
+
+def insert_clients(conn: Connection, records: list[ClientRecord], created_at: datetime) -> None:
+    """Create new clients with a zero balance."""
+    if records:
+        conn.execute(insert(CLIENT), [{**vars(r), "points_balance": 0, "created_at": created_at} for r in records])
+
+
+def update_profiles(conn: Connection, records: list[ClientRecord]) -> None:
+    """Store onboarding details (name, segment, industry, onboarding time)."""
+    if records:
+        conn.execute(update(CLIENT).where(CLIENT.c.client_id == bindparam("cid")).values(
+            name=bindparam("p_name"), segment=bindparam("p_segment"), industry=bindparam("p_industry"),
+            onboarded_at=bindparam("p_onboarded_at")),
+            [{"cid": r.client_id, "p_name": r.name, "p_segment": r.segment, "p_industry": r.industry,
+              "p_onboarded_at": r.onboarded_at} for r in records])
+
+
+def tier_histories(conn: Connection, client_ids: list[str]) -> dict[str, list[tuple[datetime, str]]]:
+    """(valid_from, tier) pairs per client, oldest first."""
+    histories: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+    if client_ids:
+        query = select(TIER.c.client_id, TIER.c.valid_from, TIER.c.tier) \
+            .where(TIER.c.client_id.in_(client_ids)).order_by(TIER.c.client_id, TIER.c.valid_from, TIER.c.id)
+        for row in conn.execute(query):
+            histories[row.client_id].append((row.valid_from, row.tier))
+    return histories
+
+
+def insert_tier_assignments(conn: Connection, rows: list[dict]) -> None:
+    """Append tier-history rows."""
+    if rows:
+        conn.execute(insert(TIER), rows)
+
+
+def processed_hashes(conn: Connection, event_ids: list[str]) -> dict[str, str]:
+    """Content hash of each already-processed event among `event_ids`."""
+    if not event_ids:
+        return {}
+    query = select(PROCESSED.c.event_id, PROCESSED.c.content_hash).where(PROCESSED.c.event_id.in_(event_ids))
+    return dict(conn.execute(query).all())
+
+
+def insert_processed(conn: Connection, rows: list[dict]) -> None:
+    """Record events as processed (fails on a duplicate id: the caller retries the batch)."""
+    if rows:
+        conn.execute(insert(PROCESSED), rows)
+
+
+def cap_usage(conn: Connection, client_id: str, rule_id: str, start: datetime | None,
+              end: datetime | None) -> CapUsage:
+    """Points and firings a rule gave a client in [start, end), not counting reversed events."""
+    conditions = [ENTRY.c.client_id == client_id, ENTRY.c.rule_id == rule_id,
+                  ENTRY.c.reason.in_([Reason.EARN, Reason.GRANT]),
+                  ENTRY.c.event_id.not_in(select(REVERSAL.c.event_id))]
+    if start is not None:
+        conditions += [ENTRY.c.valid_from >= start, ENTRY.c.valid_from < end]
+    row = conn.execute(select(func.coalesce(func.sum(ENTRY.c.points), 0),
+                              func.count(ENTRY.c.event_id.distinct())).where(and_(*conditions))).one()
+    return CapUsage(points=int(row[0]), times=int(row[1]))

@@ -1,0 +1,211 @@
+"""The append-only ledger: writing entries with their projections, reading them, and verifying both agree."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+
+from rewards.kinds import Grant, Kind, Reason, Status, Use
+from rewards.stacking import Entitlement
+from storage.models import Client, Entitlement as EntitlementRow, LedgerEntry
+
+ENTRY = LedgerEntry.__table__
+ENTITLEMENT = EntitlementRow.__table__
+CLIENT = Client.__table__
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where entries come from: the rule-file version and the event (None for tier changes)."""
+
+    programme_id: str
+    programme_version: str
+    event_id: str | None
+
+
+def points_entry(client_id: str, rule_id: str, points: int, reason: Reason, at: datetime, source: Provenance,
+                 created_at: datetime, detail: dict | None = None) -> dict:
+    """A row for a points entry (signed points)."""
+    return _row(client_id, Kind.POINTS, reason, source, created_at, rule_id=rule_id, points=points,
+                valid_from=at, detail=detail)
+
+
+def grant_entry(client_id: str, grant: Grant, source: Provenance, created_at: datetime) -> dict:
+    """A row for a grant entry; the entitlement it creates takes this entry's id."""
+    return _row(client_id, grant.kind, Reason.GRANT, source, created_at, rule_id=grant.rule_id, bps=grant.bps,
+                products=",".join(grant.products) or None, detail=grant.detail or None, use=grant.use,
+                valid_from=grant.valid_from, valid_to=grant.valid_to)
+
+
+def _row(client_id: str, kind: Kind, reason: Reason, source: Provenance, created_at: datetime, *,
+         rule_id: str | None, points: int = 0, bps: int = 0, products: str | None = None,
+         detail: dict | None = None, use: Use | None = None, valid_from: datetime,
+         valid_to: datetime | None = None, entitlement_id: int | None = None,
+         reverses_entry_id: int | None = None) -> dict:
+    return {
+        "client_id": client_id, "kind": str(kind), "reason": str(reason), "points": points, "bps": bps,
+        "products": products, "detail": json.dumps(detail, sort_keys=True) if detail else None,
+        "use": str(use) if use else None, "rule_id": rule_id, "programme_id": source.programme_id,
+        "programme_version": source.programme_version, "event_id": source.event_id,
+        "entitlement_id": entitlement_id, "reverses_entry_id": reverses_entry_id,
+        "valid_from": valid_from, "valid_to": valid_to, "created_at": created_at,
+    }
+
+
+def compensating_entry(original: dict, reason: Reason, created_at: datetime, event_id: str | None) -> dict:
+    """An entry that cancels `original` (a row of ledger_entry) and points to it."""
+    is_grant = original["reason"] == Reason.GRANT
+    return {
+        **{key: original[key] for key in ("client_id", "kind", "products", "detail", "use", "rule_id",
+                                         "programme_id", "programme_version", "valid_from", "valid_to")},
+        "reason": str(reason), "points": -original["points"], "bps": -original["bps"], "event_id": event_id,
+        "entitlement_id": original["id"] if is_grant else original["entitlement_id"],
+        "reverses_entry_id": original["id"], "created_at": created_at,
+    }
+
+
+def append(conn: Connection, rows: list[dict]) -> list[int]:
+    """Insert entries and their projections (entitlements, points balances) in the caller's transaction.
+
+    Returns the new entry ids in the order of `rows`.
+    """
+    if not rows:
+        return []
+    result = conn.execute(insert(ENTRY).returning(ENTRY.c.id, sort_by_parameter_order=True), rows)
+    ids = [row[0] for row in result]
+    entitlements = [_entitlement_row(entry_id, row) for entry_id, row in zip(ids, rows, strict=True)
+                    if row["reason"] == Reason.GRANT]
+    if entitlements:
+        conn.execute(insert(ENTITLEMENT), entitlements)
+    _apply_points(conn, rows)
+    ended = {row["entitlement_id"]: _status_after(row["reason"]) for row in rows
+             if row["entitlement_id"] is not None and _status_after(row["reason"])}
+    for status in set(ended.values()):
+        conn.execute(update(ENTITLEMENT).where(ENTITLEMENT.c.id.in_(
+            [eid for eid, s in ended.items() if s == status])).values(status=status))
+    return ids
+
+
+def _status_after(reason: str) -> str | None:
+    return {Reason.CONSUME: Status.CONSUMED, Reason.REVOKE: Status.REVOKED,
+            Reason.REVERSE: Status.REVERSED}.get(Reason(reason))
+
+
+def _entitlement_row(entry_id: int, row: dict) -> dict:
+    return {"id": entry_id, "client_id": row["client_id"], "kind": row["kind"], "use": row["use"],
+            "bps": row["bps"], "products": row["products"], "detail": row["detail"],
+            "valid_from": row["valid_from"], "valid_to": row["valid_to"], "status": str(Status.ACTIVE),
+            "rule_id": row["rule_id"], "programme_id": row["programme_id"],
+            "programme_version": row["programme_version"], "event_id": row["event_id"]}
+
+
+def _apply_points(conn: Connection, rows: Iterable[dict]) -> None:
+    deltas: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if row["points"]:
+            deltas[row["client_id"]] += row["points"]
+    if deltas:
+        conn.execute(update(CLIENT).where(CLIENT.c.client_id == bindparam("cid"))
+                     .values(points_balance=CLIENT.c.points_balance + bindparam("delta")),
+                     [{"cid": cid, "delta": delta} for cid, delta in deltas.items()])
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+def client_entries(conn: Connection, client_id: str, limit: int | None = None,
+                   before_id: int | None = None) -> list[dict]:
+    """Entries of a client, newest first."""
+    query = select(ENTRY).where(ENTRY.c.client_id == client_id).order_by(ENTRY.c.id.desc())
+    if before_id is not None:
+        query = query.where(ENTRY.c.id < before_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [entry_view(dict(row._mapping)) for row in conn.execute(query)]
+
+
+def event_entries(conn: Connection, event_id: str) -> list[dict]:
+    """Entries written because of an event (raw rows, oldest first)."""
+    query = select(ENTRY).where(ENTRY.c.event_id == event_id).order_by(ENTRY.c.id)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def entry_view(row: dict) -> dict:
+    """An entry as users see it: products as a list, detail as an object, timestamps as ISO text."""
+    view = dict(row)
+    view["products"] = row["products"].split(",") if row["products"] else []
+    view["detail"] = json.loads(row["detail"]) if row["detail"] else {}
+    for key in ("valid_from", "valid_to", "created_at"):
+        view[key] = row[key].isoformat() if row[key] else None
+    return view
+
+
+def held_entitlements(conn: Connection, client_id: str) -> list[Entitlement]:
+    """The client's active entitlements (validity windows are applied by the caller, at its moment)."""
+    query = select(ENTITLEMENT).where(ENTITLEMENT.c.client_id == client_id,
+                                      ENTITLEMENT.c.status == Status.ACTIVE).order_by(ENTITLEMENT.c.id)
+    return [to_entitlement(dict(row._mapping)) for row in conn.execute(query)]
+
+
+def to_entitlement(row: dict) -> Entitlement:
+    """Domain view of an entitlement row."""
+    return Entitlement(
+        id=row["id"], client_id=row["client_id"], kind=Kind(row["kind"]), use=Use(row["use"]), bps=row["bps"],
+        products=tuple(row["products"].split(",")) if row["products"] else (),
+        detail=json.loads(row["detail"]) if row["detail"] else {}, valid_from=row["valid_from"],
+        valid_to=row["valid_to"], status=Status(row["status"]), rule_id=row["rule_id"],
+        programme_id=row["programme_id"], programme_version=row["programme_version"], event_id=row["event_id"])
+
+
+# --- verification --------------------------------------------------------------------------------------
+
+def verify(conn: Connection) -> list[str]:
+    """Recompute balances and entitlements from the entries; return every mismatch found (empty: consistent)."""
+    problems: list[str] = []
+    sums = dict(conn.execute(select(ENTRY.c.client_id, func.sum(ENTRY.c.points)).group_by(ENTRY.c.client_id)).all())
+    for client_id, balance in conn.execute(select(CLIENT.c.client_id, CLIENT.c.points_balance)):
+        expected = int(sums.pop(client_id, 0) or 0)
+        if balance != expected:
+            problems.append(f"client {client_id}: points balance {balance} but entries sum to {expected}")
+    for client_id in sums:
+        problems.append(f"entries name client {client_id}, which does not exist")
+
+    original = ENTRY.alias("original")
+    reversals = select(ENTRY.c.id, ENTRY.c.reverses_entry_id, ENTRY.c.points, ENTRY.c.bps, ENTRY.c.client_id,
+                       original.c.id.label("found"), original.c.points.label("o_points"),
+                       original.c.bps.label("o_bps"), original.c.client_id.label("o_client")) \
+        .join(original, original.c.id == ENTRY.c.reverses_entry_id, isouter=True) \
+        .where(ENTRY.c.reverses_entry_id.is_not(None))
+    for row in conn.execute(reversals):
+        if row.found is None:
+            problems.append(f"entry {row.id} reverses entry {row.reverses_entry_id}, which does not exist")
+        elif (row.o_points, row.o_bps, row.o_client) != (-row.points, -row.bps, row.client_id):
+            problems.append(f"entry {row.id} does not exactly cancel entry {row.reverses_entry_id}")
+
+    grants = {row.id: dict(row._mapping) for row in conn.execute(select(ENTRY).where(ENTRY.c.reason == Reason.GRANT))}
+    expected_status: dict[int, str] = dict.fromkeys(grants, Status.ACTIVE)
+    followers = select(ENTRY.c.id, ENTRY.c.entitlement_id, ENTRY.c.reason) \
+        .where(ENTRY.c.entitlement_id.is_not(None)).order_by(ENTRY.c.id)
+    for row in conn.execute(followers):
+        if row.entitlement_id not in grants:
+            problems.append(f"entry {row.id} names entitlement {row.entitlement_id}, which was never granted")
+        elif _status_after(row.reason):
+            expected_status[row.entitlement_id] = _status_after(row.reason)  # type: ignore[assignment]
+    rows = {row.id: dict(row._mapping) for row in conn.execute(select(ENTITLEMENT))}
+    for entitlement_id, status in expected_status.items():
+        row = rows.pop(entitlement_id, None)
+        grant = grants[entitlement_id]
+        if row is None:
+            problems.append(f"entitlement {entitlement_id} was granted but is missing from the entitlement table")
+            continue
+        if row["status"] != status:
+            problems.append(f"entitlement {entitlement_id}: status {row['status']} but entries say {status}")
+        for key in ("client_id", "kind", "use", "bps", "products", "detail", "valid_from", "valid_to", "rule_id"):
+            if row[key] != grant[key]:
+                problems.append(f"entitlement {entitlement_id}: {key} is {row[key]!r} but its grant says {grant[key]!r}")
+    for entitlement_id in rows:
+        problems.append(f"entitlement {entitlement_id} has no grant entry")
+    return problems

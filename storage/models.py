@@ -1,0 +1,129 @@
+"""The tables. `ledger_entry` and `processed_event` are append-only (database triggers refuse
+UPDATE and DELETE); `client` and `entitlement` are projections of the ledger kept in the same
+transaction as the entries, for fast reads, and `ledger verify` recomputes them from the entries.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+from storage.types import UTCDateTime
+
+
+def _ts(**kwargs) -> Field:  # type: ignore[valid-type]
+    return Field(sa_type=UTCDateTime, **kwargs)
+
+
+class Client(SQLModel, table=True):
+    """An enterprise client: profile from `client.onboarded`, and its points balance (a projection)."""
+
+    client_id: str = Field(primary_key=True, max_length=64)
+    name: str | None = None
+    segment: str | None = Field(default=None, max_length=32)
+    industry: str | None = None
+    onboarded_at: datetime | None = _ts(default=None)
+    first_seen_at: datetime = _ts()
+    points_balance: int = 0
+    created_at: datetime = _ts()
+
+
+class TierAssignment(SQLModel, table=True):
+    """Tier history: the client is in `tier` from `valid_from` until the next assignment."""
+
+    __tablename__ = "tier_assignment"
+    __table_args__ = (Index("ix_tier_assignment_client_from", "client_id", "valid_from"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: str = Field(foreign_key="client.client_id", max_length=64)
+    tier: str = Field(max_length=64)
+    valid_from: datetime = _ts()
+    reason: str
+    programme_id: str
+    programme_version: str
+    created_at: datetime = _ts()
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """Every event applied, with the hash of its content (for duplicate and conflict detection)."""
+
+    __tablename__ = "processed_event"
+
+    event_id: str = Field(primary_key=True, max_length=128)
+    client_id: str = Field(index=True, max_length=64)
+    type: str = Field(max_length=64)
+    occurred_at: datetime = _ts()
+    content_hash: str = Field(max_length=64)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    programme_id: str
+    programme_version: str
+    processed_at: datetime = _ts()
+
+
+class EventReversal(SQLModel, table=True):
+    """An event whose effects were reversed; the primary key makes reversal happen at most once."""
+
+    __tablename__ = "event_reversal"
+
+    event_id: str = Field(primary_key=True, foreign_key="processed_event.event_id", max_length=128)
+    reversed_at: datetime = _ts()
+    reason: str = ""
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One immutable change to an entitlement.
+
+    Points entries carry a signed `points`; grant entries create an entitlement whose id is the
+    grant entry's id, and later entries about it (consume, revoke, reverse) name it in
+    `entitlement_id`. `reverses_entry_id` points from a compensating entry to what it fixes.
+    """
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (
+        Index("ix_ledger_client_id", "client_id", "id"),
+        Index("ix_ledger_cap_usage", "client_id", "rule_id", "valid_from"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    reason: str = Field(max_length=16)
+    points: int = 0
+    bps: int = 0
+    products: str | None = None  # comma-separated loan products, for rate discounts
+    detail: str | None = None  # JSON: lane, sla_hours, fee_waiver_pct, cap notes
+    use: str | None = Field(default=None, max_length=16)
+    rule_id: str | None = Field(default=None, max_length=96)
+    programme_id: str | None = None
+    programme_version: str | None = None
+    event_id: str | None = Field(default=None, index=True, max_length=128)
+    entitlement_id: int | None = Field(default=None, index=True)
+    reverses_entry_id: int | None = Field(default=None, unique=True)
+    valid_from: datetime = _ts()
+    valid_to: datetime | None = _ts(default=None)
+    created_at: datetime = _ts()
+
+
+class Entitlement(SQLModel, table=True):
+    """A granted rate discount or service benefit (projection of its grant entry and what followed)."""
+
+    __table_args__ = (Index("ix_entitlement_client_status", "client_id", "status"),)
+
+    id: int = Field(primary_key=True)  # the id of the grant ledger entry
+    client_id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    use: str = Field(max_length=16)
+    bps: int = 0
+    products: str | None = None
+    detail: str | None = None
+    valid_from: datetime = _ts()
+    valid_to: datetime | None = _ts(default=None)
+    status: str = Field(max_length=16)
+    rule_id: str = Field(max_length=96)
+    programme_id: str
+    programme_version: str
+    event_id: str | None = Field(default=None, max_length=128)
+
+
+APPEND_ONLY_TABLES = ("ledger_entry", "processed_event", "event_reversal")

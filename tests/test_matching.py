@@ -1,0 +1,87 @@
+"""The matching core wrapper: every matching rule fires, calls are serialised, failures surface."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from engine.errors import EvaluationError
+from engine.matching import AttributeTest, Matcher, MatcherLimitError, MatchRule
+
+
+def rules() -> list[MatchRule]:
+    return [
+        MatchRule(0, "loan.drawn", ()),
+        MatchRule(1, "loan.drawn", (AttributeTest("e.amount", "gte", 5_000_000_000),)),
+        MatchRule(2, "loan.drawn", (AttributeTest("e.product", "in", ("working_capital", "term_loan")),)),
+        MatchRule(3, "loan.drawn", (AttributeTest("c.tier", "eq", "gold"),)),
+        MatchRule(4, "loan.drawn", (AttributeTest("e.product", "not_in", ("working_capital",)),)),
+        MatchRule(5, "survey.answered", (AttributeTest("e.csat", "exists", True),)),
+        MatchRule(6, "survey.answered", (AttributeTest("e.csat", "exists", False),)),
+        MatchRule(7, "loan.drawn", (AttributeTest("e.product", "ne", "term_loan"),
+                                    AttributeTest("e.term_months", "lt", 12))),
+    ]
+
+
+def test_every_matching_rule_fires_not_just_the_first():
+    matcher = Matcher(rules())
+    fired = matcher.match("loan.drawn", {"amount": 6_000_000_000, "product": "working_capital", "term_months": 6},
+                          {"tier": "gold"})
+    assert sorted(fired) == [0, 1, 2, 3, 7]
+
+
+def test_conditions_are_tested_by_the_engine():
+    matcher = Matcher(rules())
+    fired = matcher.match("loan.drawn", {"amount": 100, "product": "trade_finance", "term_months": 24},
+                          {"tier": "silver"})
+    assert sorted(fired) == [0, 4]
+    assert matcher.match("survey.answered", {"nps": 9, "csat": 4}, {"tier": "silver"}) == [5]
+    assert matcher.match("survey.answered", {"nps": 9}, {"tier": "silver"}) == [6]
+
+
+def test_an_event_no_rule_handles_is_an_empty_match():
+    assert Matcher(rules()).match("event.attended", {"kind": "forum"}, {"tier": "gold"}) == []
+    assert Matcher([]).match("event.attended", {}, {}) == []
+
+
+def test_concurrent_callers_lose_no_firings():
+    matcher = Matcher(rules())
+    counts = [0] * 4
+
+    def work(slot: int) -> None:
+        for _ in range(1500):
+            counts[slot] += len(matcher.match("loan.drawn", {"amount": 1, "product": "term_loan", "term_months": 1},
+                                              {"tier": "gold"}))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counts == [1500 * 4] * 4  # rules 0, 2, 3 and 4 each time, in every thread
+
+
+def test_an_exception_inside_an_action_is_raised_not_swallowed():
+    class Failing(Matcher):
+        def _recorder(self, key):
+            def record(_context):
+                raise RuntimeError(f"broken action {key}")
+            return record
+
+    matcher = Failing([MatchRule(0, "loan.drawn", ())])
+    with pytest.raises(EvaluationError, match="broken action 0"):
+        matcher.match("loan.drawn", {}, {})
+
+
+def test_512_equality_values_on_one_attribute_are_refused():
+    too_many = [MatchRule(i, "product.purchased", (AttributeTest("e.product", "eq", f"p{i}"),)) for i in range(512)]
+    with pytest.raises(MatcherLimitError, match="'product' with 512 distinct values"):
+        Matcher(too_many)
+    Matcher(too_many[:511])  # the largest accepted set loads
+
+
+def test_the_matcher_starts_no_background_threads():
+    before = threading.active_count()
+    for _ in range(5):
+        Matcher(rules())
+    assert threading.active_count() == before
