@@ -40,3 +40,10 @@ def allowed(cap: Cap | None, usage: CapUsage, points: int) -> tuple[bool, int]:
     if cap.points is not None:
         points = max(0, min(points, cap.points - usage.points))
     return True, points
+
+
+def usage_between(history: list[tuple[datetime, int, str]], start: datetime | None, end: datetime | None) -> CapUsage:
+    """Points and distinct firings among (valid_from, points, event_id) records inside [start, end)."""
+    inside = [(points, event_id) for at, points, event_id in history
+              if start is None or start <= at < end]  # type: ignore[operator]
+    return CapUsage(points=sum(points for points, _ in inside), times=len({event_id for _, event_id in inside}))

@@ -8,6 +8,7 @@ each event is applied exactly once however many processes ingest the same file.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -21,7 +22,7 @@ from engine.evaluator import RuleOutcome, evaluate
 from engine.events import Event, parse_envelope, parse_json_line, typed_event
 from engine.programme import CompiledProgramme, ProgrammeSet
 from engine.schema import Rule
-from rewards.caps import CapUsage, allowed, period_bounds
+from rewards.caps import CapUsage, allowed, period_bounds, usage_between
 from rewards.kinds import Reason
 from rewards.tiers import tier_grants
 from service.clock import Clock, utc_now
@@ -152,6 +153,7 @@ class _BatchWriter:
         known_hashes = client_store.processed_hashes(self.conn, [item.event.id for item in batch])
         self.clients = client_store.load_clients(self.conn, client_ids, lock=True)
         self.histories = client_store.tier_histories(self.conn, client_ids)
+        self._load_cap_history(batch, client_ids)
         outcomes = []
         for item in batch:
             event = item.event
@@ -233,11 +235,23 @@ class _BatchWriter:
             usage.points += points
             usage.times += 1
 
+    def _load_cap_history(self, batch: list[_Pending], client_ids: list[str]) -> None:
+        """One query for everything the batch's capped rules have already given its clients."""
+        starts = [period_bounds(rule.rule.cap.per, item.event.occurred_at)[0]
+                  for item in batch for rule in item.programme.rules if rule.rule.cap]
+        self.cap_history: dict[tuple[str, str], list] = defaultdict(list)
+        if not starts:
+            return
+        since = None if None in starts else min(starts)  # type: ignore[type-var]
+        capped = sorted({rule.rule.id for item in batch for rule in item.programme.rules if rule.rule.cap})
+        for client_id, rule_id, at, points, event_id in client_store.cap_history(self.conn, client_ids, capped, since):
+            self.cap_history[(client_id, rule_id)].append((at, points, event_id))
+
     def _cap_usage(self, event: Event, rule: Rule) -> CapUsage:
         start, end = period_bounds(rule.cap.per, event.occurred_at)
         key = (event.client_id, rule.id, start)
         if key not in self.cap_cache:
-            self.cap_cache[key] = client_store.cap_usage(self.conn, event.client_id, rule.id, start, end)
+            self.cap_cache[key] = usage_between(self.cap_history[(event.client_id, rule.id)], start, end)
         return self.cap_cache[key]
 
     def _write(self) -> None:

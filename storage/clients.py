@@ -5,9 +5,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
-from rewards.caps import CapUsage
 from rewards.kinds import Reason
 from storage.models import Client, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
@@ -89,14 +88,15 @@ def insert_processed(conn: Connection, rows: list[dict]) -> None:
         conn.execute(insert(PROCESSED), rows)
 
 
-def cap_usage(conn: Connection, client_id: str, rule_id: str, start: datetime | None,
-              end: datetime | None) -> CapUsage:
-    """Points and firings a rule gave a client in [start, end), not counting reversed events."""
-    conditions = [ENTRY.c.client_id == client_id, ENTRY.c.rule_id == rule_id,
+def cap_history(conn: Connection, client_ids: list[str], rule_ids: list[str],
+                since: datetime | None) -> list[tuple[str, str, datetime, int, str]]:
+    """(client, rule, valid_from, points, event) of earn and grant entries of capped rules, not reversed."""
+    if not client_ids or not rule_ids:
+        return []
+    conditions = [ENTRY.c.client_id.in_(client_ids), ENTRY.c.rule_id.in_(rule_ids),
                   ENTRY.c.reason.in_([Reason.EARN, Reason.GRANT]),
                   ENTRY.c.event_id.not_in(select(REVERSAL.c.event_id))]
-    if start is not None:
-        conditions += [ENTRY.c.valid_from >= start, ENTRY.c.valid_from < end]
-    row = conn.execute(select(func.coalesce(func.sum(ENTRY.c.points), 0),
-                              func.count(ENTRY.c.event_id.distinct())).where(and_(*conditions))).one()
-    return CapUsage(points=int(row[0]), times=int(row[1]))
+    if since is not None:
+        conditions.append(ENTRY.c.valid_from >= since)
+    query = select(ENTRY.c.client_id, ENTRY.c.rule_id, ENTRY.c.valid_from, ENTRY.c.points, ENTRY.c.event_id)
+    return [tuple(row) for row in conn.execute(query.where(and_(*conditions)))]
