@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from sqlalchemy.exc import OperationalError
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -97,7 +98,7 @@ def init(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         emit_json({"database": where, "status": "ready"})
     else:
-        console.print(f"Database ready: {where}")
+        console.print(f"Database ready: {escape(where)}")
 
 
 @rules_app.command("check")
@@ -127,11 +128,12 @@ def rules_check(
         for result in results:
             if result["valid"]:
                 for v in result["versions"]:
-                    console.print(f"[green]ok[/] {v['file']}: {v['programme']} {v['version']}, {v['rules']} rules")
+                    console.print(f"[green]ok[/] {escape(v['file'])}: {escape(v['programme'])} {escape(v['version'])}, "
+                                  f"{v['rules']} rules")
             else:
                 for problem in result["problems"]:
                     where = f"{problem['file']}:{problem['line']}" if problem["line"] else problem["file"]
-                    console.print(f"[red]{where}[/]: {problem['path'] or '<top>'}: {problem['message']}",
+                    console.print(f"[red]{escape(where)}[/]: {escape(problem['path'] or '<top>')}: {escape(problem['message'])}",
                                   highlight=False)
         if not valid:
             count = sum(len(r["problems"]) for r in results)
@@ -172,7 +174,8 @@ def ingest(
     else:
         console.print(f"applied {report.applied}, duplicates {report.duplicates}, rejected {report.rejected}")
         for error in report.errors[:50]:
-            console.print(f"  line {error['line']} ({error['id'] or 'no id'}): {error['error']}", highlight=False)
+            console.print(f"  line {error['line']} ({escape(error['id'] or 'no id')}): {escape(error['error'])}",
+                          highlight=False)
         if len(report.errors) > 50:
             console.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
     raise typer.Exit(1 if report.rejected else 0)
@@ -185,6 +188,10 @@ def _ingest_with_progress(ingestor: Ingestor, handle, path: Path):  # noqa: ANN0
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task("ingest", total=total)
         return ingestor.ingest_lines(handle, progress=lambda n: progress.advance(task, n))
+
+
+def _add_row(table: Table, *cells: str) -> None:
+    table.add_row(*(escape(cell) for cell in cells))
 
 
 def _parse_moment(text: str | None, as_json: bool) -> datetime:
@@ -219,7 +226,7 @@ def benefits(
     if as_json:
         emit_json(answer)
         return
-    console.print(f"[bold]{client_id}[/]  tier [bold]{answer['tier_name']}[/]  points {answer['points_balance']:,}"
+    console.print(f"[bold]{escape(client_id)}[/]  tier [bold]{escape(answer['tier_name'])}[/]  points {answer['points_balance']:,}"
                   f"  (as of {answer['as_of']})")
     if product:
         d = answer["rate_discount"]
@@ -237,7 +244,7 @@ def benefits(
         table = Table("id", "kind", "use", "amount", "products", "rule", "version", "event", "valid to")
         for e in answer["entitlements"]:
             amount = f"{e['bps']} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-"
-            table.add_row(str(e["id"]), e["kind"], e["use"], amount, ",".join(e["products"]) or "-", e["rule_id"],
+            _add_row(table, str(e["id"]), e["kind"], e["use"], amount, ",".join(e["products"]) or "-", e["rule_id"],
                           e["programme_version"], e["event_id"] or "-", e["valid_to"] or "-")
         console.print(table)
 
@@ -263,7 +270,7 @@ def ledger_command(
             emit_json({"ok": not problems, "problems": problems})
         else:
             for problem in problems:
-                console.print(f"[red]mismatch[/]: {problem}", highlight=False)
+                console.print(f"[red]mismatch[/]: {escape(problem)}", highlight=False)
             console.print("ledger consistent" if not problems else f"[bold red]{len(problems)} mismatch(es)[/]")
         raise typer.Exit(1 if problems else 0)
     with engine.connect() as conn:
@@ -272,13 +279,13 @@ def ledger_command(
         emit_json(entries)
         return
     if not entries:
-        console.print(f"no ledger entries for {target}")
+        console.print(f"no ledger entries for {escape(target)}")
         return
     table = Table("id", "when", "kind", "reason", "amount", "rule", "version", "event", "reverses")
     for e in entries:
         amount = f"{e['points']:+,} pts" if e["kind"] == "points" else (
             f"{e['bps']:+} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-")
-        table.add_row(str(e["id"]), e["valid_from"][:19], e["kind"], e["reason"], amount, e["rule_id"] or "-",
+        _add_row(table, str(e["id"]), e["valid_from"][:19], e["kind"], e["reason"], amount, e["rule_id"] or "-",
                       e["programme_version"] or "-", e["event_id"] or "-", str(e["reverses_entry_id"] or ""))
     console.print(table)
 
@@ -301,9 +308,9 @@ def reverse(
         emit_json(result)
         return
     if result["status"] == "already_reversed":
-        console.print(f"{event_id} was already reversed; nothing written")
+        console.print(f"{escape(event_id)} was already reversed; nothing written")
         return
     count = len(result["entries"])
-    console.print(f"reversed {event_id}: {count} compensating {'entry' if count == 1 else 'entries'} {result['entries']}")
+    console.print(f"reversed {escape(event_id)}: {count} compensating {'entry' if count == 1 else 'entries'} {result['entries']}")
     for item in result["skipped"]:
         console.print(f"  entitlement {item['entitlement_id']} not reversed: it is already {item['status']}")

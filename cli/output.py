@@ -8,9 +8,11 @@ from decimal import Decimal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-console = Console()
-errors = Console(stderr=True)
+# soft_wrap: long messages stay on one line, so they can be grepped and copied whole.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def _default(value: object) -> object:
@@ -31,5 +33,5 @@ def fail(message: str, code: int = 2, as_json: bool = False) -> typer.Exit:
     if as_json:
         emit_json({"error": message})
     else:
-        errors.print(f"[bold red]error:[/] {message}", highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)

@@ -6,6 +6,7 @@ its file, line and key path.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -18,6 +19,7 @@ from engine.events import matching_value, minor_unit_exponent, parse_day
 from engine.expressions import ExpressionError, compile_points
 from engine.matching import AttributeTest, Matcher, MatcherLimitError, MatchRule
 from engine.programme import CompiledProgramme, CompiledRule, ProgrammeSet
+from engine import schema
 from engine.schema import AttributeSpec, Condition, Programme, Rule
 from engine.yaml_source import YamlDocument, load_yaml
 
@@ -47,7 +49,7 @@ def compile_document(doc: YamlDocument) -> CompiledProgramme:
     try:
         model = Programme.model_validate(doc.data)
     except ValidationError as exc:
-        raise RuleFileError([_schema_problem(doc, err) for err in exc.errors()]) from None
+        raise RuleFileError(_schema_problems(doc, exc.errors())) from None
     problems = list(_cross_reference_problems(doc, model))
     rules = []
     for index, rule in enumerate(model.rules):
@@ -68,25 +70,42 @@ def compile_document(doc: YamlDocument) -> CompiledProgramme:
 
 # --- schema errors -------------------------------------------------------------------------------
 
-_ALL_KEYS: set[str] = set()
+# pydantic names the member of a union it tried in the error location; these are not document keys.
+_UNION_MEMBERS = {"bool", "int", "decimal", "date", "str"}
+_PATTERN_MEANING = {
+    schema.NAME_PATTERN: "lower-case letters, digits and _, starting with a letter",
+    schema.EVENT_TYPE_PATTERN: "dotted lower-case words, e.g. loan.drawn",
+    schema.RULE_ID_PATTERN: "lower-case letters, digits, ., _ and -",
+    schema.PROGRAMME_ID_PATTERN: "lower-case letters, digits, _ and -",
+    schema.CURRENCY_PATTERN: "a three-letter ISO currency code such as CNY",
+}
 
 
-def _known_keys() -> set[str]:
-    if not _ALL_KEYS:
-        from engine import schema
-
-        for model in vars(schema).values():
-            if isinstance(model, type) and issubclass(model, schema.Strict):
-                for name, field in model.model_fields.items():
-                    _ALL_KEYS.add(field.alias or name)
-    return _ALL_KEYS
+@functools.cache
+def _known_keys() -> frozenset[str]:
+    return frozenset(field.alias or name for model in vars(schema).values()
+                     if isinstance(model, type) and issubclass(model, schema.Strict)
+                     for name, field in model.model_fields.items())
 
 
-def _schema_problem(doc: YamlDocument, err: dict) -> Problem:
-    loc = tuple(err["loc"])
-    # pydantic adds the union member or validator name to the location; keep the document path.
-    path = tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p in
-                                                                 {"str", "int", "decimal", "bool", "date"})))
+def _schema_problems(doc: YamlDocument, errors: list[dict]) -> list[Problem]:
+    grouped: dict[tuple, list[dict]] = {}
+    for err in errors:
+        path = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in _UNION_MEMBERS
+                                                                          or p.startswith("function-"))))
+        grouped.setdefault(path, []).append(err)
+    problems = []
+    for path, errs in grouped.items():
+        if len(errs) > 1 and all(len(err["loc"]) > len(path) for err in errs):
+            # One value that fits no member of a union: say what would fit, once.
+            problems.append(doc.problem(path, "expected a single value: a number, text, a date or true/false "
+                                              f"(got {errs[0].get('input')!r})"))
+        else:
+            problems.extend(_schema_problem(doc, path, err) for err in errs)
+    return problems
+
+
+def _schema_problem(doc: YamlDocument, path: tuple, err: dict) -> Problem:
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(path[-1])
@@ -96,6 +115,9 @@ def _schema_problem(doc: YamlDocument, err: dict) -> Problem:
     if kind == "missing":
         return doc.problem(path, f"required key {path[-1]!r} is missing")
     message = err["msg"].removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch":
+        pattern = err.get("ctx", {}).get("pattern")
+        message = f"expected {_PATTERN_MEANING.get(pattern, f'text matching {pattern}')}"
     value = err.get("input")
     if kind not in {"model_type", "dict_type", "list_type"} and not isinstance(value, (dict, list)):
         message += f" (got {value!r})"

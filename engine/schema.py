@@ -11,9 +11,15 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
-EventTypeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=64)]
-RuleId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=80)]
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+PROGRAMME_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+EventTypeName = Annotated[str, Field(pattern=EVENT_TYPE_PATTERN, max_length=64)]
+RuleId = Annotated[str, Field(pattern=RULE_ID_PATTERN, max_length=80)]
 Scalar = bool | int | Decimal | date | str
 
 
@@ -165,6 +171,12 @@ class Award(Strict):
     rate_discount: RateDiscountGrant | None = None
     benefit: BenefitGrant | None = None
 
+    @field_validator("points", mode="before")
+    @classmethod
+    def _constant_points(cls, value: object) -> object:
+        # `points: 2000` is a constant expression; YAML hands it over as a number.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _gives_something(self) -> Award:
         if self.points is None and self.rate_discount is None and self.benefit is None:
@@ -200,10 +212,10 @@ class Rule(Strict):
 class ProgrammeHeader(Strict):
     """Identity and version of a programme."""
 
-    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
+    id: Annotated[str, Field(pattern=PROGRAMME_ID_PATTERN, max_length=64)]
     name: str = ""
     version: Annotated[str, Field(min_length=1, max_length=32)]
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    currency: Annotated[str, Field(pattern=CURRENCY_PATTERN)]
     effective_from: AwareDatetime
 
     @field_validator("version", mode="before")

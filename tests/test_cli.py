@@ -86,8 +86,8 @@ def test_rules_check(tmp_path):
     ok = cli_json("rules", "check")
     assert ok["valid"] is True and ok["results"][0]["versions"][0]["rules"] > 0
     broken = tmp_path / "broken.yaml"
-    broken.write_text((RULES / "corporate_lending.yaml").read_text().replace("kind: {eq: client_day}\n    award:\n      points: \"500\"",
-                                                                              "kind: {eq: clientday}\n    award:\n      points: \"500\""))
+    broken.write_text((RULES / "corporate_lending.yaml").read_text().replace("kind: {eq: client_day}\n    award:\n      points: 500",
+                                                                              "kind: {eq: clientday}\n    award:\n      points: 500"))
     result = cli_json("rules", "check", str(broken), expect_code=1)
     [problem] = result["results"][0]["problems"]
     assert problem["file"] == str(broken) and problem["line"] > 0

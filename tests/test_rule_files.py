@@ -99,16 +99,16 @@ def test_unknown_product_in_grant(tmp_path):
 
 
 def test_enum_condition_value_must_be_declared(tmp_path):
-    path, line = replace_in_shipped(tmp_path, "        kind: {eq: client_day}\n    award:\n      points: \"500\"",
-                                    "        kind: {eq: clientday}\n    award:\n      points: \"500\"")
+    path, line = replace_in_shipped(tmp_path, "        kind: {eq: client_day}\n    award:\n      points: 500",
+                                    "        kind: {eq: clientday}\n    award:\n      points: 500")
     [problem] = problems_of(path)
     assert problem.line == line
     assert "unknown value 'clientday'" in problem.message and "client_day" in problem.message
 
 
 def test_order_comparison_on_enum_is_refused(tmp_path):
-    path, _ = replace_in_shipped(tmp_path, "        kind: {eq: client_day}\n    award:\n      points: \"500\"",
-                                 "        kind: {gt: client_day}\n    award:\n      points: \"500\"")
+    path, _ = replace_in_shipped(tmp_path, "        kind: {eq: client_day}\n    award:\n      points: 500",
+                                 "        kind: {gt: client_day}\n    award:\n      points: 500")
     [problem] = problems_of(path)
     assert "gt compares order" in problem.message
 
@@ -214,3 +214,22 @@ def test_versions_are_chosen_by_event_time(tmp_path):
     assert programmes.at(datetime(2026, 6, 30, tzinfo=UTC)).version == "2026.1"
     assert programmes.at(datetime(2026, 7, 1, tzinfo=UTC)).version == "2026.2"
     assert programmes.at(datetime(2024, 1, 1, tzinfo=UTC)) is None
+
+
+def test_a_value_of_no_accepted_type_gets_one_message(tmp_path):
+    path, line = replace_in_shipped(tmp_path, "amount: {gte: 50000000}", "amount: {gte: [1]}")
+    [problem] = problems_of(path)
+    assert problem.line == line and "expected a single value" in problem.message
+
+
+def test_id_patterns_are_explained_in_words(tmp_path):
+    path, _ = replace_in_shipped(tmp_path, "  - id: standard", "  - id: Standard")
+    [problem] = problems_of(path)
+    assert problem.path == "tiers[0].id"
+    assert "lower-case letters, digits and _" in problem.message and "'Standard'" in problem.message
+
+
+def test_constant_points_may_be_written_as_numbers():
+    programme = load_programmes(RULES).current
+    cross_sell = next(r for r in programme.rules if r.rule.id == "cross-sell")
+    assert cross_sell.rule.award.points == "2000"
