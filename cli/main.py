@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -23,10 +24,10 @@ from engine.programme import ProgrammeSet
 from service.benefits import client_benefits
 from service.clock import utc_now
 from service.errors import InputError, NotFoundError
-from service.ingest import Ingestor
+from service.ingest import Ingestor, IngestReport
 from service.reversal import reverse_event
 from storage import ledger
-from storage.db import SchemaMissingError, database_url, init_schema, make_engine, require_schema
+from storage.db import SchemaMissingError, database_url, init_schema, make_engine, read_snapshot, require_schema
 
 PROJECT_RULES = Path(__file__).resolve().parent.parent / "rules"
 
@@ -48,9 +49,13 @@ class Settings:
         self.db_url = database_url(db)
         self.rules = rules or PROJECT_RULES
 
-    def engine(self, as_json: bool, need_schema: bool = True):  # noqa: ANN201
+    def engine(self, as_json: bool, need_schema: bool = True) -> Engine:
         """The database engine; exits with a clear message when `loyalty init` has not been run."""
-        engine = make_engine(self.db_url)
+        try:
+            engine = make_engine(self.db_url)
+        except (ArgumentError, NoSuchModuleError):
+            raise fail(f"--db {self.db_url!r} is not a database URL; expected e.g. sqlite:///loyalty.db or "
+                       "postgresql+psycopg://user@host:5432/dbname", as_json=as_json) from None
         try:
             if need_schema:
                 require_schema(engine)
@@ -66,6 +71,11 @@ class Settings:
 
     def programmes(self, as_json: bool) -> ProgrammeSet:
         """The active programme versions; exits listing every problem if they do not load."""
+        if not self.rules.exists():
+            hint = (" (this installation has no project rules/ folder: install from a checkout with "
+                    "`pip install -e .`)" if self.rules == PROJECT_RULES else "")
+            raise fail(f"no rules at {self.rules}{hint}; name a rule file or folder with --rules or LOYALTY_RULES",
+                       as_json=as_json)
         try:
             return load_programmes(self.rules)
         except RuleFileError as exc:
@@ -158,17 +168,18 @@ def ingest(
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
     ingestor = Ingestor(engine, programmes, batch_size=batch_size)
-    if source == "-":
-        report = ingestor.ingest_lines(sys.stdin)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise fail(f"no such file: {source}", as_json=as_json)
-        with path.open(encoding="utf-8") as handle:
-            if as_json or not sys.stderr.isatty():
-                report = ingestor.ingest_lines(handle)
-            else:
-                report = _ingest_with_progress(ingestor, handle, path)
+    if source != "-" and not Path(source).is_file():
+        raise fail(f"no such file: {source}", as_json=as_json)
+    try:
+        if source == "-":
+            report = ingestor.ingest_lines(sys.stdin.buffer)
+        else:
+            report = _ingest_file(ingestor, Path(source), show_progress=not as_json and sys.stderr.isatty())
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise fail(f"the database stopped answering: {reason}. Batches before the failure were applied; "
+                   "running the same command again is safe (applied events count as duplicates).",
+                   as_json=as_json) from None
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -181,13 +192,17 @@ def ingest(
     raise typer.Exit(1 if report.rejected else 0)
 
 
-def _ingest_with_progress(ingestor: Ingestor, handle, path: Path):  # noqa: ANN001, ANN202
-    total = sum(1 for _ in path.open(encoding="utf-8"))
-    columns = (TextColumn("ingesting"), BarColumn(), TextColumn("{task.completed}/{task.total} lines"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=errors, transient=True) as progress:
-        task = progress.add_task("ingest", total=total)
-        return ingestor.ingest_lines(handle, progress=lambda n: progress.advance(task, n))
+def _ingest_file(ingestor: Ingestor, path: Path, show_progress: bool) -> IngestReport:
+    with path.open("rb") as handle:
+        if not show_progress:
+            return ingestor.ingest_lines(handle)
+        total = sum(1 for _ in handle)
+        handle.seek(0)
+        columns = (TextColumn("ingesting"), BarColumn(), TextColumn("{task.completed}/{task.total} lines"),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=errors, transient=True) as progress:
+            task = progress.add_task("ingest", total=total)
+            return ingestor.ingest_lines(handle, progress=lambda n: progress.advance(task, n))
 
 
 def _add_row(table: Table, *cells: str) -> None:
@@ -264,7 +279,7 @@ def ledger_command(
     settings: Settings = ctx.obj
     engine = settings.engine(as_json)
     if target == "verify":
-        with engine.connect() as conn:
+        with read_snapshot(engine) as conn:
             problems = ledger.verify(conn)
         if as_json:
             emit_json({"ok": not problems, "problems": problems})
@@ -273,7 +288,7 @@ def ledger_command(
                 console.print(f"[red]mismatch[/]: {escape(problem)}", highlight=False)
             console.print("ledger consistent" if not problems else f"[bold red]{len(problems)} mismatch(es)[/]")
         raise typer.Exit(1 if problems else 0)
-    with engine.connect() as conn:
+    with read_snapshot(engine) as conn:
         entries = ledger.client_entries(conn, target, limit=limit)
     if as_json:
         emit_json(entries)
@@ -288,6 +303,8 @@ def ledger_command(
         _add_row(table, str(e["id"]), e["valid_from"][:19], e["kind"], e["reason"], amount, e["rule_id"] or "-",
                       e["programme_version"] or "-", e["event_id"] or "-", str(e["reverses_entry_id"] or ""))
     console.print(table)
+    if len(entries) == limit:
+        console.print(f"showing the {limit} newest entries; --limit N shows more")
 
 
 @app.command()

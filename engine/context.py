@@ -37,9 +37,18 @@ def tier_at(history: list[tuple[datetime, str]], moment: datetime, default: str)
     return history[position - 1][1] if position else default
 
 
-def context_at(client_id: str, moment: datetime, history: list[tuple[datetime, str]], lowest_tier: str,
-               segment: str | None, onboarded_at: datetime | None, first_seen_at: datetime | None) -> ClientContext:
-    """The client's context as of `moment`: only what was already known then counts."""
-    known_segment = segment if onboarded_at is not None and onboarded_at <= moment else None
-    since = onboarded_at or first_seen_at or moment
-    return ClientContext(client_id, tier_at(history, moment, lowest_tier), known_segment, whole_months(since, moment))
+ONBOARDING_EVENT = "client.onboarded"  # its name, segment and industry form the client profile
+
+
+def context_at(client_id: str, moment: datetime, tiers: list[tuple[datetime, str]], lowest_tier: str,
+               onboardings: list[tuple[datetime, str | None]], first_seen_at: datetime) -> ClientContext:
+    """The client's context as of `moment`, from what was true then, whatever order events arrived in.
+
+    `tiers` and `onboardings` are (time, value) pairs sorted by time. The segment is the one of the
+    latest onboarding at or before `moment`; tenure counts from the first onboarding (or, for a
+    client never onboarded, from its first event).
+    """
+    position = bisect.bisect_right([at for at, _ in onboardings], moment)
+    segment = onboardings[position - 1][1] if position else None
+    since = onboardings[0][0] if position else first_seen_at
+    return ClientContext(client_id, tier_at(tiers, moment, lowest_tier), segment, whole_months(since, moment))

@@ -1,7 +1,6 @@
 """The activity-event input contract: the envelope, typed attributes, and their views for matching and CEL."""
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -11,16 +10,22 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.errors import EventError
+from engine.errors import EventError, did_you_mean
 from engine.schema import AttributeSpec, EventTypeSpec
 
-# ISO 4217 minor units for the currencies whose exponent is not 2.
-_ZERO_DECIMAL_CURRENCIES = {"JPY", "KRW", "VND", "CLP", "ISK", "UGX"}
+# ISO 4217 minor units of the currencies whose exponent is not 2.
+_MINOR_UNITS = {
+    **dict.fromkeys(["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+                     "VUV", "XAF", "XOF", "XPF"], 0),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+}
+MAX_TEXT_LENGTH = 200
+EARLIEST_YEAR, LATEST_YEAR = 1900, 2999
 
 
 def minor_unit_exponent(currency: str) -> int:
-    """Decimal places of a currency's minor unit (2 for CNY, 0 for JPY)."""
-    return 0 if currency in _ZERO_DECIMAL_CURRENCIES else 2
+    """Decimal places of a currency's minor unit (2 for CNY, 0 for JPY, 3 for KWD)."""
+    return _MINOR_UNITS.get(currency, 2)
 
 
 class EventEnvelope(BaseModel):
@@ -36,11 +41,31 @@ class EventEnvelope(BaseModel):
 
     @field_validator("occurred_at", mode="before")
     @classmethod
-    def _no_naive_time(cls, value: object) -> object:
-        if isinstance(value, str) and value and _looks_naive(value):
+    def _iso_text_with_zone(cls, value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError("expected an ISO 8601 timestamp as text, e.g. 2026-03-01T10:00:00Z")
+        if _looks_naive(value):
             raise ValueError("timestamp has no time zone; send UTC with a Z or an offset, "
                              "e.g. 2026-03-01T10:00:00Z")
         return value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_year(cls, value: datetime) -> datetime:
+        if not EARLIEST_YEAR <= value.astimezone(UTC).year <= LATEST_YEAR:
+            raise ValueError(f"year {value.year} is outside {EARLIEST_YEAR}-{LATEST_YEAR}")
+        return value
+
+    @field_validator("id", "client_id", "type")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        _check_text(value)
+        return value
+
+
+def _check_text(value: str) -> None:
+    if "\x00" in value:
+        raise ValueError("text contains a NUL character")
 
 
 def _looks_naive(text: str) -> bool:
@@ -73,7 +98,7 @@ class Event:
 
 def _jsonable(value: object) -> object:
     if isinstance(value, Decimal):
-        return str(value.normalize()) if value == value.to_integral_value() else str(value)
+        return format(value.normalize(), "f")  # 100.50 and 100.5 are one amount: one spelling
     if isinstance(value, date):
         return value.isoformat()
     return value
@@ -85,6 +110,8 @@ def parse_json_line(line: str) -> dict:
         value = json.loads(line, parse_float=Decimal)
     except json.JSONDecodeError as exc:
         raise EventError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise EventError("not valid JSON here: nested too deeply") from None
     if not isinstance(value, dict):
         raise EventError(f"expected a JSON object, got {type(value).__name__}")
     return value
@@ -114,7 +141,7 @@ def typed_event(envelope: EventEnvelope, event_types: dict[str, EventTypeSpec], 
     """Check an envelope's type and attributes against the programme's event types."""
     spec = event_types.get(envelope.type)
     if spec is None:
-        raise EventError(f"unknown event type {envelope.type!r}{_suggest(envelope.type, event_types)}; "
+        raise EventError(f"unknown event type {envelope.type!r}{did_you_mean(envelope.type, event_types)}; "
                          f"expected one of: {', '.join(sorted(event_types))}", "type")
     data = typed_attributes(spec, envelope.data, currency)
     return Event(envelope.id, envelope.client_id, envelope.type, envelope.occurred_at.astimezone(UTC), data)
@@ -125,7 +152,7 @@ def typed_attributes(spec: EventTypeSpec, data: dict[str, object], currency: str
     unknown = sorted(set(data) - set(spec.attributes))
     if unknown:
         name = unknown[0]
-        raise EventError(f"unknown attribute{_suggest(name, spec.attributes)}; expected: "
+        raise EventError(f"unknown attribute{did_you_mean(name, spec.attributes)}; expected: "
                          f"{', '.join(spec.attributes) or 'no attributes'}", f"data.{name}")
     typed: dict[str, object] = {}
     for name, attribute in spec.attributes.items():
@@ -167,12 +194,14 @@ def convert_value(attribute: AttributeSpec, value: object, currency: str, field:
         return value
     if kind == "enum":
         if not isinstance(value, str) or value not in (attribute.values or []):
-            hint = _suggest(str(value), attribute.values or [])
+            hint = did_you_mean(str(value), attribute.values or [])
             raise EventError(f"unknown value {value!r}{hint}; expected {describe(attribute)}", field)
         return value
     if kind == "string":
         if not isinstance(value, str) or not value.strip():
             raise EventError(f"expected {describe(attribute)}, got {value!r}", field)
+        if len(value) > MAX_TEXT_LENGTH or "\x00" in value:
+            raise EventError(f"expected at most {MAX_TEXT_LENGTH} characters with no NUL character", field)
         return value
     if kind == "boolean":
         if not isinstance(value, bool):
@@ -216,11 +245,6 @@ def _money(value: object, currency: str, field: str) -> Decimal:
     if amount >= Decimal("1e15"):
         raise EventError(f"amount {value!r} is implausibly large (at most 15 digits before the point)", field)
     return amount
-
-
-def _suggest(word: str, choices: object) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)  # type: ignore[arg-type]
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def matching_value(attribute_type: str, value: object, currency: str) -> object:

@@ -44,18 +44,30 @@ def _require_int(source: str, result: object) -> None:
             "number (int), e.g. event.amount / 10000")
 
 
-def compile_points(source: str, sample_activation: dict) -> PointsExpression:
-    """Compile `source` and try it on a typed sample event, so type errors surface at load time."""
+def compile_points(source: str, sample_activations: list[dict]) -> PointsExpression:
+    """Compile `source` and try it on typed sample events, so type errors surface at load time.
+
+    The expression is accepted when any sample gives a whole number and none gives another type;
+    arithmetic that fails on one sample only (a division by a value that is zero there) is not an error.
+    """
     try:
         program = cel.compile(source)
     except ValueError as exc:
         raise ExpressionError(f"points expression does not compile: {_first_line(str(exc))}") from None
     expression = PointsExpression(source, program)
-    try:
-        # Only the type is checked here: the sign depends on real values, checked per event.
-        _require_int(source, _execute(expression, sample_activation))
-    except EvaluationError as exc:
-        raise ExpressionError(str(exc)) from None
+    failures: list[str] = []
+    for activation in sample_activations:
+        try:
+            result = _execute(expression, activation)
+        except EvaluationError as exc:
+            failures.append(str(exc))
+            continue
+        try:  # the sign depends on real values and is checked per event; the type is checked here
+            _require_int(source, result)
+        except EvaluationError as exc:
+            raise ExpressionError(str(exc)) from None
+    if len(failures) == len(sample_activations):
+        raise ExpressionError(failures[0])
     return expression
 
 

@@ -5,7 +5,6 @@ its file, line and key path.
 """
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Iterable
 from datetime import datetime
@@ -14,17 +13,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from engine.errors import Problem, RuleFileError
+from engine.errors import Problem, RuleFileError, did_you_mean
 from engine.events import matching_value, minor_unit_exponent, parse_day
 from engine.expressions import ExpressionError, compile_points
-from engine.matching import AttributeTest, Matcher, MatcherLimitError, MatchRule
+from engine.matching import RANGE_OPERATORS, AttributeTest, Matcher, MatcherLimitError, MatchRule
 from engine.programme import CompiledProgramme, CompiledRule, ProgrammeSet
 from engine import schema
 from engine.schema import AttributeSpec, Condition, Programme, Rule
 from engine.yaml_source import YamlDocument, load_yaml
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
-_RANGE_OPS = {"lt", "lte", "gt", "gte"}
 _ORDERED_TYPES = {"integer", "money", "date", "month"}
 
 
@@ -38,9 +36,12 @@ def rule_files(location: Path) -> list[Path]:
 def load_programme(path: Path) -> CompiledProgramme:
     """Load, check and compile one rule file, or raise RuleFileError listing every problem."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise RuleFileError([Problem(str(path), None, "", f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise RuleFileError([Problem(str(path), line, "", "not UTF-8 text; save the file as UTF-8")]) from None
     return compile_document(load_yaml(str(path), text))
 
 
@@ -54,7 +55,7 @@ def compile_document(doc: YamlDocument) -> CompiledProgramme:
     rules = []
     for index, rule in enumerate(model.rules):
         try:
-            points = compile_points(rule.award.points, _sample_activation(model, rule)) if rule.award.points else None
+            points = compile_points(rule.award.points, _sample_activations(model, rule)) if rule.award.points else None
         except ExpressionError as exc:
             problems.append(doc.problem(("rules", index, "award", "points"), str(exc)))
             points = None
@@ -109,9 +110,7 @@ def _schema_problem(doc: YamlDocument, path: tuple, err: dict) -> Problem:
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(path[-1])
-        close = difflib.get_close_matches(key, _known_keys(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return doc.problem(path, f"unknown key {key!r}{hint}")
+        return doc.problem(path, f"unknown key {key!r}{did_you_mean(key, _known_keys())}")
     if kind == "missing":
         return doc.problem(path, f"required key {path[-1]!r} is missing")
     message = err["msg"].removeprefix("Value error, ")
@@ -203,9 +202,7 @@ def _duplicates(doc: YamlDocument, key: str, ids: list[str]) -> Iterable[Problem
 
 def _unknown(what: str, name: str, known: Iterable[str]) -> str:
     known = list(known)
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {what} {name!r}{hint}; known: {', '.join(known)}"
+    return f"unknown {what} {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
 
 
 def _condition_problems(doc: YamlDocument, path: tuple, condition: Condition, spec: AttributeSpec,
@@ -213,7 +210,7 @@ def _condition_problems(doc: YamlDocument, path: tuple, condition: Condition, sp
     for op, value in condition.operators().items():
         if op == "exists":
             continue
-        if op in _RANGE_OPS and spec.type not in _ORDERED_TYPES:
+        if op in RANGE_OPERATORS and spec.type not in _ORDERED_TYPES:
             yield doc.problem(path + (op,), f"{op} compares order; {spec.type} values can only be tested with "
                                             "eq, ne, in, not_in or exists")
             continue
@@ -289,20 +286,24 @@ def _tests(path: str, condition: Condition, attribute_type: str, currency: str) 
     return tests
 
 
-def _sample_activation(model: Programme, rule: Rule) -> dict:
-    """Typed sample values, so a points expression's type errors show up when the file loads."""
+def _sample_activations(model: Programme, rule: Rule) -> list[dict]:
+    """Two typed sample events, so a points expression's type errors show up when the file loads."""
     spec = model.event_types.get(rule.when.event)
-    samples = {"money": 1_000_000, "integer": 1, "string": "sample", "date": "2026-01-01", "month": "2026-01",
-               "boolean": True}
-    event = {}
-    for name, attribute in (spec.attributes.items() if spec else []):
-        if attribute.type == "enum":
-            event[name] = (attribute.values or [""])[0]
-        elif attribute.type == "integer":
-            event[name] = attribute.min if attribute.min is not None else 1
-        else:
-            event[name] = samples[attribute.type]
-    return {"event": event, "client": {"tier": model.tiers[0].id, "segment": "", "tenure_months": 0}}
+    activations = []
+    for number in (1, 7):  # a second sample avoids mistaking arithmetic on 1 (x / (n - 1)) for an error
+        event: dict = {}
+        for name, attribute in (spec.attributes.items() if spec else []):
+            if attribute.type == "enum":
+                event[name] = (attribute.values or [""])[0]
+            elif attribute.type == "integer":
+                low = attribute.min if attribute.min is not None else 0
+                event[name] = min(low + number, attribute.max) if attribute.max is not None else low + number
+            else:
+                event[name] = {"money": 1_000_000 * number, "string": "sample", "date": "2026-01-01",
+                               "month": "2026-01", "boolean": True}[attribute.type]
+        activations.append({"event": event,
+                            "client": {"tier": model.tiers[0].id, "segment": "", "tenure_months": number}})
+    return activations
 
 
 def load_programmes(location: Path) -> ProgrammeSet:
@@ -326,6 +327,13 @@ def load_programmes(location: Path) -> ProgrammeSet:
 def _version_problems(loaded: list[CompiledProgramme]) -> Iterable[Problem]:
     if not loaded:
         return
+    ordered = sorted(loaded, key=lambda p: p.effective_from)
+    for earlier, later in zip(ordered, ordered[1:]):
+        dropped = [tier for tier in earlier.tier_ids if tier not in later.tier_ids]
+        if dropped:
+            yield Problem(later.source, None, "tiers",
+                          f"tiers {', '.join(dropped)} of version {earlier.version} ({earlier.source}) are missing; "
+                          "clients may hold them, so a later version must keep every earlier tier id")
     first = loaded[0]
     seen_versions: dict[str, str] = {}
     seen_starts: dict[datetime, str] = {}

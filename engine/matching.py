@@ -25,8 +25,11 @@ from engine.errors import EvaluationError
 
 # Observed: 512 distinct equality values on one attribute hang the engine at post time.
 MAX_EQUALITY_VALUES_PER_ATTRIBUTE = 511
+# Observed: an event satisfying more than 64 range tests fails with error 303 although the rules
+# loaded; we refuse more than 64 range tests per event type, so no event can reach that.
+MAX_RANGE_TESTS_PER_EVENT_TYPE = 64
 
-_RANGE_OPERATORS = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte"}
+RANGE_OPERATORS = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte"}
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,16 @@ def _condition(test: AttributeTest) -> dict:
     path, op, value = test.path, test.operator, test.value
     if op == "eq":
         return {path: value}
+    # An absent attribute is "not equal" to anything: durable's $neq alone would need it present.
     if op == "ne":
-        return {"$neq": {path: value}}
-    if op in _RANGE_OPERATORS:
-        return {_RANGE_OPERATORS[op]: {path: value}}
+        return {"$or": [{"$nex": {path: 1}}, {"$neq": {path: value}}]}
+    if op in RANGE_OPERATORS:
+        return {RANGE_OPERATORS[op]: {path: value}}
     if op == "in":
         values = list(value)  # type: ignore[arg-type]
         return {path: values[0]} if len(values) == 1 else {"$or": [{path: v} for v in values]}
     if op == "not_in":
-        return {"$and": [{"$neq": {path: v}} for v in value]}  # type: ignore[union-attr]
+        return {"$or": [{"$nex": {path: 1}}, {"$and": [{"$neq": {path: v}} for v in value]}]}  # type: ignore[union-attr]
     if op == "exists":
         return {"$ex" if value else "$nex": {path: 1}}
     raise ValueError(f"unknown operator {op!r}")
@@ -79,8 +83,10 @@ def _condition(test: AttributeTest) -> dict:
 def check_limits(rules: Sequence[MatchRule]) -> None:
     """Refuse rule sets that would hang or break the matching core."""
     values: dict[str, set] = defaultdict(set)
+    ranges: dict[str, int] = defaultdict(int)
     for rule in rules:
         values["type"].add(rule.event_type)
+        ranges[rule.event_type] += sum(test.operator in RANGE_OPERATORS for test in rule.tests)
         for test in rule.tests:
             if test.operator in ("eq", "ne"):
                 values[test.path].add(repr(test.value))
@@ -93,6 +99,12 @@ def check_limits(rules: Sequence[MatchRule]) -> None:
                 f"the rules compare {name} with {len(seen)} distinct values; the matching core "
                 f"supports at most {MAX_EQUALITY_VALUES_PER_ATTRIBUTE}. Group values into fewer rules "
                 "or move the distinction into an attribute with fewer values.")
+    for event_type, count in ranges.items():
+        if count > MAX_RANGE_TESTS_PER_EVENT_TYPE:
+            raise MatcherLimitError(
+                f"the rules test {event_type} events with {count} range conditions (lt, lte, gt, gte); the "
+                f"matching core supports at most {MAX_RANGE_TESTS_PER_EVENT_TYPE} per event type. Merge "
+                "thresholds into fewer rules, e.g. one rule whose points expression scales with the amount.")
 
 
 class Matcher:
@@ -137,6 +149,8 @@ class Matcher:
                 state = self._host.assert_fact(self._ruleset, fact)
             except _durable.MessageNotHandledException:
                 return []
+            except Exception as exc:  # the C core raises bare Exceptions with an error code
+                raise EvaluationError(f"the matching core refused this event: {exc}") from None
             finally:
                 self._retract(fact)
             if isinstance(state, dict) and "exception" in state:
@@ -147,5 +161,5 @@ class Matcher:
     def _retract(self, fact: dict) -> None:
         try:
             self._host.retract_fact(self._ruleset, fact)
-        except _durable.MessageNotHandledException:
+        except Exception:  # noqa: BLE001 - a fact that was never asserted has nothing to retract
             pass

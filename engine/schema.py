@@ -5,7 +5,7 @@ attribute) are checked in `engine.loader`, which knows the whole programme.
 """
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -238,7 +238,3 @@ class Programme(Strict):
     discount_ceiling_bps: dict[Name, Annotated[int, Field(ge=0, le=1000)]] = Field(
         description="most stacked discount per product; key 'default' covers products not named")
     rules: list[Rule] = []
-
-    def effective_from(self) -> datetime:
-        """When this version starts to apply."""
-        return self.programme.effective_from

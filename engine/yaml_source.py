@@ -68,6 +68,10 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], problems: list[Pr
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(Problem(file, key_node.start_mark.line + 1, format_path(path),
+                                        "a key must be plain text, not a list or mapping"))
+                continue
             key = key_node.value
             child = path + (key,)
             if key in seen:

@@ -68,9 +68,3 @@ class Grant:
     bps: int = 0
     products: tuple[str, ...] = ()
     detail: dict = field(default_factory=dict)
-
-    def applies_to(self, product: str | None) -> bool:
-        """Whether this grant concerns `product` (benefits other than discounts concern every product)."""
-        return self.kind != Kind.RATE_DISCOUNT or product is None or product in self.products
-
-

@@ -1,16 +1,17 @@
 """What a client holds at a moment: tier, points, effective rate discount, service benefits, with provenance."""
 from __future__ import annotations
 
-import difflib
 from datetime import datetime
 
 from sqlalchemy import Engine, select
 
 from engine.context import tier_at
+from engine.errors import did_you_mean
 from engine.programme import ProgrammeSet
 from rewards.stacking import Entitlement, rate_discount, service_benefits
 from service.errors import InputError, NotFoundError
 from storage import clients as client_store
+from storage.db import read_snapshot
 from storage.ledger import held_entitlements
 from storage.models import Client
 
@@ -23,10 +24,9 @@ def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at
     programme = programmes.at(at) or programmes.versions[0]
     products = programme.model.loan_products
     if product is not None and product not in products:
-        close = difflib.get_close_matches(product, products, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise InputError(f"unknown loan product {product!r}{hint}; expected one of: {', '.join(products)}")
-    with engine.connect() as conn:
+        raise InputError(f"unknown loan product {product!r}{did_you_mean(product, products)}; "
+                         f"expected one of: {', '.join(products)}")
+    with read_snapshot(engine) as conn:
         client = conn.execute(select(Client.__table__).where(Client.__table__.c.client_id == client_id)).first()
         if client is None:
             raise NotFoundError(f"no client {client_id!r}: it has no events yet")

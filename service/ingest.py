@@ -15,8 +15,9 @@ from datetime import datetime
 from itertools import islice
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
-from engine.context import context_at
+from engine.context import ONBOARDING_EVENT, context_at
 from engine.errors import EvaluationError, EventError
 from engine.evaluator import RuleOutcome, evaluate
 from engine.events import Event, parse_envelope, parse_json_line, typed_event
@@ -87,17 +88,20 @@ class Ingestor:
         self.clock = clock
         self.batch_size = batch_size
 
-    def ingest_lines(self, lines: Iterable[str], progress: Callable[[int], None] | None = None) -> IngestReport:
-        """Ingest NDJSON lines; blank lines are skipped; `progress` is told how many lines each batch held."""
+    def ingest_lines(self, lines: Iterable[str | bytes],
+                     progress: Callable[[int], None] | None = None) -> IngestReport:
+        """Ingest NDJSON lines (text, or bytes decoded as UTF-8 line by line); blank lines are skipped.
+
+        `progress` is told how many lines each batch held.
+        """
         report = IngestReport()
-        numbered = enumerate(lines, start=1)
-        for chunk in _chunks(numbered, self.batch_size):
+        for chunk in _chunks(enumerate(lines, start=1), self.batch_size):
             raw_items = []
-            for number, text in chunk:
-                if not text.strip():
-                    continue
+            for number, line in chunk:
                 try:
-                    raw_items.append((number, parse_json_line(text)))
+                    text = _decode(line, first=number == 1)
+                    if text.strip():
+                        raw_items.append((number, parse_json_line(text)))
                 except EventError as exc:
                     report.add(Outcome(number, None, REJECTED, str(exc)))
             for outcome in self.ingest_raw(raw_items):
@@ -108,29 +112,44 @@ class Ingestor:
         return report
 
     def ingest_raw(self, items: list[tuple[int, dict]]) -> list[Outcome]:
-        """Validate and apply parsed JSON objects; one outcome per item, in order."""
-        outcomes: dict[int, Outcome] = {}
+        """Validate and apply parsed JSON objects given with their line numbers; one outcome per item, in order."""
+        outcomes: list[Outcome | None] = [None] * len(items)
         pending: list[_Pending] = []
         for position, (line, raw) in enumerate(items):
-            event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
             try:
-                envelope = parse_envelope(raw)
-                programme = self.programmes.at(envelope.occurred_at)
-                if programme is None:
-                    first = self.programmes.versions[0]
-                    raise EventError(f"no programme version is in force at {envelope.occurred_at.isoformat()}; "
-                                     f"{first.id} starts {first.effective_from.isoformat()}", "occurred_at")
-                pending.append(_Pending(position, typed_event(envelope, programme.model.event_types,
-                                                              programme.currency), programme))
+                pending.append(_Pending(position, *self._validate(raw)))
             except EventError as exc:
+                event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
                 outcomes[position] = Outcome(line, event_id, REJECTED, str(exc))
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start:start + self.batch_size]
-            for item, outcome in zip(batch, with_retry(lambda b=batch: self._apply_batch(b)), strict=True):
-                outcomes[item.position] = replace(outcome, line=items[item.position][0])
-        return [outcomes[position] for position in range(len(items))]
+            for item, (status, error) in zip(batch, self._apply(batch), strict=True):
+                outcomes[item.position] = Outcome(items[item.position][0], item.event.id, status, error)
+        return outcomes  # type: ignore[return-value]  # every position was filled above
 
-    def _apply_batch(self, batch: list[_Pending]) -> list[Outcome]:
+    def _validate(self, raw: dict) -> tuple[Event, CompiledProgramme]:
+        envelope = parse_envelope(raw)
+        programme = self.programmes.at(envelope.occurred_at)
+        if programme is None:
+            first = self.programmes.versions[0]
+            raise EventError(f"no programme version is in force at {envelope.occurred_at.isoformat()}; "
+                             f"{first.id} starts {first.effective_from.isoformat()}", "occurred_at")
+        return typed_event(envelope, programme.model.event_types, programme.currency), programme
+
+    def _apply(self, batch: list[_Pending]) -> list[tuple[str, str | None]]:
+        """Apply a batch in one transaction; if it fails for a reason other than the database being
+        unreachable, apply its events one by one so only the event at fault is rejected."""
+        try:
+            return with_retry(lambda: self._apply_batch(batch))
+        except OperationalError:
+            raise  # the database is down or locked for too long: nothing more can be stored
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the other events must still be applied
+            if len(batch) > 1:
+                return [result for item in batch for result in self._apply([item])]
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return [(REJECTED, f"could not be stored ({type(exc).__name__}): {reason}")]
+
+    def _apply_batch(self, batch: list[_Pending]) -> list[tuple[str, str | None]]:
         with write_transaction(self.engine) as conn:
             return _BatchWriter(conn, self.clock()).apply(batch)
 
@@ -148,41 +167,50 @@ class _BatchWriter:
         self.changed_profiles: dict[str, ClientRecord] = {}
         self.cap_cache: dict[tuple, CapUsage] = {}
 
-    def apply(self, batch: list[_Pending]) -> list[Outcome]:
+    def apply(self, batch: list[_Pending]) -> list[tuple[str, str | None]]:
+        """(status, error) for each event of the batch, in order; the writes happen at the end."""
         client_ids = sorted({item.event.client_id for item in batch})
+        # Lock first: a concurrent writer of the same clients has committed before we read anything.
+        self.clients = client_store.lock_clients(self.conn, client_ids)
         known_hashes = client_store.processed_hashes(self.conn, [item.event.id for item in batch])
-        self.clients = client_store.load_clients(self.conn, client_ids, lock=True)
-        self.histories = client_store.tier_histories(self.conn, client_ids)
+        self.tiers = client_store.tier_histories(self.conn, client_ids)
+        self.onboardings = client_store.onboarding_histories(self.conn, client_ids)
         self._load_cap_history(batch, client_ids)
-        outcomes = []
+        results: list[tuple[str, str | None]] = []
         for item in batch:
             event = item.event
             digest = event.content_hash()
             prior = known_hashes.get(event.id)
             if prior is not None:
-                outcomes.append(_repeat(item, prior == digest))
+                results.append(_repeat(event.id, prior == digest))
                 continue
             try:
                 self._apply_event(item, digest)
             except EvaluationError as exc:
-                outcomes.append(Outcome(item.position, event.id, REJECTED, str(exc)))
+                results.append((REJECTED, str(exc)))
                 continue
             known_hashes[event.id] = digest
-            outcomes.append(Outcome(item.position, event.id, APPLIED))
+            results.append((APPLIED, None))
         self._write()
-        return outcomes
+        return results
 
     def _apply_event(self, item: _Pending, digest: str) -> None:
         event, programme = item.event, item.programme
         existing = self.clients.get(event.client_id) or self.new_clients.get(event.client_id)
         record = existing or ClientRecord(event.client_id, first_seen_at=event.occurred_at)
-        if event.type == "client.onboarded":
+        if event.occurred_at < record.first_seen_at:
+            record = replace(record, first_seen_at=event.occurred_at)
+        onboardings = self.onboardings[event.client_id]
+        if event.type == ONBOARDING_EVENT:
             record = _onboard(record, event)
-        context = context_at(event.client_id, event.occurred_at, self.histories.get(event.client_id, []),
-                             programme.lowest_tier.id, record.segment, record.onboarded_at, record.first_seen_at)
+            onboardings = sorted([*onboardings, (event.occurred_at, event.data.get("segment"))],
+                                 key=lambda pair: pair[0])
+        context = context_at(event.client_id, event.occurred_at, self.tiers.get(event.client_id, []),
+                             programme.lowest_tier.id, onboardings, record.first_seen_at)
         outcomes = evaluate(programme, event, context)  # may raise: nothing has been recorded yet
+        self.onboardings[event.client_id] = onboardings
         if existing is None:
-            self._create_client(record, programme, event)
+            self._create_client(record, programme)
         elif record is not existing:
             self._store_profile(record)
         source = Provenance(programme.id, programme.version, event.id)
@@ -194,14 +222,14 @@ class _BatchWriter:
             "payload": json.dumps(event.canonical(), sort_keys=True), "programme_id": programme.id,
             "programme_version": programme.version, "processed_at": self.now})
 
-    def _create_client(self, record: ClientRecord, programme: CompiledProgramme, event: Event) -> None:
+    def _create_client(self, record: ClientRecord, programme: CompiledProgramme) -> None:
         self.new_clients[record.client_id] = record
         lowest = programme.lowest_tier
         start = record.first_seen_at
         self.tier_rows.append({"client_id": record.client_id, "tier": lowest.id, "valid_from": start,
                                "reason": "new client: starts in the lowest tier", "programme_id": programme.id,
                                "programme_version": programme.version, "created_at": self.now})
-        self.histories[record.client_id] = [(start, lowest.id)]
+        self.tiers[record.client_id] = [(start, lowest.id)]
         tier_source = Provenance(programme.id, programme.version, None)
         self.entries.extend(ledger.grant_entry(record.client_id, grant, tier_source, self.now)
                             for grant in tier_grants(lowest, start))
@@ -262,12 +290,11 @@ class _BatchWriter:
         ledger.append(self.conn, self.entries)
 
 
-def _repeat(item: _Pending, same_content: bool) -> Outcome:
+def _repeat(event_id: str, same_content: bool) -> tuple[str, str | None]:
     if same_content:
-        return Outcome(item.position, item.event.id, DUPLICATE)
-    return Outcome(item.position, item.event.id, REJECTED,
-                   f"conflict: event id {item.event.id!r} was already processed with different content; "
-                   "a corrected event needs a new id (reverse the original with `loyalty reverse`)")
+        return DUPLICATE, None
+    return REJECTED, (f"conflict: event id {event_id!r} was already processed with different content; "
+                      "a corrected event needs a new id (reverse the original with `loyalty reverse`)")
 
 
 def _onboard(record: ClientRecord, event: Event) -> ClientRecord:
@@ -276,6 +303,15 @@ def _onboard(record: ClientRecord, event: Event) -> ClientRecord:
     data = event.data
     return replace(record, name=data.get("name"), segment=data.get("segment"), industry=data.get("industry"),
                    onboarded_at=event.occurred_at)
+
+
+def _decode(line: str | bytes, first: bool) -> str:
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EventError(f"not UTF-8 text (byte {exc.start + 1} of the line)") from None
+    return line.removeprefix("\ufeff") if first else line  # a byte-order mark some editors write
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

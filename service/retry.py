@@ -14,7 +14,9 @@ ATTEMPTS = 8
 
 def _retryable(exc: DBAPIError) -> bool:
     if isinstance(exc, IntegrityError):
-        return True  # a concurrent writer inserted the same event or client: re-read and re-decide
+        # A concurrent writer inserted the same event, client or reversal: re-read and re-decide.
+        # Other integrity errors fail the same way every time and are not retried.
+        return getattr(exc.orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(exc.orig)
     if isinstance(exc, OperationalError):
         text = str(exc.orig).lower()
         return any(word in text for word in ("deadlock", "could not serialize", "database is locked"))

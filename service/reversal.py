@@ -25,7 +25,7 @@ def _reverse(engine: Engine, event_id: str, reason: str, clock: Clock) -> dict:
         event = conn.execute(select(processed.c.client_id).where(processed.c.event_id == event_id)).first()
         if event is None:
             raise NotFoundError(f"no processed event {event_id!r}")
-        client_store.load_clients(conn, [event.client_id], lock=True)  # serialise with ingest for this client
+        client_store.lock_clients(conn, [event.client_id])  # serialise with ingest for this client
         if conn.execute(select(reversals.c.event_id).where(reversals.c.event_id == event_id)).first():
             return {"event_id": event_id, "status": "already_reversed", "entries": [], "skipped": []}
         now = clock()

@@ -1,12 +1,14 @@
 """Client rows, tier history and processed-event records: the reads and writes ingest needs, in bulk."""
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
+from engine.context import ONBOARDING_EVENT
 from rewards.kinds import Reason
 from storage.models import Client, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
@@ -29,14 +31,14 @@ class ClientRecord:
     onboarded_at: datetime | None = None
 
 
-def load_clients(conn: Connection, client_ids: list[str], lock: bool) -> dict[str, ClientRecord]:
-    """Existing clients among `client_ids`, locked for update (in id order, so writers never deadlock) if asked."""
+def lock_clients(conn: Connection, client_ids: list[str]) -> dict[str, ClientRecord]:
+    """Existing clients among `client_ids`, locked for update in id order (so writers never deadlock)."""
     if not client_ids:
         return {}
     query = select(CLIENT.c.client_id, CLIENT.c.first_seen_at, CLIENT.c.name, CLIENT.c.segment,
                    CLIENT.c.industry, CLIENT.c.onboarded_at) \
         .where(CLIENT.c.client_id.in_(sorted(client_ids))).order_by(CLIENT.c.client_id)
-    if lock and conn.dialect.name != "sqlite":  # SQLite's write lock already serialises writers
+    if conn.dialect.name != "sqlite":  # SQLite's write lock already serialises writers
         query = query.with_for_update()
     return {row.client_id: ClientRecord(*row) for row in conn.execute(query)}
 
@@ -48,13 +50,25 @@ def insert_clients(conn: Connection, records: list[ClientRecord], created_at: da
 
 
 def update_profiles(conn: Connection, records: list[ClientRecord]) -> None:
-    """Store onboarding details (name, segment, industry, onboarding time)."""
+    """Store the latest profile (name, segment, industry, onboarding time, first event time)."""
     if records:
         conn.execute(update(CLIENT).where(CLIENT.c.client_id == bindparam("cid")).values(
             name=bindparam("p_name"), segment=bindparam("p_segment"), industry=bindparam("p_industry"),
-            onboarded_at=bindparam("p_onboarded_at")),
+            onboarded_at=bindparam("p_onboarded_at"), first_seen_at=bindparam("p_first_seen_at")),
             [{"cid": r.client_id, "p_name": r.name, "p_segment": r.segment, "p_industry": r.industry,
-              "p_onboarded_at": r.onboarded_at} for r in records])
+              "p_onboarded_at": r.onboarded_at, "p_first_seen_at": r.first_seen_at} for r in records])
+
+
+def onboarding_histories(conn: Connection, client_ids: list[str]) -> dict[str, list[tuple[datetime, str | None]]]:
+    """(occurred_at, segment) of each client's onboarding events that were not reversed, oldest first."""
+    histories: dict[str, list[tuple[datetime, str | None]]] = defaultdict(list)
+    if client_ids:
+        query = select(PROCESSED.c.client_id, PROCESSED.c.occurred_at, PROCESSED.c.payload).where(
+            PROCESSED.c.client_id.in_(client_ids), PROCESSED.c.type == ONBOARDING_EVENT,
+            PROCESSED.c.event_id.not_in(select(REVERSAL.c.event_id))).order_by(PROCESSED.c.occurred_at)
+        for row in conn.execute(query):
+            histories[row.client_id].append((row.occurred_at, json.loads(row.payload)["data"].get("segment")))
+    return histories
 
 
 def tier_histories(conn: Connection, client_ids: list[str]) -> dict[str, list[tuple[datetime, str]]]:

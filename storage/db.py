@@ -89,6 +89,14 @@ def require_schema(engine: Engine) -> None:
 
 
 @contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction whose statements all see one moment (PostgreSQL: REPEATABLE READ)."""
+    options = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
+    with engine.connect().execution_options(**options) as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A write transaction that commits on success and rolls back on any error."""
     with engine.connect().execution_options(**{_WRITE_OPTION: True}) as conn, conn.begin():

@@ -11,11 +11,13 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from rewards.kinds import Grant, Kind, Reason, Status, Use
 from rewards.stacking import Entitlement
-from storage.models import Client, Entitlement as EntitlementRow, LedgerEntry
+from storage.models import Client, Entitlement as EntitlementRow, EventReversal, LedgerEntry, ProcessedEvent
 
 ENTRY = LedgerEntry.__table__
 ENTITLEMENT = EntitlementRow.__table__
 CLIENT = Client.__table__
+PROCESSED = ProcessedEvent.__table__
+REVERSAL = EventReversal.__table__
 
 
 @dataclass(frozen=True)
@@ -116,12 +118,9 @@ def _apply_points(conn: Connection, rows: Iterable[dict]) -> None:
 
 # --- reading -------------------------------------------------------------------------------------------
 
-def client_entries(conn: Connection, client_id: str, limit: int | None = None,
-                   before_id: int | None = None) -> list[dict]:
+def client_entries(conn: Connection, client_id: str, limit: int | None = None) -> list[dict]:
     """Entries of a client, newest first."""
     query = select(ENTRY).where(ENTRY.c.client_id == client_id).order_by(ENTRY.c.id.desc())
-    if before_id is not None:
-        query = query.where(ENTRY.c.id < before_id)
     if limit is not None:
         query = query.limit(limit)
     return [entry_view(dict(row._mapping)) for row in conn.execute(query)]
@@ -175,15 +174,29 @@ def verify(conn: Connection) -> list[str]:
 
     original = ENTRY.alias("original")
     reversals = select(ENTRY.c.id, ENTRY.c.reverses_entry_id, ENTRY.c.points, ENTRY.c.bps, ENTRY.c.client_id,
+                       ENTRY.c.kind, ENTRY.c.rule_id, ENTRY.c.entitlement_id,
                        original.c.id.label("found"), original.c.points.label("o_points"),
-                       original.c.bps.label("o_bps"), original.c.client_id.label("o_client")) \
+                       original.c.bps.label("o_bps"), original.c.client_id.label("o_client"),
+                       original.c.kind.label("o_kind"), original.c.rule_id.label("o_rule"),
+                       original.c.reason.label("o_reason"), original.c.entitlement_id.label("o_entitlement")) \
         .join(original, original.c.id == ENTRY.c.reverses_entry_id, isouter=True) \
         .where(ENTRY.c.reverses_entry_id.is_not(None))
     for row in conn.execute(reversals):
         if row.found is None:
             problems.append(f"entry {row.id} reverses entry {row.reverses_entry_id}, which does not exist")
-        elif (row.o_points, row.o_bps, row.o_client) != (-row.points, -row.bps, row.client_id):
+            continue
+        expected_entitlement = row.found if row.o_reason == Reason.GRANT else row.o_entitlement
+        if (row.o_points, row.o_bps, row.o_client, row.o_kind, row.o_rule, expected_entitlement) != \
+                (-row.points, -row.bps, row.client_id, row.kind, row.rule_id, row.entitlement_id):
             problems.append(f"entry {row.id} does not exactly cancel entry {row.reverses_entry_id}")
+    orphans = select(ENTRY.c.id, ENTRY.c.event_id).where(
+        ENTRY.c.event_id.is_not(None), ENTRY.c.event_id.not_in(select(PROCESSED.c.event_id)))
+    for row in conn.execute(orphans):
+        problems.append(f"entry {row.id} names event {row.event_id}, which was never processed")
+    unrecorded = select(ENTRY.c.id, ENTRY.c.event_id).where(
+        ENTRY.c.reason == Reason.REVERSE, ENTRY.c.event_id.not_in(select(REVERSAL.c.event_id)))
+    for row in conn.execute(unrecorded):
+        problems.append(f"entry {row.id} reverses event {row.event_id}, but no reversal of it is recorded")
 
     grants = {row.id: dict(row._mapping) for row in conn.execute(select(ENTRY).where(ENTRY.c.reason == Reason.GRANT))}
     expected_status: dict[int, str] = dict.fromkeys(grants, Status.ACTIVE)
@@ -203,7 +216,8 @@ def verify(conn: Connection) -> list[str]:
             continue
         if row["status"] != status:
             problems.append(f"entitlement {entitlement_id}: status {row['status']} but entries say {status}")
-        for key in ("client_id", "kind", "use", "bps", "products", "detail", "valid_from", "valid_to", "rule_id"):
+        for key in ("client_id", "kind", "use", "bps", "products", "detail", "valid_from", "valid_to", "rule_id",
+                    "programme_id", "programme_version", "event_id"):
             if row[key] != grant[key]:
                 problems.append(f"entitlement {entitlement_id}: {key} is {row[key]!r} but its grant says {grant[key]!r}")
     for entitlement_id in rows:

@@ -1,12 +1,13 @@
-"""The tables. `ledger_entry` and `processed_event` are append-only (database triggers refuse
-UPDATE and DELETE); `client` and `entitlement` are projections of the ledger kept in the same
-transaction as the entries, for fast reads, and `ledger verify` recomputes them from the entries.
+"""The tables. `ledger_entry`, `processed_event` and `event_reversal` are append-only (database
+triggers refuse UPDATE and DELETE); `client` and `entitlement` are projections of the ledger kept in
+the same transaction as the entries, for fast reads, and `ledger verify` recomputes them from the entries.
+Points are 64-bit integers on every database.
 """
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text
+from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 from storage.types import UTCDateTime
@@ -21,11 +22,11 @@ class Client(SQLModel, table=True):
 
     client_id: str = Field(primary_key=True, max_length=64)
     name: str | None = None
-    segment: str | None = Field(default=None, max_length=32)
+    segment: str | None = Field(default=None, max_length=64)
     industry: str | None = None
     onboarded_at: datetime | None = _ts(default=None)
     first_seen_at: datetime = _ts()
-    points_balance: int = 0
+    points_balance: int = Field(default=0, sa_type=BigInteger)
     created_at: datetime = _ts()
 
 
@@ -89,7 +90,7 @@ class LedgerEntry(SQLModel, table=True):
     client_id: str = Field(max_length=64)
     kind: str = Field(max_length=32)
     reason: str = Field(max_length=16)
-    points: int = 0
+    points: int = Field(default=0, sa_type=BigInteger)
     bps: int = 0
     products: str | None = None  # comma-separated loan products, for rate discounts
     detail: str | None = None  # JSON: lane, sla_hours, fee_waiver_pct, cap notes

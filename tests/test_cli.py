@@ -80,6 +80,8 @@ def test_commands_explain_what_is_missing(db_url, tmp_path):
     missing = run_cli("ingest", str(tmp_path / "nope.jsonl"), db_url=db_url)
     assert missing.returncode == 2 and "no such file" in missing.stderr
     assert run_cli("reverse", "nope", db_url=db_url).returncode == 2
+    bad_url = run_cli("init", db_url="notaurl")
+    assert bad_url.returncode == 2 and "is not a database URL" in bad_url.stderr
 
 
 def test_rules_check(tmp_path):

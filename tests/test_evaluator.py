@@ -114,8 +114,12 @@ def test_client_context_as_of_a_moment():
     assert tier_at(history, datetime(2025, 12, 31, tzinfo=UTC), "standard") == "standard"
     assert tier_at(history, datetime(2026, 1, 1, tzinfo=UTC), "standard") == "silver"
     assert tier_at(history, datetime(2026, 5, 1, tzinfo=UTC), "standard") == "gold"
-    onboarded = datetime(2026, 2, 1, tzinfo=UTC)
-    before = context_at("C", datetime(2026, 1, 15, tzinfo=UTC), history, "standard", "strategic", onboarded, onboarded)
-    assert before.segment is None and before.tenure_months == 0  # not known yet at that moment
-    after = context_at("C", datetime(2026, 8, 2, tzinfo=UTC), history, "standard", "strategic", onboarded, onboarded)
-    assert (after.tier, after.segment, after.tenure_months) == ("gold", "strategic", 6)
+    onboardings = [(datetime(2026, 2, 1, tzinfo=UTC), "special_assistance"),
+                   (datetime(2026, 7, 1, tzinfo=UTC), "strategic")]
+    first_seen = datetime(2026, 1, 10, tzinfo=UTC)
+    before = context_at("C", datetime(2026, 1, 15, tzinfo=UTC), history, "standard", onboardings, first_seen)
+    assert before.segment is None and before.tenure_months == 0  # not onboarded yet at that moment
+    middle = context_at("C", datetime(2026, 6, 30, tzinfo=UTC), history, "standard", onboardings, first_seen)
+    assert (middle.tier, middle.segment, middle.tenure_months) == ("gold", "special_assistance", 4)
+    after = context_at("C", datetime(2026, 8, 2, tzinfo=UTC), history, "standard", onboardings, first_seen)
+    assert (after.segment, after.tenure_months) == ("strategic", 6)  # tenure counts from the first onboarding

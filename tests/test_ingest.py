@@ -252,3 +252,65 @@ def test_an_expression_failing_at_run_time_rejects_only_that_event(engine, tmp_p
     assert balance(engine, "C-1") == 900
     with engine.connect() as conn:
         assert client_store.processed_hashes(conn, ["small", "big"]).keys() == {"big"}
+
+
+def test_a_late_event_sees_the_segment_in_force_when_it_occurred(engine, programmes):
+    onboard = event("o1", "C-9", "client.onboarded", "2025-01-01T00:00:00Z", name="Zhou", segment="special_assistance")
+    resegment = event("o2", "C-9", "client.onboarded", "2026-06-01T00:00:00Z", name="Zhou", segment="strategic")
+    late = event("r1", "C-9", "repayment.made", "2026-03-01T00:00:00Z", loan_id="L", amount="100000",
+                 due_date="2026-03-01", days_late=0)
+    after = event("r2", "C-9", "repayment.made", "2026-07-01T00:00:00Z", loan_id="L", amount="100000",
+                  due_date="2026-07-01", days_late=0)
+    ingest(engine, programmes, ndjson(onboard, resegment))
+    ingest(engine, programmes, ndjson(late, after))
+    with engine.connect() as conn:
+        grants = [e["event_id"] for e in ledger.client_entries(conn, "C-9") if e["reason"] == "grant"]
+    assert grants == ["r1"]  # special assistance in March, strategic by July
+
+
+def test_same_amount_spelt_differently_is_a_duplicate(engine, programmes):
+    ingest(engine, programmes, ndjson(drawn("e1", "C-1", "2026-03-01T00:00:00Z", "100000.50")))
+    report = ingest(engine, programmes, ndjson(drawn("e1", "C-1", "2026-03-01T00:00:00Z", "100000.5")))
+    assert report.duplicates == 1
+
+
+def test_very_large_amounts_fit_on_every_database(engine, programmes):
+    report = ingest(engine, programmes, ndjson(drawn("huge", "C-1", "2026-03-01T00:00:00Z", "99999999999999.99",
+                                                     product="project_finance")))
+    assert report.applied == 1
+    assert balance(engine, "C-1") == 9_999_999_999
+
+
+def test_an_event_that_cannot_be_stored_is_rejected_alone(engine, programmes, monkeypatch):
+    import service.ingest as ingest_module
+
+    real = ingest_module.evaluate
+
+    def fragile(programme, event_, client):
+        if event_.id == "bad":
+            raise KeyError("simulated storage bug")
+        return real(programme, event_, client)
+
+    monkeypatch.setattr(ingest_module, "evaluate", fragile)
+    report = ingest(engine, programmes, ndjson(*(drawn(i, "C-1", "2026-03-01T00:00:00Z", "10000000")
+                                                 for i in ("a", "bad", "c"))))
+    assert (report.applied, report.rejected) == (2, 1)
+    assert report.errors == [{"line": 2, "id": "bad", "error": "could not be stored (KeyError): 'simulated storage bug'"}]
+    assert balance(engine, "C-1") == 2000 and verify(engine) == []
+
+
+def test_lines_that_are_not_utf8_are_rejected_alone(engine, programmes):
+    good = ndjson(drawn("a", "C-1", "2026-03-01T00:00:00Z", "10000000")).encode()
+    lines = [b"\xef\xbb\xbf" + good, b'{"id": "\xff"}\n', good.replace(b'"a"', b'"b"')]
+    report = Ingestor(engine, programmes, clock=lambda: NOW).ingest_lines(lines)
+    assert (report.applied, report.rejected) == (2, 1)
+    assert report.errors[0]["line"] == 2 and "not UTF-8" in report.errors[0]["error"]
+
+
+def test_verify_detects_forged_provenance(engine, programmes):
+    ingest(engine, programmes, ndjson(drawn("e1", "C-1", "2026-03-01T00:00:00Z", "60000000")))
+    with write_transaction(engine) as conn:
+        conn.execute(text("UPDATE entitlement SET programme_version = '9999.9', event_id = 'forged'"))
+    problems = verify(engine)
+    assert any("programme_version is '9999.9'" in p for p in problems)
+    assert any("event_id is 'forged'" in p for p in problems)

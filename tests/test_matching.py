@@ -85,3 +85,18 @@ def test_the_matcher_starts_no_background_threads():
     for _ in range(5):
         Matcher(rules())
     assert threading.active_count() == before
+
+
+def test_absent_attributes_are_not_equal_to_anything():
+    matcher = Matcher([MatchRule(0, "survey.answered", (AttributeTest("e.csat", "ne", 5),)),
+                       MatchRule(1, "survey.answered", (AttributeTest("c.segment", "not_in", ("strategic",)),))])
+    assert sorted(matcher.match("survey.answered", {"nps": 3}, {"tier": "gold"})) == [0, 1]
+    assert matcher.match("survey.answered", {"nps": 3, "csat": 5}, {"tier": "gold", "segment": "strategic"}) == []
+
+
+def test_more_than_64_range_tests_per_event_type_are_refused():
+    many = [MatchRule(i, "loan.drawn", (AttributeTest("e.amount", "gte", i),)) for i in range(65)]
+    with pytest.raises(MatcherLimitError, match="65 range conditions"):
+        Matcher(many)
+    matcher = Matcher(many[:64])
+    assert len(matcher.match("loan.drawn", {"amount": 10**9}, {})) == 64  # the most that can ever fire

@@ -233,3 +233,29 @@ def test_constant_points_may_be_written_as_numbers():
     programme = load_programmes(RULES).current
     cross_sell = next(r for r in programme.rules if r.rule.id == "cross-sell")
     assert cross_sell.rule.award.points == "2000"
+
+
+def test_a_later_version_must_keep_every_tier(tmp_path):
+    (tmp_path / "a.yaml").write_text(SHIPPED.read_text())
+    (tmp_path / "b.yaml").write_text(SHIPPED.read_text().replace('version: "2026.1"', 'version: "2026.2"')
+                                     .replace("effective_from: 2025-01-01", "effective_from: 2026-07-01")
+                                     .replace("  - id: standard\n    name: Standard", "  - id: basic\n    name: Basic"))
+    with pytest.raises(RuleFileError) as caught:
+        load_programmes(tmp_path)
+    [problem] = caught.value.problems
+    assert problem.file.endswith("b.yaml") and "tiers standard of version 2026.1" in problem.message
+
+
+def test_arithmetic_failing_only_on_a_sample_value_is_not_an_error(tmp_path):
+    path, _ = replace_in_shipped(tmp_path, "      points: event.amount / 20000",
+                                 "      points: event.amount / (event.days_late * 1000)")
+    assert load_programme(path).rules[2].points is not None
+
+
+def test_structural_yaml_mistakes_are_reported_not_raised(tmp_path):
+    [problem] = problems_of(write(tmp_path, "format: 1\n? [a, b]\n: 1\n"))
+    assert problem.line == 2 and "key must be plain text" in problem.message
+    binary = tmp_path / "latin1.yaml"
+    binary.write_bytes(b"format: 1\nprogramme:\n  name: caf\xe9\n")
+    [problem] = problems_of(binary)
+    assert problem.line == 3 and "not UTF-8" in problem.message
