@@ -265,14 +265,16 @@ class _BatchWriter:
 
     def _load_cap_history(self, batch: list[_Pending], client_ids: list[str]) -> None:
         """One query for everything the batch's capped rules have already given its clients."""
-        starts = [period_bounds(rule.rule.cap.per, item.event.occurred_at)[0]
-                  for item in batch for rule in item.programme.rules if rule.rule.cap]
+        since_by_rule: dict[str, datetime | None] = {}
+        for item in batch:
+            for compiled in item.programme.rules:
+                rule = compiled.rule
+                if rule.cap:
+                    start = period_bounds(rule.cap.per, item.event.occurred_at)[0]
+                    known = since_by_rule.get(rule.id, start)
+                    since_by_rule[rule.id] = None if start is None or known is None else min(start, known)
         self.cap_history: dict[tuple[str, str], list] = defaultdict(list)
-        if not starts:
-            return
-        since = None if None in starts else min(starts)  # type: ignore[type-var]
-        capped = sorted({rule.rule.id for item in batch for rule in item.programme.rules if rule.rule.cap})
-        for client_id, rule_id, at, points, event_id in client_store.cap_history(self.conn, client_ids, capped, since):
+        for client_id, rule_id, at, points, event_id in client_store.cap_history(self.conn, client_ids, since_by_rule):
             self.cap_history[(client_id, rule_id)].append((at, points, event_id))
 
     def _cap_usage(self, event: Event, rule: Rule) -> CapUsage:

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 
 from engine.context import ONBOARDING_EVENT
 from rewards.kinds import Reason
@@ -102,15 +102,18 @@ def insert_processed(conn: Connection, rows: list[dict]) -> None:
         conn.execute(insert(PROCESSED), rows)
 
 
-def cap_history(conn: Connection, client_ids: list[str], rule_ids: list[str],
-                since: datetime | None) -> list[tuple[str, str, datetime, int, str]]:
-    """(client, rule, valid_from, points, event) of earn and grant entries of capped rules, not reversed."""
-    if not client_ids or not rule_ids:
+def cap_history(conn: Connection, client_ids: list[str],
+                since_by_rule: dict[str, datetime | None]) -> list[tuple[str, str, datetime, int, str]]:
+    """(client, rule, valid_from, points, event) of earn and grant entries of capped rules, not reversed.
+
+    `since_by_rule` gives, per rule, the earliest time that matters (None: the whole history).
+    """
+    if not client_ids or not since_by_rule:
         return []
-    conditions = [ENTRY.c.client_id.in_(client_ids), ENTRY.c.rule_id.in_(rule_ids),
-                  ENTRY.c.reason.in_([Reason.EARN, Reason.GRANT]),
-                  ENTRY.c.event_id.not_in(select(REVERSAL.c.event_id))]
-    if since is not None:
-        conditions.append(ENTRY.c.valid_from >= since)
-    query = select(ENTRY.c.client_id, ENTRY.c.rule_id, ENTRY.c.valid_from, ENTRY.c.points, ENTRY.c.event_id)
-    return [tuple(row) for row in conn.execute(query.where(and_(*conditions)))]
+    windows = [ENTRY.c.rule_id == rule_id if since is None else and_(ENTRY.c.rule_id == rule_id,
+                                                                     ENTRY.c.valid_from >= since)
+               for rule_id, since in sorted(since_by_rule.items())]
+    query = select(ENTRY.c.client_id, ENTRY.c.rule_id, ENTRY.c.valid_from, ENTRY.c.points, ENTRY.c.event_id).where(
+        ENTRY.c.client_id.in_(client_ids), or_(*windows), ENTRY.c.reason.in_([Reason.EARN, Reason.GRANT]),
+        ENTRY.c.event_id.not_in(select(REVERSAL.c.event_id)))
+    return [tuple(row) for row in conn.execute(query)]
