@@ -260,7 +260,7 @@ def benefits(
         for e in answer["entitlements"]:
             amount = f"{e['bps']} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-"
             _add_row(table, str(e["id"]), e["kind"], e["use"], amount, ",".join(e["products"]) or "-", e["rule_id"],
-                          e["programme_version"], e["event_id"] or "-", e["valid_to"] or "-")
+                          e["programme_version"], e["event_id"] or "-", (e["valid_to"] or "-")[:10])
         console.print(table)
 
 

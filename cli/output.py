@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import date, datetime
 from decimal import Decimal
@@ -10,8 +11,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-# soft_wrap: long messages stay on one line, so they can be grepped and copied whole.
-console = Console(soft_wrap=True)
+# soft_wrap: long messages stay on one line, so they can be grepped and copied whole. Piped output
+# gets wide tables rather than rich's 80-column default (COLUMNS still wins when set).
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(soft_wrap=True, width=_PIPE_WIDTH)
 errors = Console(stderr=True, soft_wrap=True)
 
 
