@@ -5,8 +5,10 @@ ledger mismatches); 2 it could not run (bad arguments, no database schema, unloa
 """
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +20,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cli.output import console, emit_json, errors, fail
+from demo.generator import DEFAULT_END
+from demo.generator import generate as generate_portfolio
 from engine.errors import RuleFileError
 from engine.loader import load_programmes
 from engine.programme import ProgrammeSet
@@ -25,7 +29,10 @@ from service.benefits import client_benefits
 from service.clock import utc_now
 from service.errors import InputError, NotFoundError
 from service.ingest import Ingestor, IngestReport
+from service.portfolio import portfolio_summary
+from service.profile import client_profile
 from service.reversal import reverse_event
+from service.review import run_review
 from storage import ledger
 from storage.db import SchemaMissingError, database_url, init_schema, make_engine, read_snapshot, require_schema
 
@@ -209,16 +216,16 @@ def _add_row(table: Table, *cells: str) -> None:
     table.add_row(*(escape(cell) for cell in cells))
 
 
-def _parse_moment(text: str | None, as_json: bool) -> datetime:
+def _parse_moment(text: str | None, as_json: bool, option: str = "--at") -> datetime:
     if text is None:
         return utc_now()
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise fail(f"--at {text!r} is not a timestamp; use ISO 8601 with a zone, e.g. 2026-03-01T10:00:00Z",
+        raise fail(f"{option} {text!r} is not a timestamp; use ISO 8601 with a zone, e.g. 2026-03-01T10:00:00Z",
                    as_json=as_json) from None
     if moment.tzinfo is None:
-        raise fail(f"--at {text!r} has no time zone; add Z for UTC, e.g. {text}Z", as_json=as_json)
+        raise fail(f"{option} {text!r} has no time zone; add Z for UTC, e.g. {text}Z", as_json=as_json)
     return moment
 
 
@@ -262,6 +269,175 @@ def benefits(
             _add_row(table, str(e["id"]), e["kind"], e["use"], amount, ",".join(e["products"]) or "-", e["rule_id"],
                           e["programme_version"], e["event_id"] or "-", (e["valid_to"] or "-")[:10])
         console.print(table)
+
+
+@app.command()
+def review(
+    ctx: typer.Context,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Moment of the review (ISO 8601 with zone). "
+                                                                 "Default: now.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print, write nothing.")] = False,
+    show: Annotated[int, typer.Option(help="How many changes to list (all with --json).")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Tier review: place every client in the highest tier it qualifies for over the review window.
+
+    Each move is recorded with its reasons (every metric against its threshold) and moves standing
+    benefits through the ledger: the old tier's are revoked, the new tier's granted. Running the same
+    review again changes nothing. `--dry-run` writes nothing and shows what would change.
+    """
+    settings: Settings = ctx.obj
+    programmes = settings.programmes(as_json)
+    engine = settings.engine(as_json)
+    try:
+        report = run_review(engine, programmes, _parse_moment(as_of, as_json, "--as-of"), dry_run=dry_run)
+    except InputError as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    _print_review(report.as_dict(), show)
+
+
+def _print_review(result: dict, show: int) -> None:
+    mode = "dry run, nothing written" if result["dry_run"] else f"review {result['review_id']}"
+    console.print(f"[bold]Tier review as of {escape(result['as_of'])}[/] ({escape(mode)}), programme "
+                  f"{escape(result['programme_version'])}: {result['clients']} clients, "
+                  f"{result['upgrades']} up, {result['downgrades']} down")
+    tiers = list(dict.fromkeys([*result["tiers_before"], *result["tiers_after"]]))
+    matrix = Table("from \\ to", *tiers, "before", title="Tier migration")
+    for before in tiers:
+        row = result["migration"].get(before, {})
+        _add_row(matrix, before, *(str(row.get(after, "")) for after in tiers), str(result["tiers_before"].get(before, 0)))
+    _add_row(matrix, "after", *(str(result["tiers_after"].get(t, 0)) for t in tiers), str(result["clients"]))
+    console.print(matrix)
+    for change in result["changes"][:show]:
+        why = "; ".join(f"{c['metric']} {c['value']} {c['operator']} {c['threshold']} {'ok' if c['met'] else 'no'}"
+                        for r in change["reasons"] if r["tier"] == change["to"] or r["tier"] == change["from"]
+                        for c in r["checks"])
+        console.print(f"  {escape(change['client_id'])}: {change['from']} → {change['to']}  ({escape(why)})",
+                      highlight=False)
+    if len(result["changes"]) > show:
+        console.print(f"  … and {len(result['changes']) - show} more (--show N, or --json for all)")
+
+
+@app.command()
+def client(
+    ctx: typer.Context,
+    client_id: Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")],
+    at: Annotated[Optional[str], typer.Option(help="Moment (ISO 8601 with zone). Default: now.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A client's profile: current tier, tier history with reasons, and the metric values a review would see."""
+    settings: Settings = ctx.obj
+    programmes = settings.programmes(as_json)
+    engine = settings.engine(as_json)
+    try:
+        profile = client_profile(engine, programmes, client_id, _parse_moment(at, as_json))
+    except NotFoundError as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    if as_json:
+        emit_json(profile)
+        return
+    console.print(f"[bold]{escape(client_id)}[/] {escape(profile['name'] or '')}  segment "
+                  f"{escape(profile['segment'] or '-')}  industry {escape(profile['industry'] or '-')}")
+    console.print(f"tier [bold]{escape(profile['tier'])}[/] (metrics qualify for {escape(profile['qualifies_for'])})"
+                  f"  points {profile['points_balance']:,}  (as of {escape(profile['as_of'])})")
+    metrics = Table("metric", "value", title=f"Metrics over {profile['window_months']} months")
+    for name, value in profile["metrics"].items():
+        _add_row(metrics, name, "-" if value is None else value)
+    console.print(metrics)
+    history = Table("from", "tier", "previous", "reason", "review", title="Tier history")
+    for row in profile["tier_history"]:
+        _add_row(history, row["valid_from"][:19], row["tier"], row["from_tier"] or "-", row["reason"],
+                 row["review_id"] or "-")
+    console.print(history)
+
+
+@app.command()
+def generate(
+    clients: Annotated[int, typer.Option(min=1, max=1_000_000, help="Number of clients.")] = 300,
+    months: Annotated[int, typer.Option(min=1, max=120, help="Months of activity, ending at --end.")] = 18,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same events.")] = 7,
+    end: Annotated[Optional[str], typer.Option(help="Last moment of the activity (ISO 8601 with zone). "
+                                                    "Default: 2026-10-31T18:00:00Z.")] = None,
+) -> None:
+    """Write a synthetic portfolio's events as NDJSON on stdout, e.g. `loyalty generate > events.jsonl`."""
+    moment = _parse_moment(end, False, "--end") if end else DEFAULT_END
+    for event in generate_portfolio(clients, months, seed, moment):
+        sys.stdout.write(json.dumps(event) + "\n")
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    clients: Annotated[int, typer.Option(min=1, max=100_000, help="Number of clients.")] = 300,
+    months: Annotated[int, typer.Option(min=1, max=120, help="Months of activity.")] = 18,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same portfolio.")] = 7,
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate a synthetic portfolio, ingest it, run a tier review, and summarise the programme.
+
+    Uses the configured database (loyalty.db here by default), creating the schema if needed.
+    Running it again is safe: the same events are duplicates and the review changes nothing.
+    """
+    settings: Settings = ctx.obj
+    programmes = settings.programmes(as_json)
+    engine = settings.engine(as_json, need_schema=False)
+    init_schema(engine)
+    events = generate_portfolio(clients, months, seed, DEFAULT_END)
+    lines = [json.dumps(event) for event in events]
+    ingestor = Ingestor(engine, programmes)
+    if as_json or not sys.stderr.isatty():
+        report = ingestor.ingest_lines(lines)
+    else:
+        with Progress(TextColumn("ingesting"), BarColumn(), TextColumn("{task.completed}/{task.total} events"),
+                      TimeRemainingColumn(), console=errors, transient=True) as progress:
+            task = progress.add_task("ingest", total=len(lines))
+            report = ingestor.ingest_lines(lines, progress=lambda n: progress.advance(task, n))
+    review_report = run_review(engine, programmes, DEFAULT_END)
+    summary = portfolio_summary(engine, programmes, DEFAULT_END)
+    if as_json:
+        emit_json({"ingest": report.as_dict(), "review": review_report.as_dict(), "summary": summary})
+        raise typer.Exit(1 if report.rejected else 0)
+    console.print(f"{len(lines):,} events for {clients:,} clients over {months} months: applied {report.applied:,}, "
+                  f"duplicates {report.duplicates:,}, rejected {report.rejected:,}")
+    review_view = review_report.as_dict()
+    console.print(f"review as of {escape(review_view['as_of'])}: {review_view['upgrades']} up, "
+                  f"{review_view['downgrades']} down")
+    _print_summary(summary)
+    raise typer.Exit(1 if report.rejected else 0)
+
+
+def _print_summary(summary: dict) -> None:
+    per_tier = summary["clients_per_tier"]
+    widest = max(per_tier.values(), default=0) or 1
+    chart = Table("tier", "clients", "", title="Clients per tier", show_edge=False)
+    for tier, count in per_tier.items():
+        _add_row(chart, tier, f"{count:,}", "█" * max(1 if count else 0, round(40 * count / widest)))
+    console.print(chart)
+    points = summary["points"]
+    console.print(f"points earned {points['earned']:,}, reversed {points['reversed']:,}, outstanding "
+                  f"{points['outstanding']:,}")
+    grants = Table("rule", "use", "grants", "bps granted", title="Rate-discount grants")
+    for row in summary["discount_grants"]:
+        _add_row(grants, row["rule_id"], row["use"], f"{row['grants']:,}", f"{row['bps_total']:,}")
+    console.print(grants)
+    standing = summary["standing_discounts"]
+    console.print(f"standing discounts apply to {Decimal(standing['loan_volume']):,.0f} CNY drawn in the last "
+                  f"{standing['window_months']} months: about {Decimal(standing['interest_forgone_per_year']):,.0f} "
+                  "CNY of interest a year")
+    top = Table("client", "tier", "loan volume", "avg deposit", "on-time ratio", title="Top clients by loan volume")
+    for row in summary["top_clients"]:
+        _add_row(top, row["client_id"], row["tier"] or "-", f"{Decimal(row['loan_volume']):,.0f}",
+                 f"{Decimal(row['average_deposit_balance']):,.0f}", row["on_time_repayment_ratio"] or "-")
+    console.print(top)
+    for answer in summary["featured_benefits"]:
+        lane = f"{answer['fast_track_lane']} {answer['fast_track_sla_hours']}h" if answer["fast_track_lane"] else "none"
+        console.print(f"  {escape(answer['client_id'])} ({escape(answer['tier'])}): {answer['rate_discount_bps']} bps on "
+                      f"{answer['product']}, fast track {escape(lane)}, relationship manager "
+                      f"{'yes' if answer['relationship_manager'] else 'no'}, fee waiver {answer['fee_waiver_pct']}%, "
+                      f"points {answer['points_balance']:,}")
 
 
 @app.command("ledger")

@@ -90,10 +90,18 @@ class Event:
         return {"id": self.id, "client_id": self.client_id, "type": self.type,
                 "occurred_at": self.occurred_at.isoformat(), "data": {k: _jsonable(v) for k, v in sorted(self.data.items())}}
 
+    def canonical_json(self) -> str:
+        """The canonical form as compact JSON text (what is stored and hashed)."""
+        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+
     def content_hash(self) -> str:
         """Hash of the content: the same event sent twice (even as 100 vs "100.00") hashes the same."""
-        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return content_digest(self.canonical_json())
+
+
+def content_digest(canonical_json: str) -> str:
+    """SHA-256 of an event's canonical JSON."""
+    return hashlib.sha256(canonical_json.encode()).hexdigest()
 
 
 def _jsonable(value: object) -> object:

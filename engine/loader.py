@@ -19,7 +19,8 @@ from engine.expressions import ExpressionError, compile_points
 from engine.matching import RANGE_OPERATORS, AttributeTest, Matcher, MatcherLimitError, MatchRule
 from engine.programme import CompiledProgramme, CompiledRule, ProgrammeSet
 from engine import schema
-from engine.schema import AttributeSpec, Condition, Programme, Rule
+from engine.metrics import METRICS
+from engine.schema import AttributeSpec, Condition, Programme, Qualification, Rule, Threshold
 from engine.yaml_source import YamlDocument, load_yaml
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
@@ -149,6 +150,14 @@ def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[P
                 yield doc.problem(path, f"{bps} bps is above the ceiling for {product} "
                                         f"({ceilings.get(product, ceilings.get('default'))} bps): it could never apply")
 
+    if model.tiers[0].qualification is not None:
+        yield doc.problem(("tiers", 0, "qualification"),
+                          "the lowest tier is where clients who qualify for nothing stay; it takes no qualification")
+    for index, tier in enumerate(model.tiers):
+        for path, threshold in _thresholds(tier.qualification, ("tiers", index, "qualification")):
+            if threshold.metric not in METRICS:
+                yield doc.problem(path + ("metric",), _unknown("metric", threshold.metric, METRICS))
+
     segments = _segment_values(model)
     for index, rule in enumerate(model.rules):
         base = ("rules", index)
@@ -184,6 +193,17 @@ def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[P
                                       _unknown("loan product", product, products))
         if rule.cap and rule.cap.points is not None and rule.award.points is None:
             yield doc.problem(base + ("cap", "points"), "a points cap needs an award with points")
+
+
+def _thresholds(qualification: Qualification | None, path: tuple) -> Iterable[tuple[tuple, Threshold]]:
+    if qualification is None:
+        return
+    key = "all" if qualification.all is not None else "any"
+    for position, item in enumerate(qualification.all or qualification.any or []):
+        if isinstance(item, Threshold):
+            yield path + (key, position), item
+        else:
+            yield from _thresholds(item, path + (key, position))
 
 
 def _segment_values(model: Programme) -> list[str]:

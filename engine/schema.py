@@ -76,13 +76,60 @@ class TierBenefits(Strict):
     fee_waiver_pct: int = Field(default=0, ge=0, le=100)
 
 
+class Threshold(Strict):
+    """A test of one client metric over the review window, e.g. {metric: loan_volume, gte: 100000000}."""
+
+    metric: Name
+    gte: Decimal | None = None
+    gt: Decimal | None = None
+    lte: Decimal | None = None
+    lt: Decimal | None = None
+
+    @model_validator(mode="after")
+    def _one_comparison(self) -> Threshold:
+        given = [op for op in ("gte", "gt", "lte", "lt") if getattr(self, op) is not None]
+        if len(given) != 1:
+            raise ValueError("a threshold needs exactly one of gte, gt, lte, lt")
+        return self
+
+    @property
+    def operator(self) -> str:
+        """The comparison given: gte, gt, lte or lt."""
+        return next(op for op in ("gte", "gt", "lte", "lt") if getattr(self, op) is not None)
+
+    @property
+    def value(self) -> Decimal:
+        """The threshold value."""
+        return getattr(self, self.operator)
+
+
+class Qualification(Strict):
+    """All or any of a list of thresholds and nested groups."""
+
+    all: list[Threshold | Qualification] | None = Field(default=None, min_length=1)
+    any: list[Threshold | Qualification] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _all_or_any(self) -> Qualification:
+        if (self.all is None) == (self.any is None):
+            raise ValueError("a qualification needs exactly one of all, any")
+        return self
+
+
 class Tier(Strict):
-    """A service level; tiers are listed lowest first."""
+    """A service level; tiers are listed lowest first. The lowest needs no qualification."""
 
     id: Name
     name: str
     description: str = ""
+    qualification: Qualification | None = None
     benefits: TierBenefits = TierBenefits()
+
+
+class ReviewPolicy(Strict):
+    """How tier reviews measure clients."""
+
+    window_months: int = Field(default=12, ge=1, le=60, description="rolling window of the metrics")
 
 
 class Condition(Strict):
@@ -238,3 +285,4 @@ class Programme(Strict):
     discount_ceiling_bps: dict[Name, Annotated[int, Field(ge=0, le=1000)]] = Field(
         description="most stacked discount per product; key 'default' covers products not named")
     rules: list[Rule] = []
+    review: ReviewPolicy = ReviewPolicy()

@@ -47,3 +47,12 @@ def usage_between(history: list[tuple[datetime, int, str]], start: datetime | No
     inside = [(points, event_id) for at, points, event_id in history
               if start is None or start <= at < end]  # type: ignore[operator]
     return CapUsage(points=sum(points for points, _ in inside), times=len({event_id for _, event_id in inside}))
+
+
+def months_before(moment: datetime, months: int) -> datetime:
+    """The same day and time `months` calendar months earlier (clamped to the month's last day)."""
+    index = moment.year * 12 + moment.month - 1 - months
+    year, month = divmod(index, 12)
+    month += 1
+    last_day = (datetime(year + month // 12, month % 12 + 1, 1, tzinfo=moment.tzinfo) - timedelta(days=1)).day
+    return moment.replace(year=year, month=month, day=min(moment.day, last_day))

@@ -7,9 +7,12 @@ from engine.schema import Tier
 from rewards.kinds import Grant, Kind, Use
 
 
+TIER_RULE_PREFIX = "tier:"
+
+
 def tier_rule_id(tier_id: str) -> str:
     """The rule id that standing benefits of a tier are recorded under."""
-    return f"tier:{tier_id}"
+    return f"{TIER_RULE_PREFIX}{tier_id}"
 
 
 def tier_grants(tier: Tier, at: datetime) -> list[Grant]:

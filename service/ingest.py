@@ -7,7 +7,6 @@ each event is applied exactly once however many processes ingest the same file.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -20,7 +19,8 @@ from sqlalchemy.exc import OperationalError
 from engine.context import ONBOARDING_EVENT, context_at
 from engine.errors import EvaluationError, EventError
 from engine.evaluator import RuleOutcome, evaluate
-from engine.events import Event, parse_envelope, parse_json_line, typed_event
+from engine.events import Event, content_digest, matching_value, parse_envelope, parse_json_line, typed_event
+from engine.metrics import METRIC_INPUTS
 from engine.programme import CompiledProgramme, ProgrammeSet
 from engine.schema import Rule
 from rewards.caps import CapUsage, allowed, period_bounds, usage_between
@@ -179,13 +179,14 @@ class _BatchWriter:
         results: list[tuple[str, str | None]] = []
         for item in batch:
             event = item.event
-            digest = event.content_hash()
+            payload = event.canonical_json()
+            digest = content_digest(payload)
             prior = known_hashes.get(event.id)
             if prior is not None:
                 results.append(_repeat(event.id, prior == digest))
                 continue
             try:
-                self._apply_event(item, digest)
+                self._apply_event(item, payload, digest)
             except EvaluationError as exc:
                 results.append((REJECTED, str(exc)))
                 continue
@@ -194,7 +195,7 @@ class _BatchWriter:
         self._write()
         return results
 
-    def _apply_event(self, item: _Pending, digest: str) -> None:
+    def _apply_event(self, item: _Pending, payload: str, digest: str) -> None:
         event, programme = item.event, item.programme
         existing = self.clients.get(event.client_id) or self.new_clients.get(event.client_id)
         record = existing or ClientRecord(event.client_id, first_seen_at=event.occurred_at)
@@ -216,11 +217,15 @@ class _BatchWriter:
         source = Provenance(programme.id, programme.version, event.id)
         for outcome in outcomes:
             self._record_awards(event, outcome, source)
+        amount, number, label = METRIC_INPUTS.get(event.type, (None, None, None))
         self.processed.append({
             "event_id": event.id, "client_id": event.client_id, "type": event.type,
-            "occurred_at": event.occurred_at, "content_hash": digest,
-            "payload": json.dumps(event.canonical(), sort_keys=True), "programme_id": programme.id,
-            "programme_version": programme.version, "processed_at": self.now})
+            "occurred_at": event.occurred_at, "content_hash": digest, "payload": payload,
+            "amount_minor": matching_value("money", event.data[amount], programme.currency)
+            if amount in event.data else None,
+            "number": event.data.get(number) if number else None,
+            "label": event.data.get(label) if label else None,
+            "programme_id": programme.id, "programme_version": programme.version, "processed_at": self.now})
 
     def _create_client(self, record: ClientRecord, programme: CompiledProgramme) -> None:
         self.new_clients[record.client_id] = record

@@ -117,3 +117,26 @@ def cap_history(conn: Connection, client_ids: list[str],
         ENTRY.c.client_id.in_(client_ids), or_(*windows), ENTRY.c.reason.in_([Reason.EARN, Reason.GRANT]),
         ENTRY.c.event_id.not_in(select(REVERSAL.c.event_id)))
     return [tuple(row) for row in conn.execute(query)]
+
+
+def tiers_as_of(conn: Connection, as_of: datetime, client_ids: list[str] | None = None
+                ) -> dict[str, tuple[str, datetime, bool]]:
+    """Per client: (tier in force at `as_of`, since when, whether a later assignment already exists)."""
+    query = select(TIER.c.client_id, TIER.c.tier, TIER.c.valid_from).order_by(TIER.c.client_id, TIER.c.valid_from)
+    if client_ids is not None:
+        query = query.where(TIER.c.client_id.in_(client_ids))
+    result: dict[str, tuple[str, datetime, bool]] = {}
+    for row in conn.execute(query):
+        if row.valid_from <= as_of:
+            result[row.client_id] = (row.tier, row.valid_from, False)
+        elif row.client_id in result:
+            tier, since, _ = result[row.client_id]
+            result[row.client_id] = (tier, since, True)
+        else:
+            result[row.client_id] = ("", row.valid_from, True)
+    return result
+
+
+def all_client_ids(conn: Connection) -> list[str]:
+    """Every client id, sorted."""
+    return list(conn.execute(select(CLIENT.c.client_id).order_by(CLIENT.c.client_id)).scalars())

@@ -11,7 +11,8 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from rewards.kinds import Grant, Kind, Reason, Status, Use
 from rewards.stacking import Entitlement
-from storage.models import Client, Entitlement as EntitlementRow, EventReversal, LedgerEntry, ProcessedEvent
+from rewards.tiers import TIER_RULE_PREFIX, tier_rule_id
+from storage.models import Client, Entitlement as EntitlementRow, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
 ENTRY = LedgerEntry.__table__
 ENTITLEMENT = EntitlementRow.__table__
@@ -56,6 +57,24 @@ def _row(client_id: str, kind: Kind, reason: Reason, source: Provenance, created
         "entitlement_id": entitlement_id, "reverses_entry_id": reverses_entry_id,
         "valid_from": valid_from, "valid_to": valid_to, "created_at": created_at,
     }
+
+
+def revoke_entry(entitlement: dict, source: Provenance, at: datetime, created_at: datetime) -> dict:
+    """An entry ending a granted entitlement (a row of the entitlement table) from `at`."""
+    return _row(entitlement["client_id"], Kind(entitlement["kind"]), Reason.REVOKE, source, created_at,
+                rule_id=entitlement["rule_id"], bps=-entitlement["bps"], products=entitlement["products"],
+                detail=json.loads(entitlement["detail"]) if entitlement["detail"] else None,
+                use=Use(entitlement["use"]), valid_from=at, entitlement_id=entitlement["id"])
+
+
+def active_entitlements_by_rule_prefix(conn: Connection, client_ids: list[str], prefix: str) -> dict[str, list[dict]]:
+    """Active entitlement rows of `client_ids` granted under rules whose id starts with `prefix`, per client."""
+    query = select(ENTITLEMENT).where(ENTITLEMENT.c.client_id.in_(client_ids), ENTITLEMENT.c.rule_id.startswith(prefix),
+                                      ENTITLEMENT.c.status == Status.ACTIVE).order_by(ENTITLEMENT.c.id)
+    held: dict[str, list[dict]] = defaultdict(list)
+    for row in conn.execute(query):
+        held[row.client_id].append(dict(row._mapping))
+    return held
 
 
 def compensating_entry(original: dict, reason: Reason, created_at: datetime, event_id: str | None) -> dict:
@@ -149,6 +168,15 @@ def held_entitlements(conn: Connection, client_id: str) -> list[Entitlement]:
     return [to_entitlement(dict(row._mapping)) for row in conn.execute(query)]
 
 
+def held_entitlements_of_all(conn: Connection) -> dict[str, list[Entitlement]]:
+    """Every active entitlement, per client."""
+    held: dict[str, list[Entitlement]] = defaultdict(list)
+    query = select(ENTITLEMENT).where(ENTITLEMENT.c.status == Status.ACTIVE).order_by(ENTITLEMENT.c.id)
+    for row in conn.execute(query):
+        held[row.client_id].append(to_entitlement(dict(row._mapping)))
+    return held
+
+
 def to_entitlement(row: dict) -> Entitlement:
     """Domain view of an entitlement row."""
     return Entitlement(
@@ -222,4 +250,18 @@ def verify(conn: Connection) -> list[str]:
                 problems.append(f"entitlement {entitlement_id}: {key} is {row[key]!r} but its grant says {grant[key]!r}")
     for entitlement_id in rows:
         problems.append(f"entitlement {entitlement_id} has no grant entry")
+    problems.extend(_standing_benefit_problems(conn))
     return problems
+
+
+def _standing_benefit_problems(conn: Connection) -> list[str]:
+    """Every active standing tier benefit must belong to the client's latest tier."""
+    tiers = TierAssignment.__table__
+    latest: dict[str, str] = {}
+    for row in conn.execute(select(tiers.c.client_id, tiers.c.tier).order_by(tiers.c.client_id, tiers.c.valid_from)):
+        latest[row.client_id] = row.tier
+    query = select(ENTITLEMENT.c.id, ENTITLEMENT.c.client_id, ENTITLEMENT.c.rule_id).where(
+        ENTITLEMENT.c.rule_id.startswith(TIER_RULE_PREFIX), ENTITLEMENT.c.status == Status.ACTIVE)
+    return [f"entitlement {row.id} ({row.rule_id}) is active but client {row.client_id} is in tier "
+            f"{latest.get(row.client_id)}" for row in conn.execute(query)
+            if row.rule_id != tier_rule_id(latest.get(row.client_id, ""))]

@@ -31,25 +31,50 @@ class Client(SQLModel, table=True):
 
 
 class TierAssignment(SQLModel, table=True):
-    """Tier history: the client is in `tier` from `valid_from` until the next assignment."""
+    """Tier history: the client is in `tier` from `valid_from` until the next assignment.
+
+    One assignment per client and moment (a unique key), so a review re-run at the same moment
+    cannot assign twice. `details` holds the decision's reasons as JSON (each metric against its
+    threshold); `review_id` names the review that decided it (none for a new client's first tier).
+    """
 
     __tablename__ = "tier_assignment"
-    __table_args__ = (Index("ix_tier_assignment_client_from", "client_id", "valid_from"),)
+    __table_args__ = (Index("ux_tier_assignment_client_from", "client_id", "valid_from", unique=True),)
 
     id: int | None = Field(default=None, primary_key=True)
     client_id: str = Field(foreign_key="client.client_id", max_length=64)
     tier: str = Field(max_length=64)
+    previous_tier: str | None = Field(default=None, max_length=64)
     valid_from: datetime = _ts()
     reason: str
+    details: str | None = Field(default=None, sa_column=Column(Text))
+    review_id: str | None = Field(default=None, max_length=64, index=True)
     programme_id: str
     programme_version: str
     created_at: datetime = _ts()
+
+
+class TierReview(SQLModel, table=True):
+    """One run of the tier review (dry runs are not recorded)."""
+
+    __tablename__ = "tier_review"
+
+    id: str = Field(primary_key=True, max_length=64)
+    as_of: datetime = _ts()
+    programme_id: str
+    programme_version: str
+    started_at: datetime = _ts()
+    finished_at: datetime | None = _ts(default=None)
+    clients: int = 0
+    upgrades: int = 0
+    downgrades: int = 0
 
 
 class ProcessedEvent(SQLModel, table=True):
     """Every event applied, with the hash of its content (for duplicate and conflict detection)."""
 
     __tablename__ = "processed_event"
+    __table_args__ = (Index("ix_processed_event_occurred", "occurred_at"),)
 
     event_id: str = Field(primary_key=True, max_length=128)
     client_id: str = Field(index=True, max_length=64)
@@ -57,6 +82,10 @@ class ProcessedEvent(SQLModel, table=True):
     occurred_at: datetime = _ts()
     content_hash: str = Field(max_length=64)
     payload: str = Field(sa_column=Column(Text, nullable=False))
+    # Typed copies of the attributes tier metrics read, so reviews aggregate in SQL, exactly.
+    amount_minor: int | None = Field(default=None, sa_type=BigInteger)
+    number: int | None = None
+    label: str | None = Field(default=None, max_length=64)
     programme_id: str
     programme_version: str
     processed_at: datetime = _ts()

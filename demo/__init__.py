@@ -1,0 +1,1 @@
+"""A synthetic corporate-lending portfolio, for the demo, tests and benchmarks."""

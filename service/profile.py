@@ -1,0 +1,50 @@
+"""A client's profile for people: who it is, its tier and why, its tier history and metric values."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+
+from engine.context import tier_at
+from engine.metrics import METRICS, display, place
+from engine.programme import ProgrammeSet
+from rewards.caps import months_before
+from service.errors import NotFoundError
+from storage.db import read_snapshot
+from storage.metrics import client_metrics
+from storage.models import Client, TierAssignment
+
+
+def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime) -> dict:
+    """Profile, current tier, tier history with reasons, and the metrics a review would see at `at`."""
+    programme = programmes.at(at) or programmes.versions[0]
+    window = programme.model.review.window_months
+    clients, tiers = Client.__table__, TierAssignment.__table__
+    with read_snapshot(engine) as conn:
+        client = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
+        if client is None:
+            raise NotFoundError(f"no client {client_id!r}: it has no events yet")
+        history = [dict(row._mapping) for row in conn.execute(
+            select(tiers).where(tiers.c.client_id == client_id).order_by(tiers.c.valid_from, tiers.c.id))]
+        values = client_metrics(conn, at, months_before(at, window), window, programme.currency,
+                                [client_id]).get(client_id, dict.fromkeys(METRICS))
+    current = tier_at([(row["valid_from"], row["tier"]) for row in history], at, programme.lowest_tier.id)
+    placement = place(programme.model.tiers, values)
+    return {
+        "client_id": client_id,
+        "name": client.name, "segment": client.segment, "industry": client.industry,
+        "onboarded_at": client.onboarded_at.isoformat() if client.onboarded_at else None,
+        "first_seen_at": client.first_seen_at.isoformat(),
+        "points_balance": client.points_balance,
+        "as_of": at.isoformat(),
+        "tier": current,
+        "qualifies_for": placement.tier,
+        "metrics": {name: display(value) for name, value in values.items()},
+        "window_months": window,
+        "tier_history": [{
+            "tier": row["tier"], "from_tier": row["previous_tier"], "valid_from": row["valid_from"].isoformat(),
+            "reason": row["reason"], "review_id": row["review_id"],
+            "reasons": json.loads(row["details"]) if row["details"] else [],
+        } for row in history],
+    }

@@ -1,0 +1,172 @@
+"""The tier review: measure every client over the window, place it in the highest tier it qualifies
+for, and move it there through the ledger (revoke the old tier's standing benefits, grant the new).
+
+Running the same review again changes nothing: a client already in the tier its metrics earn is
+left alone, and one assignment per client and moment is a unique key. `dry_run` decides and writes
+nothing.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Engine, insert, update
+
+from engine.metrics import METRICS, Placement, place
+from engine.programme import CompiledProgramme, ProgrammeSet
+from rewards.caps import months_before
+from rewards.tiers import TIER_RULE_PREFIX, tier_grants
+from service.clock import Clock, utc_now
+from service.errors import InputError
+from service.retry import with_retry
+from storage import clients as client_store
+from storage import ledger
+from storage.db import read_snapshot, write_transaction
+from storage.ledger import Provenance
+from storage.metrics import client_metrics
+from storage.models import TierReview
+
+WRITE_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class TierChange:
+    """A client moving between tiers, with the checks that decided it."""
+
+    client_id: str
+    from_tier: str
+    to_tier: str
+    direction: str  # upgrade or downgrade
+    reasons: list[dict]
+
+    def as_dict(self) -> dict:
+        """JSON form."""
+        return {"client_id": self.client_id, "from": self.from_tier, "to": self.to_tier,
+                "direction": self.direction, "reasons": self.reasons}
+
+
+@dataclass
+class ReviewReport:
+    """What a review found and did."""
+
+    review_id: str | None
+    as_of: datetime
+    programme_version: str
+    dry_run: bool
+    clients: int = 0
+    tiers_before: dict[str, int] = field(default_factory=dict)
+    tiers_after: dict[str, int] = field(default_factory=dict)
+    migration: dict[str, dict[str, int]] = field(default_factory=dict)
+    changes: list[TierChange] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """The `--json` form."""
+        return {"review_id": self.review_id, "as_of": self.as_of.isoformat(),
+                "programme_version": self.programme_version, "dry_run": self.dry_run, "clients": self.clients,
+                "upgrades": sum(c.direction == "upgrade" for c in self.changes),
+                "downgrades": sum(c.direction == "downgrade" for c in self.changes),
+                "tiers_before": self.tiers_before, "tiers_after": self.tiers_after,
+                "migration": self.migration, "changes": [c.as_dict() for c in self.changes],
+                "skipped": self.skipped}
+
+
+def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_run: bool = False,
+               clock: Clock = utc_now, progress: Callable[[int], None] | None = None) -> ReviewReport:
+    """Review every client as of `as_of`; write the tier changes unless `dry_run`."""
+    if as_of.tzinfo is None:
+        raise InputError("the review moment has no time zone; give UTC, e.g. 2026-03-31T00:00:00Z")
+    programme = programmes.at(as_of)
+    if programme is None:
+        raise InputError(f"no programme version is in force at {as_of.isoformat()}")
+    window = programme.model.review.window_months
+    with read_snapshot(engine) as conn:
+        metrics = client_metrics(conn, as_of, months_before(as_of, window), window, programme.currency)
+        current = client_store.tiers_as_of(conn, as_of)
+    report = ReviewReport(None if dry_run else _review_id(as_of), as_of, programme.version, dry_run)
+    order = {tier: rank for rank, tier in enumerate(programme.tier_ids)}
+    empty = dict.fromkeys(METRICS)
+    for client_id, (tier, _since, decided_later) in sorted(current.items()):
+        if not tier:
+            continue  # not a client yet at that moment
+        if decided_later:
+            report.skipped.append({"client_id": client_id, "reason": "a later tier decision exists"})
+            continue
+        placement = place(programme.model.tiers, metrics.get(client_id, empty))
+        _count(report, tier, placement.tier)
+        if placement.tier != tier:
+            report.changes.append(_change(client_id, tier, placement, order))
+    if not dry_run:
+        _write(engine, programme, report, clock, progress)
+    return report
+
+
+def _count(report: ReviewReport, before: str, after: str) -> None:
+    report.clients += 1
+    report.tiers_before[before] = report.tiers_before.get(before, 0) + 1
+    report.tiers_after[after] = report.tiers_after.get(after, 0) + 1
+    row = report.migration.setdefault(before, {})
+    row[after] = row.get(after, 0) + 1
+
+
+def _change(client_id: str, tier: str, placement: Placement, order: dict[str, int]) -> TierChange:
+    # The old tier's verdict says why the client left it; the new tier's why it arrived; for an
+    # upgrade the next tier up says why it did not go higher.
+    target = placement.tier
+    upward = order.get(target, 0) > order.get(tier, 0)
+    above = [t for t, rank in order.items() if rank == order[target] + 1]
+    reasons = placement.reasons(tier, target, *above) if tier in order else placement.reasons(target, *above)
+    return TierChange(client_id, tier, target, "upgrade" if upward else "downgrade", reasons)
+
+
+def _review_id(as_of: datetime) -> str:
+    return f"review-{as_of.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+def _write(engine: Engine, programme: CompiledProgramme, report: ReviewReport, clock: Clock,
+           progress: Callable[[int], None] | None) -> None:
+    started = clock()
+    with write_transaction(engine) as conn:
+        conn.execute(insert(TierReview.__table__).values(
+            id=report.review_id, as_of=report.as_of, programme_id=programme.id,
+            programme_version=programme.version, started_at=started, clients=report.clients))
+    for start in range(0, len(report.changes), WRITE_CHUNK):
+        chunk = report.changes[start:start + WRITE_CHUNK]
+        with_retry(lambda c=chunk: _apply_changes(engine, programme, report, c, clock()))
+        if progress:
+            progress(len(chunk))
+    counts = Counter(change.direction for change in report.changes)
+    with write_transaction(engine) as conn:
+        conn.execute(update(TierReview.__table__).where(TierReview.__table__.c.id == report.review_id).values(
+            finished_at=clock(), upgrades=counts["upgrade"], downgrades=counts["downgrade"]))
+
+
+def _apply_changes(engine: Engine, programme: CompiledProgramme, report: ReviewReport, changes: list[TierChange],
+                   now: datetime) -> None:
+    """One transaction: tier rows, revocations and grants for a chunk of clients (re-checked under lock)."""
+    source = Provenance(programme.id, programme.version, None)
+    with write_transaction(engine) as conn:
+        ids = [change.client_id for change in changes]
+        client_store.lock_clients(conn, ids)
+        in_force = client_store.tiers_as_of(conn, report.as_of, ids)
+        standing = ledger.active_entitlements_by_rule_prefix(conn, ids, TIER_RULE_PREFIX)
+        entries, tier_rows = [], []
+        for change in changes:
+            tier, _since, decided_later = in_force.get(change.client_id, ("", report.as_of, True))
+            if tier != change.from_tier or decided_later:
+                continue  # another review got there first: nothing to do for this client
+            tier_rows.append({
+                "client_id": change.client_id, "tier": change.to_tier, "previous_tier": change.from_tier,
+                "valid_from": report.as_of, "reason": f"{change.direction} by review",
+                "details": json.dumps(change.reasons), "review_id": report.review_id,
+                "programme_id": programme.id, "programme_version": programme.version, "created_at": now})
+            # Whatever standing tier benefits the client holds end here; the new tier's start.
+            entries.extend(ledger.revoke_entry(row, source, report.as_of, now) for row in standing[change.client_id])
+            entries.extend(ledger.grant_entry(change.client_id, grant, source, now)
+                           for grant in tier_grants(programme.tier(change.to_tier), report.as_of))
+        client_store.insert_tier_assignments(conn, tier_rows)
+        ledger.append(conn, entries)
