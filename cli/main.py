@@ -304,7 +304,7 @@ def _print_review(result: dict, show: int) -> None:
     console.print(f"[bold]Tier review as of {escape(result['as_of'])}[/] ({escape(mode)}), programme "
                   f"{escape(result['programme_version'])}: {result['clients']} clients, "
                   f"{result['upgrades']} up, {result['downgrades']} down")
-    tiers = list(dict.fromkeys([*result["tiers_before"], *result["tiers_after"]]))
+    tiers = list(result["tiers_before"])  # programme order, lowest first
     matrix = Table("from \\ to", *tiers, "before", title="Tier migration")
     for before in tiers:
         row = result["migration"].get(before, {})

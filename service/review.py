@@ -87,7 +87,9 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_ru
     with read_snapshot(engine) as conn:
         metrics = client_metrics(conn, as_of, months_before(as_of, window), window, programme.currency)
         current = client_store.tiers_as_of(conn, as_of)
-    report = ReviewReport(None if dry_run else _review_id(as_of), as_of, programme.version, dry_run)
+    report = ReviewReport(None if dry_run else _review_id(as_of), as_of, programme.version, dry_run,
+                          tiers_before=dict.fromkeys(programme.tier_ids, 0),
+                          tiers_after=dict.fromkeys(programme.tier_ids, 0))
     order = {tier: rank for rank, tier in enumerate(programme.tier_ids)}
     empty = dict.fromkeys(METRICS)
     for client_id, (tier, _since, decided_later) in sorted(current.items()):
@@ -107,8 +109,8 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_ru
 
 def _count(report: ReviewReport, before: str, after: str) -> None:
     report.clients += 1
-    report.tiers_before[before] = report.tiers_before.get(before, 0) + 1
-    report.tiers_after[after] = report.tiers_after.get(after, 0) + 1
+    report.tiers_before[before] += 1
+    report.tiers_after[after] += 1
     row = report.migration.setdefault(before, {})
     row[after] = row.get(after, 0) + 1
 
