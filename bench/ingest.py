@@ -1,22 +1,22 @@
-"""Ingest throughput: end to end (the CLI's path) on SQLite and PostgreSQL, against the raw matching ceiling.
+"""Ingest and review throughput on a fixed synthetic portfolio, on SQLite and PostgreSQL.
 
-    python bench/ingest.py [--events 50000] [--clients 1000] [--seed 7]
+    python bench/ingest.py [--clients 2000] [--months 18] [--seed 7] [--batch 500]
 
-Prints events per second for: the durable-rules matcher alone (assert + retract, no storage), the
-pure evaluator (matching + CEL + awards), and full ingest into each database; and the ratio of
-full ingest to the raw ceiling. PostgreSQL is skipped when it does not answer.
+Prints, in one run: the raw durable-rules ceiling (the compiled rules alone, asserting and retracting
+the same events, no storage), the pure evaluator, end-to-end ingest through the CLI's path on each
+database, the ratio of each to the ceiling, the review time for the whole portfolio, and peak
+memory. PostgreSQL is skipped (with the reason) when it does not answer.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,114 +24,101 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
+from demo.generator import DEFAULT_END, generate  # noqa: E402
 from engine.context import ClientContext  # noqa: E402
 from engine.evaluator import evaluate  # noqa: E402
 from engine.events import matching_value, parse_json_line, validate_event  # noqa: E402
 from engine.loader import load_programmes  # noqa: E402
 from service.ingest import Ingestor  # noqa: E402
+from service.review import run_review  # noqa: E402
 from storage.db import init_schema, make_engine  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-PRODUCTS = ["working_capital", "term_loan", "project_finance", "trade_finance"]
 
 
-def synthetic_events(count: int, clients: int, seed: int) -> list[str]:
-    """A deterministic mix of the programme's event types over `clients` clients."""
-    rng = random.Random(seed)
-    start = datetime(2025, 1, 1, tzinfo=UTC)
-    lines = []
-    for i in range(count):
-        client = f"C-{rng.randrange(clients):05d}"
-        at = (start + timedelta(minutes=rng.randrange(60 * 24 * 540))).strftime("%Y-%m-%dT%H:%M:%SZ")
-        kind = rng.choices(["loan.drawn", "repayment.made", "deposit.reported", "product.purchased",
-                            "survey.answered", "event.attended", "referral.converted"],
-                           weights=[20, 45, 15, 5, 5, 8, 2])[0]
-        data = {
-            "loan.drawn": lambda: {"loan_id": f"L{i}", "product": rng.choice(PRODUCTS),
-                                   "amount": f"{rng.randrange(10**5, 2 * 10**8)}.{rng.randrange(100):02d}",
-                                   "currency": "CNY", "term_months": rng.randrange(1, 120)},
-            "repayment.made": lambda: {"loan_id": f"L{i}", "amount": str(rng.randrange(10**4, 10**7)),
-                                       "due_date": at[:10], "days_late": rng.choice([0] * 9 + [rng.randrange(1, 60)])},
-            "deposit.reported": lambda: {"month": at[:7], "average_balance": str(rng.randrange(10**5, 10**9))},
-            "product.purchased": lambda: {"product": rng.choice(["cash_management", "fx_hedging", "payroll"])},
-            "survey.answered": lambda: {"nps": rng.randrange(11)},
-            "event.attended": lambda: {"kind": rng.choice(["client_day", "forum", "salon", "training"])},
-            "referral.converted": lambda: {"referred_client_id": f"R{i}"},
-        }[kind]()
-        lines.append(json.dumps({"id": f"b{seed}-{i}", "client_id": client, "type": kind, "occurred_at": at,
-                                 "data": data}))
-    return lines
-
-
-def rate(count: int, seconds: float) -> float:
+def per_second(count: int, seconds: float) -> float:
     return count / seconds if seconds else float("inf")
 
 
-def bench_matcher(programmes, lines: list[str]) -> tuple[float, float]:
-    programme = programmes.current
-    events = [validate_event(parse_json_line(line), programme.model.event_types, programme.currency) for line in lines]
+def bench_core(programmes, lines: list[str]) -> tuple[float, float]:
+    """Events per second through the matcher alone, and through the pure evaluator."""
+    events = []
+    for line in lines:
+        raw = parse_json_line(line)
+        programme = programmes.at(datetime_of(raw))
+        events.append((programme, validate_event(raw, programme.model.event_types, programme.currency)))
     facts = []
-    for event in events:
+    for programme, event in events:
         types = programme.attribute_types(event.type)
-        facts.append((event.type, {k: matching_value(types[k], v, programme.currency) for k, v in event.data.items()}))
+        facts.append((programme.matcher, event.type,
+                      {k: matching_value(types[k], v, programme.currency) for k, v in event.data.items()}))
     client = ClientContext("C", "gold", "strategic", 24)
     view = client.matching_view()
     began = time.perf_counter()
-    for type_, data in facts:
-        programme.matcher.match(type_, data, view)
-    raw = rate(len(facts), time.perf_counter() - began)
+    for matcher, type_, data in facts:
+        matcher.match(type_, data, view)
+    raw_rate = per_second(len(facts), time.perf_counter() - began)
     began = time.perf_counter()
-    for event in events:
+    for programme, event in events:
         evaluate(programme, event, client)
-    return raw, rate(len(events), time.perf_counter() - began)
+    return raw_rate, per_second(len(events), time.perf_counter() - began)
 
 
-def bench_ingest(url: str, programmes, lines: list[str], batch: int) -> float:
+def datetime_of(raw: dict) -> datetime:
+    return datetime.fromisoformat(raw["occurred_at"].replace("Z", "+00:00"))
+
+
+def bench_database(url: str, programmes, lines: list[str], batch: int) -> tuple[float, float, int]:
+    """(ingest events/s, review seconds, clients reviewed) on a fresh database."""
     engine = make_engine(url)
     init_schema(engine)
-    ingestor = Ingestor(engine, programmes, batch_size=batch)
     began = time.perf_counter()
-    report = ingestor.ingest_lines(lines)
-    seconds = time.perf_counter() - began
+    report = Ingestor(engine, programmes, batch_size=batch).ingest_lines(lines)
+    ingest_rate = per_second(report.applied, time.perf_counter() - began)
     assert report.rejected == 0, report.errors[:3]
+    began = time.perf_counter()
+    review = run_review(engine, programmes, DEFAULT_END)
+    review_seconds = time.perf_counter() - began
     engine.dispose()
-    return rate(report.applied, seconds)
+    return ingest_rate, review_seconds, review.clients
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--clients", type=int, default=1_000)
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--months", type=int, default=18)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=2000)
     args = parser.parse_args()
 
     programmes = load_programmes(ROOT / "rules")
-    lines = synthetic_events(args.events, args.clients, args.seed)
-    print(f"{args.events:,} events over {args.clients:,} clients, {len(programmes.current.rules)} rules, "
-          f"batch {args.batch}")
-    raw, evaluator = bench_matcher(programmes, lines)
-    rows = [("durable-rules matcher alone (ceiling)", raw), ("pure evaluator (match + CEL + awards)", evaluator)]
+    lines = [json.dumps(e) for e in generate(args.clients, args.months, args.seed)]
+    print(f"{len(lines):,} events, {args.clients:,} clients, {args.months} months, "
+          f"{len(programmes.current.rules)} rules, batch {args.batch}")
+    raw, evaluator = bench_core(programmes, lines)
+    rows = [("durable-rules matcher alone (ceiling)", raw, None), ("pure evaluator (match + CEL + awards)", evaluator, None)]
     with tempfile.TemporaryDirectory() as folder:
-        rows.append(("ingest end to end, SQLite", bench_ingest(f"sqlite:///{folder}/bench.db", programmes, lines,
-                                                               args.batch)))
+        rate, review_s, clients = bench_database(f"sqlite:///{folder}/bench.db", programmes, lines, args.batch)
+        rows.append(("ingest end to end, SQLite", rate, (review_s, clients)))
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     try:
         admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
         with admin.begin() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:  # no PostgreSQL here: report and go on
+    except Exception as exc:  # no PostgreSQL here: say so and go on
         print(f"PostgreSQL skipped: {str(exc).splitlines()[0]}")
     else:
         try:
-            rows.append(("ingest end to end, PostgreSQL",
-                         bench_ingest(f"{PG_URL}?options=-csearch_path%3D{schema}", programmes, lines, args.batch)))
+            rate, review_s, clients = bench_database(f"{PG_URL}?options=-csearch_path%3D{schema}", programmes, lines,
+                                                     args.batch)
+            rows.append(("ingest end to end, PostgreSQL", rate, (review_s, clients)))
         finally:
             with admin.begin() as conn:
                 conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    print(f"{'path':<42}{'events/s':>12}{'ratio to ceiling':>18}")
-    for name, value in rows:
-        print(f"{name:<42}{value:>12,.0f}{value / raw:>18.2f}")
+    print(f"{'path':<42}{'events/s':>10}{'ratio':>8}   review of the whole portfolio")
+    for name, value, review in rows:
+        review_text = f"{review[0]:.2f} s for {review[1]:,} clients" if review else ""
+        print(f"{name:<42}{value:>10,.0f}{value / raw:>8.2f}   {review_text}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
 
 

@@ -163,7 +163,7 @@ def ingest(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="NDJSON file of events, or - for standard input.")],
     as_json: JsonFlag = False,
-    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Events per transaction.")] = 500,
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Events per transaction.")] = 2000,
 ) -> None:
     """Apply client activity events (one JSON object per line).
 

@@ -82,7 +82,7 @@ class _Pending:
 class Ingestor:
     """Applies events to the ledger under the programme version in force at each event's time."""
 
-    def __init__(self, engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now, batch_size: int = 500):
+    def __init__(self, engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now, batch_size: int = 2000):
         self.engine = engine
         self.programmes = programmes
         self.clock = clock
@@ -255,9 +255,12 @@ class _BatchWriter:
             return
         gave = False
         if outcome.points and points > 0:
-            detail = {"base_points": outcome.points.base_points, "multiplier": str(outcome.points.multiplier)}
-            if points < earned:
-                detail["capped_from"] = earned
+            # How the figure was reached, when it is not simply the expression's value.
+            detail: dict | None = None
+            if outcome.points.multiplier != 1 or points < earned:
+                detail = {"base_points": outcome.points.base_points, "multiplier": str(outcome.points.multiplier)}
+                if points < earned:
+                    detail["capped_from"] = earned
             self.entries.append(ledger.points_entry(event.client_id, rule.id, points, Reason.EARN,
                                                     event.occurred_at, source, self.now, detail))
             gave = True
@@ -270,14 +273,14 @@ class _BatchWriter:
 
     def _load_cap_history(self, batch: list[_Pending], client_ids: list[str]) -> None:
         """One query for everything the batch's capped rules have already given its clients."""
+        earliest = min(item.event.occurred_at for item in batch)
         since_by_rule: dict[str, datetime | None] = {}
-        for item in batch:
-            for compiled in item.programme.rules:
-                rule = compiled.rule
-                if rule.cap:
-                    start = period_bounds(rule.cap.per, item.event.occurred_at)[0]
-                    known = since_by_rule.get(rule.id, start)
-                    since_by_rule[rule.id] = None if start is None or known is None else min(start, known)
+        for programme in {id(item.programme): item.programme for item in batch}.values():
+            for compiled in programme.rules:
+                if compiled.rule.cap:  # period starts only move forward in time: the earliest event decides
+                    start = period_bounds(compiled.rule.cap.per, earliest)[0]
+                    known = since_by_rule.get(compiled.rule.id, start)
+                    since_by_rule[compiled.rule.id] = None if start is None or known is None else min(start, known)
         self.cap_history: dict[tuple[str, str], list] = defaultdict(list)
         for client_id, rule_id, at, points, event_id in client_store.cap_history(self.conn, client_ids, since_by_rule):
             self.cap_history[(client_id, rule_id)].append((at, points, event_id))

@@ -41,5 +41,6 @@ def _reverse(engine: Engine, event_id: str, reason: str, clock: Clock) -> dict:
         skipped_ids = {item["entitlement_id"] for item in skipped}
         rows = [ledger.compensating_entry(row, Reason.REVERSE, now, event_id) for row in originals
                 if row["id"] not in skipped_ids]
-        ids = ledger.append(conn, rows)
+        ledger.append(conn, rows)
+        ids = [row["id"] for row in ledger.event_entries(conn, event_id) if row["reason"] == Reason.REVERSE]
         return {"event_id": event_id, "status": "reversed", "entries": ids, "skipped": skipped}

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, insert, select, union_all, update
 
 from engine.context import ONBOARDING_EVENT
 from rewards.kinds import Reason
@@ -110,12 +110,18 @@ def cap_history(conn: Connection, client_ids: list[str],
     """
     if not client_ids or not since_by_rule:
         return []
-    windows = [ENTRY.c.rule_id == rule_id if since is None else and_(ENTRY.c.rule_id == rule_id,
-                                                                     ENTRY.c.valid_from >= since)
-               for rule_id, since in sorted(since_by_rule.items())]
-    query = select(ENTRY.c.client_id, ENTRY.c.rule_id, ENTRY.c.valid_from, ENTRY.c.points, ENTRY.c.event_id).where(
-        ENTRY.c.client_id.in_(client_ids), or_(*windows), ENTRY.c.reason.in_([Reason.EARN, Reason.GRANT]),
-        ENTRY.c.event_id.not_in(select(REVERSAL.c.event_id)))
+    # One indexed range per rule (client, rule, time), glued with UNION ALL: an OR of the ranges would
+    # make SQLite read every entry of the batch's clients, which grows with the ledger.
+    not_reversed = ENTRY.c.event_id.not_in(select(REVERSAL.c.event_id))
+    columns = (ENTRY.c.client_id, ENTRY.c.rule_id, ENTRY.c.valid_from, ENTRY.c.points, ENTRY.c.event_id)
+    parts = []
+    for rule_id, since in sorted(since_by_rule.items()):
+        conditions = [ENTRY.c.client_id.in_(client_ids), ENTRY.c.rule_id == rule_id,
+                      ENTRY.c.reason.in_([Reason.EARN, Reason.GRANT]), not_reversed]
+        if since is not None:
+            conditions.append(ENTRY.c.valid_from >= since)
+        parts.append(select(*columns).where(*conditions))
+    query = union_all(*parts) if len(parts) > 1 else parts[0]
     return [tuple(row) for row in conn.execute(query)]
 
 

@@ -92,14 +92,19 @@ def compensating_entry(original: dict, reason: Reason, created_at: datetime, eve
 def append(conn: Connection, rows: list[dict]) -> list[int]:
     """Insert entries and their projections (entitlements, points balances) in the caller's transaction.
 
-    Returns the new entry ids in the order of `rows`.
+    Returns the ids of the new grant entries (the entitlements they create), in the order of `rows`.
     """
     if not rows:
         return []
-    result = conn.execute(insert(ENTRY).returning(ENTRY.c.id, sort_by_parameter_order=True), rows)
-    ids = [row[0] for row in result]
-    entitlements = [_entitlement_row(entry_id, row) for entry_id, row in zip(ids, rows, strict=True)
-                    if row["reason"] == Reason.GRANT]
+    grants = [row for row in rows if row["reason"] == Reason.GRANT]
+    others = [row for row in rows if row["reason"] != Reason.GRANT]
+    # Only grants need their ids back; asking for ids makes SQLite insert row by row, so the
+    # (far more numerous) other entries go in one plain executemany.
+    ids = [row[0] for row in conn.execute(insert(ENTRY).returning(ENTRY.c.id, sort_by_parameter_order=True),
+                                          grants)] if grants else []
+    if others:
+        conn.execute(insert(ENTRY), others)
+    entitlements = [_entitlement_row(entry_id, row) for entry_id, row in zip(ids, grants, strict=True)]
     if entitlements:
         conn.execute(insert(ENTITLEMENT), entitlements)
     _apply_points(conn, rows)

@@ -74,10 +74,11 @@ class ProcessedEvent(SQLModel, table=True):
     """Every event applied, with the hash of its content (for duplicate and conflict detection)."""
 
     __tablename__ = "processed_event"
-    __table_args__ = (Index("ix_processed_event_occurred", "occurred_at"),)
+    __table_args__ = (Index("ix_processed_event_occurred", "occurred_at"),
+                      Index("ix_processed_event_client_type", "client_id", "type", "occurred_at"))
 
     event_id: str = Field(primary_key=True, max_length=128)
-    client_id: str = Field(index=True, max_length=64)
+    client_id: str = Field(max_length=64)
     type: str = Field(max_length=64)
     occurred_at: datetime = _ts()
     content_hash: str = Field(max_length=64)
