@@ -36,8 +36,8 @@ class Entitlement:
     event_id: str | None
 
     def valid_at(self, at: datetime) -> bool:
-        """Active and inside its validity window at `at`."""
-        return (self.status == Status.ACTIVE and self.valid_from <= at
+        """Held and inside its validity window at `at` (a revoked one was held until its revocation)."""
+        return (self.status in (Status.ACTIVE, Status.REVOKED) and self.valid_from <= at
                 and (self.valid_to is None or at < self.valid_to))
 
 

@@ -5,13 +5,15 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import groupby
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, insert, select, update
 
 from rewards.kinds import Grant, Kind, Reason, Status, Use
 from rewards.stacking import Entitlement
 from rewards.tiers import TIER_RULE_PREFIX, tier_rule_id
+from storage.types import UTCDateTime
 from storage.models import Client, Entitlement as EntitlementRow, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
 ENTRY = LedgerEntry.__table__
@@ -92,28 +94,41 @@ def compensating_entry(original: dict, reason: Reason, created_at: datetime, eve
 def append(conn: Connection, rows: list[dict]) -> list[int]:
     """Insert entries and their projections (entitlements, points balances) in the caller's transaction.
 
-    Returns the ids of the new grant entries (the entitlements they create), in the order of `rows`.
+    Entries get ids in the order of `rows`. Returns the ids of the grant entries (the entitlements
+    they create), in order.
     """
-    if not rows:
-        return []
-    grants = [row for row in rows if row["reason"] == Reason.GRANT]
-    others = [row for row in rows if row["reason"] != Reason.GRANT]
-    # Only grants need their ids back; asking for ids makes SQLite insert row by row, so the
-    # (far more numerous) other entries go in one plain executemany.
-    ids = [row[0] for row in conn.execute(insert(ENTRY).returning(ENTRY.c.id, sort_by_parameter_order=True),
-                                          grants)] if grants else []
-    if others:
-        conn.execute(insert(ENTRY), others)
-    entitlements = [_entitlement_row(entry_id, row) for entry_id, row in zip(ids, grants, strict=True)]
+    grant_ids: list[int] = []
+    entitlements: list[dict] = []
+    for is_grant, run in groupby(rows, key=lambda row: row["reason"] == Reason.GRANT):
+        run = list(run)
+        if is_grant:
+            # Only grants need their ids back: asking for ids makes SQLite insert row by row, so the
+            # (far more numerous) other entries go in one plain executemany.
+            result = conn.execute(insert(ENTRY).returning(ENTRY.c.id, sort_by_parameter_order=True), run)
+            ids = [row[0] for row in result]
+            grant_ids.extend(ids)
+            entitlements.extend(_entitlement_row(entry_id, row) for entry_id, row in zip(ids, run, strict=True))
+        else:
+            conn.execute(insert(ENTRY), run)
     if entitlements:
         conn.execute(insert(ENTITLEMENT), entitlements)
     _apply_points(conn, rows)
-    ended = {row["entitlement_id"]: _status_after(row["reason"]) for row in rows
-             if row["entitlement_id"] is not None and _status_after(row["reason"])}
-    for status in set(ended.values()):
-        conn.execute(update(ENTITLEMENT).where(ENTITLEMENT.c.id.in_(
-            [eid for eid, s in ended.items() if s == status])).values(status=status))
-    return ids
+    for row in rows:
+        status = _status_after(row["reason"])
+        if row["entitlement_id"] is None or status is None:
+            continue
+        change: dict = {"status": status}
+        if status == Status.REVOKED:  # held until the revocation's moment, not erased from the past
+            change["valid_to"] = _ended_by(row["valid_from"])
+        conn.execute(update(ENTITLEMENT).where(ENTITLEMENT.c.id == row["entitlement_id"]).values(**change))
+    return grant_ids
+
+
+def _ended_by(revoked_at: datetime):  # noqa: ANN202 - an SQL expression
+    """valid_to after a revocation at `revoked_at`: the earlier of the two."""
+    moment = bindparam("revoked_at", revoked_at, type_=UTCDateTime())
+    return case((and_(ENTITLEMENT.c.valid_to.is_not(None), ENTITLEMENT.c.valid_to < moment),
+                 ENTITLEMENT.c.valid_to), else_=moment)
 
 
 def _status_after(reason: str) -> str | None:
@@ -166,17 +181,20 @@ def entry_view(row: dict) -> dict:
     return view
 
 
+_HELD = (Status.ACTIVE, Status.REVOKED)  # a revoked entitlement was held until its revocation
+
+
 def held_entitlements(conn: Connection, client_id: str) -> list[Entitlement]:
-    """The client's active entitlements (validity windows are applied by the caller, at its moment)."""
+    """The client's active and revoked entitlements (the caller applies validity windows at its moment)."""
     query = select(ENTITLEMENT).where(ENTITLEMENT.c.client_id == client_id,
-                                      ENTITLEMENT.c.status == Status.ACTIVE).order_by(ENTITLEMENT.c.id)
+                                      ENTITLEMENT.c.status.in_(_HELD)).order_by(ENTITLEMENT.c.id)
     return [to_entitlement(dict(row._mapping)) for row in conn.execute(query)]
 
 
 def held_entitlements_of_all(conn: Connection) -> dict[str, list[Entitlement]]:
-    """Every active entitlement, per client."""
+    """Every active and revoked entitlement, per client."""
     held: dict[str, list[Entitlement]] = defaultdict(list)
-    query = select(ENTITLEMENT).where(ENTITLEMENT.c.status == Status.ACTIVE).order_by(ENTITLEMENT.c.id)
+    query = select(ENTITLEMENT).where(ENTITLEMENT.c.status.in_(_HELD)).order_by(ENTITLEMENT.c.id)
     for row in conn.execute(query):
         held[row.client_id].append(to_entitlement(dict(row._mapping)))
     return held
@@ -233,13 +251,17 @@ def verify(conn: Connection) -> list[str]:
 
     grants = {row.id: dict(row._mapping) for row in conn.execute(select(ENTRY).where(ENTRY.c.reason == Reason.GRANT))}
     expected_status: dict[int, str] = dict.fromkeys(grants, Status.ACTIVE)
-    followers = select(ENTRY.c.id, ENTRY.c.entitlement_id, ENTRY.c.reason) \
+    expected_end = {entitlement_id: grant["valid_to"] for entitlement_id, grant in grants.items()}
+    followers = select(ENTRY.c.id, ENTRY.c.entitlement_id, ENTRY.c.reason, ENTRY.c.valid_from) \
         .where(ENTRY.c.entitlement_id.is_not(None)).order_by(ENTRY.c.id)
     for row in conn.execute(followers):
         if row.entitlement_id not in grants:
             problems.append(f"entry {row.id} names entitlement {row.entitlement_id}, which was never granted")
         elif _status_after(row.reason):
             expected_status[row.entitlement_id] = _status_after(row.reason)  # type: ignore[assignment]
+            end = expected_end[row.entitlement_id]
+            if row.reason == Reason.REVOKE and (end is None or row.valid_from < end):
+                expected_end[row.entitlement_id] = row.valid_from
     rows = {row.id: dict(row._mapping) for row in conn.execute(select(ENTITLEMENT))}
     for entitlement_id, status in expected_status.items():
         row = rows.pop(entitlement_id, None)
@@ -249,7 +271,10 @@ def verify(conn: Connection) -> list[str]:
             continue
         if row["status"] != status:
             problems.append(f"entitlement {entitlement_id}: status {row['status']} but entries say {status}")
-        for key in ("client_id", "kind", "use", "bps", "products", "detail", "valid_from", "valid_to", "rule_id",
+        if row["valid_to"] != expected_end[entitlement_id]:
+            problems.append(f"entitlement {entitlement_id}: valid_to is {row['valid_to']} but its entries say "
+                            f"{expected_end[entitlement_id]}")
+        for key in ("client_id", "kind", "use", "bps", "products", "detail", "valid_from", "rule_id",
                     "programme_id", "programme_version", "event_id"):
             if row[key] != grant[key]:
                 problems.append(f"entitlement {entitlement_id}: {key} is {row[key]!r} but its grant says {grant[key]!r}")

@@ -136,6 +136,10 @@ def test_a_client_moves_up_and_down_with_matching_grants_and_revokes(engine, pro
     silver = client_benefits(engine, programmes, "C-1", at("2026-07-01T00:00:00Z"), "working_capital")
     assert (silver["tier"], silver["rate_discount_bps"], silver["fast_track_sla_hours"]) == ("silver", 5, 120)
     assert {e["rule_id"] for e in silver["entitlements"]} == {"tier:silver"}
+    # The past is unchanged: while gold, the client held gold's benefits.
+    then = client_benefits(engine, programmes, "C-1", at("2026-01-01T00:00:00Z"), "working_capital")
+    assert (then["tier"], then["rate_discount_bps"], then["fast_track_sla_hours"]) == ("gold", 10, 72)
+    assert {e["rule_id"] for e in then["entitlements"]} == {"tier:gold"}
 
 
 def test_events_after_an_upgrade_earn_at_the_new_tier(engine, programmes):
