@@ -22,6 +22,7 @@ from rich.table import Table
 from cli.output import console, emit_json, errors, fail
 from demo.generator import DEFAULT_END
 from demo.generator import generate as generate_portfolio
+from demo.run import run_demo
 from engine.errors import RuleFileError
 from engine.loader import load_programmes
 from engine.programme import ProgrammeSet
@@ -226,6 +227,8 @@ def _parse_moment(text: str | None, as_json: bool, option: str = "--at") -> date
                    as_json=as_json) from None
     if moment.tzinfo is None:
         raise fail(f"{option} {text!r} has no time zone; add Z for UTC, e.g. {text}Z", as_json=as_json)
+    if not 1900 <= moment.year <= 2999:
+        raise fail(f"{option} {text!r} is outside the years 1900-2999", as_json=as_json)
     return moment
 
 
@@ -277,7 +280,7 @@ def review(
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Moment of the review (ISO 8601 with zone). "
                                                                  "Default: now.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print, write nothing.")] = False,
-    show: Annotated[int, typer.Option(help="How many changes to list (all with --json).")] = 20,
+    show: Annotated[int, typer.Option(min=0, help="How many changes to list (all with --json).")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
     """Tier review: place every client in the highest tier it qualifies for over the review window.
@@ -289,8 +292,16 @@ def review(
     settings: Settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
+    moment = _parse_moment(as_of, as_json, "--as-of")
     try:
-        report = run_review(engine, programmes, _parse_moment(as_of, as_json, "--as-of"), dry_run=dry_run)
+        if as_json or not sys.stderr.isatty():
+            report = run_review(engine, programmes, moment, dry_run=dry_run)
+        else:
+            with Progress(TextColumn("writing tier changes"), BarColumn(), TextColumn("{task.completed} clients"),
+                          console=errors, transient=True) as bar:
+                task = bar.add_task("review", total=None)
+                report = run_review(engine, programmes, moment, dry_run=dry_run,
+                                    progress=lambda n: bar.advance(task, n))
     except InputError as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
@@ -347,16 +358,20 @@ def client(
     for name, value in profile["metrics"].items():
         _add_row(metrics, name, "-" if value is None else value)
     console.print(metrics)
-    history = Table("from", "tier", "previous", "reason", "review", title="Tier history")
+    history = Table("from", "tier", "previous", "reason", "checks", "review", title="Tier history")
     for row in profile["tier_history"]:
+        checks = "; ".join(f"{c['metric']} {c['value']} {c['operator']} {c['threshold']} {'ok' if c['met'] else 'no'}"
+                           for verdict in row["reasons"] if verdict["tier"] in (row["tier"], row["from_tier"])
+                           for c in verdict["checks"])
         _add_row(history, row["valid_from"][:19], row["tier"], row["from_tier"] or "-", row["reason"],
-                 row["review_id"] or "-")
+                 checks or "-", row["review_id"] or "-")
     console.print(history)
 
 
 @app.command()
 def generate(
-    clients: Annotated[int, typer.Option(min=1, max=1_000_000, help="Number of clients.")] = 300,
+    clients: Annotated[int, typer.Option(min=1, max=20_000, help="Number of clients (about 110 events each "
+                                                                 "over 18 months, held in memory).")] = 300,
     months: Annotated[int, typer.Option(min=1, max=120, help="Months of activity, ending at --end.")] = 18,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same events.")] = 7,
     end: Annotated[Optional[str], typer.Option(help="Last moment of the activity (ISO 8601 with zone). "
@@ -371,12 +386,13 @@ def generate(
 @app.command()
 def demo(
     ctx: typer.Context,
-    clients: Annotated[int, typer.Option(min=1, max=100_000, help="Number of clients.")] = 300,
+    clients: Annotated[int, typer.Option(min=1, max=5_000, help="Number of clients.")] = 300,
     months: Annotated[int, typer.Option(min=1, max=120, help="Months of activity.")] = 18,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same portfolio.")] = 7,
     as_json: JsonFlag = False,
 ) -> None:
-    """Generate a synthetic portfolio, ingest it, run a tier review, and summarise the programme.
+    """Generate a synthetic portfolio, ingest it quarter by quarter with a tier review at each quarter end,
+    and summarise the programme.
 
     Uses the configured database (loyalty.db here by default), creating the schema if needed.
     Running it again is safe: the same events are duplicates and the review changes nothing.
@@ -385,27 +401,26 @@ def demo(
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json, need_schema=False)
     init_schema(engine)
-    events = generate_portfolio(clients, months, seed, DEFAULT_END)
-    lines = [json.dumps(event) for event in events]
-    ingestor = Ingestor(engine, programmes)
     if as_json or not sys.stderr.isatty():
-        report = ingestor.ingest_lines(lines)
+        result = run_demo(engine, programmes, clients, months, seed)
     else:
-        with Progress(TextColumn("ingesting"), BarColumn(), TextColumn("{task.completed}/{task.total} events"),
-                      TimeRemainingColumn(), console=errors, transient=True) as progress:
-            task = progress.add_task("ingest", total=len(lines))
-            report = ingestor.ingest_lines(lines, progress=lambda n: progress.advance(task, n))
-    review_report = run_review(engine, programmes, DEFAULT_END)
-    summary = portfolio_summary(engine, programmes, DEFAULT_END)
+        with Progress(TextColumn("ingesting and reviewing"), BarColumn(), TextColumn("{task.completed:,} events"),
+                      console=errors, transient=True) as bar:
+            task = bar.add_task("demo", total=None)
+            result = run_demo(engine, programmes, clients, months, seed, progress=lambda n: bar.advance(task, n))
+    report = result.ingest
     if as_json:
-        emit_json({"ingest": report.as_dict(), "review": review_report.as_dict(), "summary": summary})
+        emit_json({"ingest": report.as_dict(), "reviews": [r.as_dict() for r in result.reviews],
+                   "summary": result.summary})
         raise typer.Exit(1 if report.rejected else 0)
-    console.print(f"{len(lines):,} events for {clients:,} clients over {months} months: applied {report.applied:,}, "
-                  f"duplicates {report.duplicates:,}, rejected {report.rejected:,}")
-    review_view = review_report.as_dict()
-    console.print(f"review as of {escape(review_view['as_of'])}: {review_view['upgrades']} up, "
-                  f"{review_view['downgrades']} down")
-    _print_summary(summary)
+    console.print(f"{result.events:,} events for {clients:,} clients over {months} months: applied "
+                  f"{report.applied:,}, duplicates {report.duplicates:,}, rejected {report.rejected:,}")
+    reviews = Table("review as of", "clients", "up", "down", title="Quarterly tier reviews", show_edge=False)
+    for review_report in result.reviews:
+        view = review_report.as_dict()
+        _add_row(reviews, view["as_of"][:10], str(view["clients"]), str(view["upgrades"]), str(view["downgrades"]))
+    console.print(reviews)
+    _print_summary(result.summary)
     raise typer.Exit(1 if report.rejected else 0)
 
 
@@ -419,14 +434,14 @@ def _print_summary(summary: dict) -> None:
     points = summary["points"]
     console.print(f"points earned {points['earned']:,}, reversed {points['reversed']:,}, outstanding "
                   f"{points['outstanding']:,}")
-    grants = Table("rule", "use", "grants", "bps granted", title="Rate-discount grants")
+    grants = Table("rule", "use", "granted", "active now", title="Rate-discount grants")
     for row in summary["discount_grants"]:
-        _add_row(grants, row["rule_id"], row["use"], f"{row['grants']:,}", f"{row['bps_total']:,}")
+        _add_row(grants, row["rule_id"], row["use"], f"{row['granted']:,}", f"{row['active']:,}")
     console.print(grants)
     standing = summary["standing_discounts"]
-    console.print(f"standing discounts apply to {Decimal(standing['loan_volume']):,.0f} CNY drawn in the last "
-                  f"{standing['window_months']} months: about {Decimal(standing['interest_forgone_per_year']):,.0f} "
-                  "CNY of interest a year")
+    console.print(f"standing discounts applied to {Decimal(standing['discounted_drawdowns']):,.0f} CNY drawn in the "
+                  f"last {standing['window_months']} months: about "
+                  f"{Decimal(standing['interest_forgone_per_year']):,.0f} CNY of interest a year on those amounts")
     top = Table("client", "tier", "loan volume", "avg deposit", "on-time ratio", title="Top clients by loan volume")
     for row in summary["top_clients"]:
         _add_row(top, row["client_id"], row["tier"] or "-", f"{Decimal(row['loan_volume']):,.0f}",

@@ -50,6 +50,7 @@ class _Client:
 def generate(clients: int = 300, months: int = 18, seed: int = 7, end: datetime = DEFAULT_END) -> list[dict]:
     """The portfolio's events, sorted by time (each a dict in the NDJSON envelope)."""
     rng = random.Random(seed)
+    end = end.astimezone(UTC)
     start = months_before(end, months)
     events: list[dict] = []
     for index in range(clients):
@@ -83,9 +84,16 @@ def _client(rng: random.Random, index: int, start: datetime, end: datetime) -> _
 
 
 def _activity(rng: random.Random, c: _Client, start: datetime, end: datetime, seed: int) -> Iterator[dict]:
+    """The client's events inside the period (its onboarding whenever it was), never after it went quiet."""
+    first = _stamp(max(start, c.onboarded_at))
+    last = _stamp(min(end, c.dormant_from) if c.dormant_from else end)
     for event in _simulate(rng, c, start, end, seed):
-        if event["type"] == "client.onboarded" or event["occurred_at"] >= f"{start:%Y-%m-%dT%H:%M:%SZ}":
+        if event["type"] == "client.onboarded" or first < event["occurred_at"] <= last:
             yield event
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _simulate(rng: random.Random, c: _Client, start: datetime, end: datetime, seed: int) -> Iterator[dict]:
@@ -93,7 +101,7 @@ def _simulate(rng: random.Random, c: _Client, start: datetime, end: datetime, se
 
     def emit(when: datetime, type_: str, **data) -> dict:  # noqa: ANN003
         return {"id": f"g{seed}-{c.client_id}-{next(counter):05d}", "client_id": c.client_id, "type": type_,
-                "occurred_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "data": data}
+                "occurred_at": _stamp(when), "data": data}
 
     yield emit(c.onboarded_at, "client.onboarded", name=f"Enterprise {c.client_id[2:]}", segment=c.segment,
                industry=rng.choice(INDUSTRIES))

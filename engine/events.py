@@ -152,6 +152,8 @@ def typed_event(envelope: EventEnvelope, event_types: dict[str, EventTypeSpec], 
         raise EventError(f"unknown event type {envelope.type!r}{did_you_mean(envelope.type, event_types)}; "
                          f"expected one of: {', '.join(sorted(event_types))}", "type")
     data = typed_attributes(spec, envelope.data, currency)
+    if "currency" in data and data["currency"] != currency:
+        raise EventError(f"the programme runs in {currency}; this event is in {data['currency']}", "data.currency")
     return Event(envelope.id, envelope.client_id, envelope.type, envelope.occurred_at.astimezone(UTC), data)
 
 

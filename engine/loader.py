@@ -19,7 +19,7 @@ from engine.expressions import ExpressionError, compile_points
 from engine.matching import RANGE_OPERATORS, AttributeTest, Matcher, MatcherLimitError, MatchRule
 from engine.programme import CompiledProgramme, CompiledRule, ProgrammeSet
 from engine import schema
-from engine.metrics import METRICS
+from engine.metrics import METRIC_INPUTS, METRICS
 from engine.schema import AttributeSpec, Condition, Programme, Qualification, Rule, Threshold
 from engine.yaml_source import YamlDocument, load_yaml
 
@@ -73,7 +73,7 @@ def compile_document(doc: YamlDocument) -> CompiledProgramme:
 # --- schema errors -------------------------------------------------------------------------------
 
 # pydantic names the member of a union it tried in the error location; these are not document keys.
-_UNION_MEMBERS = {"bool", "int", "decimal", "date", "str"}
+_UNION_MEMBERS = {"bool", "int", "decimal", "date", "str", "threshold", "group"}
 _PATTERN_MEANING = {
     schema.NAME_PATTERN: "lower-case letters, digits and _, starting with a letter",
     schema.EVENT_TYPE_PATTERN: "dotted lower-case words, e.g. loan.drawn",
@@ -154,10 +154,14 @@ def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[P
         yield doc.problem(("tiers", 0, "qualification"),
                           "the lowest tier is where clients who qualify for nothing stay; it takes no qualification")
     for index, tier in enumerate(model.tiers):
+        if index and tier.qualification is None:
+            yield doc.problem(("tiers", index), f"tier {tier.id!r} has no qualification; every tier above the "
+                                                "lowest needs one (otherwise every client would qualify)")
         for path, threshold in _thresholds(tier.qualification, ("tiers", index, "qualification")):
             if threshold.metric not in METRICS:
                 yield doc.problem(path + ("metric",), _unknown("metric", threshold.metric, METRICS))
 
+    yield from _metric_input_problems(doc, model)
     segments = _segment_values(model)
     for index, rule in enumerate(model.rules):
         base = ("rules", index)
@@ -204,6 +208,21 @@ def _thresholds(qualification: Qualification | None, path: tuple) -> Iterable[tu
             yield path + (key, position), item
         else:
             yield from _thresholds(item, path + (key, position))
+
+
+_INPUT_TYPES = ({"money"}, {"integer"}, {"enum", "string", "month"})
+
+
+def _metric_input_problems(doc: YamlDocument, model: Programme) -> Iterable[Problem]:
+    """Metrics read fixed attributes of the standard event types: where declared, their types must fit."""
+    for event_type, attributes in METRIC_INPUTS.items():
+        spec = model.event_types.get(event_type)
+        for name, allowed in zip(attributes, _INPUT_TYPES):
+            declared = spec.attributes.get(name) if spec and name else None
+            if declared is not None and declared.type not in allowed:
+                yield doc.problem(("event_types", event_type, "attributes", name, "type"),
+                                  f"tier metrics read {event_type} {name} as {' or '.join(sorted(allowed))}; "
+                                  f"it is declared {declared.type}")
 
 
 def _segment_values(model: Programme) -> list[str]:

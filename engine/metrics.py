@@ -28,8 +28,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("late_repayments", "count", "repayments in the window with days_late above 0"),
     Metric("products_held", "count", "distinct non-loan products ever taken up (product.purchased)"),
     Metric("tenure_months", "months", "whole months since the first onboarding (or first event)"),
-    Metric("average_deposit_balance", "money", "sum of monthly average balances reported in the window, "
-                                                "divided by the window's months (a month not reported counts 0)"),
+    Metric("average_deposit_balance", "money", "the latest reported average balance of each calendar month of "
+                                                "the window, summed and divided by the window's months (a month "
+                                                "not reported counts 0)"),
     Metric("latest_nps", "score", "the latest NPS answer in the window (no value without one)"),
     Metric("referrals", "count", "referrals converted in the window"),
     Metric("events_attended", "count", "lender events attended in the window"),
@@ -97,16 +98,6 @@ def qualifies(qualification: Qualification | None, values: Values) -> tuple[bool
             checks.extend(nested)
             results.append(held)
     return (all(results) if qualification.all is not None else any(results)), checks
-
-
-def metric_names(qualification: Qualification | None) -> list[str]:
-    """Every metric a qualification names (for validating rule files)."""
-    if qualification is None:
-        return []
-    names = []
-    for item in qualification.all or qualification.any or []:
-        names.extend([item.metric] if isinstance(item, Threshold) else metric_names(item))
-    return names
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,10 @@ class ProgrammeSet:
         """The latest version."""
         return self.versions[-1]
 
+    def for_moment(self, moment: datetime) -> CompiledProgramme:
+        """The version in force at `moment`, or the first one for a moment before the programme began."""
+        return self.at(moment) or self.versions[0]
+
     def at(self, moment: datetime) -> CompiledProgramme | None:
         """The version in force at `moment`, or None before the first one starts."""
         chosen = None

@@ -9,7 +9,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
@@ -103,11 +103,24 @@ class Threshold(Strict):
         return getattr(self, self.operator)
 
 
+def _item_kind(value: object) -> str:
+    # An item with a `metric` key is a threshold, anything else a nested group: errors then speak of
+    # the one the author meant instead of listing both.
+    if isinstance(value, Threshold) or (isinstance(value, dict) and "metric" in value):
+        return "threshold"
+    return "group"
+
+
+QualificationItem = Annotated[
+    Annotated[Threshold, Tag("threshold")] | Annotated["Qualification", Tag("group")],
+    Discriminator(_item_kind)]
+
+
 class Qualification(Strict):
     """All or any of a list of thresholds and nested groups."""
 
-    all: list[Threshold | Qualification] | None = Field(default=None, min_length=1)
-    any: list[Threshold | Qualification] | None = Field(default=None, min_length=1)
+    all: list[QualificationItem] | None = Field(default=None, min_length=1)
+    any: list[QualificationItem] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _all_or_any(self) -> Qualification:

@@ -1,7 +1,7 @@
 """What a client holds at a moment: tier, points, effective rate discount, service benefits, with provenance."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
 
@@ -21,7 +21,8 @@ def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at
     """The benefits answer a loan system or an operator asks for (same fields in CLI `--json` and HTTP)."""
     if at.tzinfo is None:
         raise InputError("the moment has no time zone; give UTC, e.g. 2026-03-01T10:00:00Z")
-    programme = programmes.at(at) or programmes.versions[0]
+    at = at.astimezone(UTC)
+    programme = programmes.for_moment(at)
     products = programme.model.loan_products
     if product is not None and product not in products:
         raise InputError(f"unknown loan product {product!r}{did_you_mean(product, products)}; "

@@ -1,5 +1,8 @@
 """Ingest activity events: validate, evaluate under the programme in force, and write the awards.
 
+Events from before the programme began are applied as history: they count for the profile and tier
+metrics (loan volume, tenure) and earn nothing, since no rule was in force then.
+
 Events are applied in batches, one transaction a batch: the processed-event records, the ledger
 entries and their projections are written together or not at all. A batch that collides with a
 concurrent writer (same event or new client inserted meanwhile) is rolled back and decided again, so
@@ -77,6 +80,7 @@ class _Pending:
     position: int  # index of the item in the caller's list
     event: Event
     programme: CompiledProgramme
+    earns: bool  # False for history from before the programme began: it counts for metrics, earns nothing
 
 
 class Ingestor:
@@ -127,14 +131,11 @@ class Ingestor:
                 outcomes[item.position] = Outcome(items[item.position][0], item.event.id, status, error)
         return outcomes  # type: ignore[return-value]  # every position was filled above
 
-    def _validate(self, raw: dict) -> tuple[Event, CompiledProgramme]:
+    def _validate(self, raw: dict) -> tuple[Event, CompiledProgramme, bool]:
         envelope = parse_envelope(raw)
-        programme = self.programmes.at(envelope.occurred_at)
-        if programme is None:
-            first = self.programmes.versions[0]
-            raise EventError(f"no programme version is in force at {envelope.occurred_at.isoformat()}; "
-                             f"{first.id} starts {first.effective_from.isoformat()}", "occurred_at")
-        return typed_event(envelope, programme.model.event_types, programme.currency), programme
+        programme = self.programmes.for_moment(envelope.occurred_at)
+        earns = envelope.occurred_at >= programme.effective_from
+        return typed_event(envelope, programme.model.event_types, programme.currency), programme, earns
 
     def _apply(self, batch: list[_Pending]) -> list[tuple[str, str | None]]:
         """Apply a batch in one transaction; if it fails for a reason other than the database being
@@ -208,7 +209,8 @@ class _BatchWriter:
                                  key=lambda pair: pair[0])
         context = context_at(event.client_id, event.occurred_at, self.tiers.get(event.client_id, []),
                              programme.lowest_tier.id, onboardings, record.first_seen_at)
-        outcomes = evaluate(programme, event, context)  # may raise: nothing has been recorded yet
+        # May raise: nothing has been recorded for this event yet.
+        outcomes = evaluate(programme, event, context) if item.earns else []
         self.onboardings[event.client_id] = onboardings
         if existing is None:
             self._create_client(record, programme)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
 
@@ -18,7 +18,8 @@ from storage.models import Client, TierAssignment
 
 def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime) -> dict:
     """Profile, current tier, tier history with reasons, and the metrics a review would see at `at`."""
-    programme = programmes.at(at) or programmes.versions[0]
+    at = at.astimezone(UTC)
+    programme = programmes.for_moment(at)
     window = programme.model.review.window_months
     clients, tiers = Client.__table__, TierAssignment.__table__
     with read_snapshot(engine) as conn:

@@ -6,10 +6,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, insert, select, union_all, update
+from sqlalchemy import Connection, bindparam, func, insert, select, union_all, update
 
 from engine.context import ONBOARDING_EVENT
 from rewards.kinds import Reason
+from storage.types import as_utc
 from storage.models import Client, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
 CLIENT = Client.__table__
@@ -125,24 +126,36 @@ def cap_history(conn: Connection, client_ids: list[str],
     return [tuple(row) for row in conn.execute(query)]
 
 
-def tiers_as_of(conn: Connection, as_of: datetime, client_ids: list[str] | None = None
-                ) -> dict[str, tuple[str, datetime, bool]]:
-    """Per client: (tier in force at `as_of`, since when, whether a later assignment already exists)."""
-    query = select(TIER.c.client_id, TIER.c.tier, TIER.c.valid_from).order_by(TIER.c.client_id, TIER.c.valid_from)
+@dataclass(frozen=True)
+class TierInForce:
+    """A client's tier at a moment: which, since when, decided by which review (None: a new client's
+    first tier), and whether a later decision already exists."""
+
+    tier: str | None  # None: the client did not exist yet at that moment
+    since: datetime | None
+    review_id: str | None
+    decided_later: bool
+
+
+def tiers_as_of(conn: Connection, as_of: datetime, client_ids: list[str] | None = None) -> dict[str, TierInForce]:
+    """Per client, the tier in force at `as_of`."""
+    query = select(TIER.c.client_id, TIER.c.tier, TIER.c.valid_from, TIER.c.review_id) \
+        .order_by(TIER.c.client_id, TIER.c.valid_from)
     if client_ids is not None:
         query = query.where(TIER.c.client_id.in_(client_ids))
-    result: dict[str, tuple[str, datetime, bool]] = {}
+    result: dict[str, TierInForce] = {}
     for row in conn.execute(query):
+        known = result.get(row.client_id, TierInForce(None, None, None, False))
         if row.valid_from <= as_of:
-            result[row.client_id] = (row.tier, row.valid_from, False)
-        elif row.client_id in result:
-            tier, since, _ = result[row.client_id]
-            result[row.client_id] = (tier, since, True)
+            result[row.client_id] = TierInForce(row.tier, row.valid_from, row.review_id, False)
         else:
-            result[row.client_id] = ("", row.valid_from, True)
+            result[row.client_id] = TierInForce(known.tier, known.since, known.review_id, True)
     return result
 
 
-def all_client_ids(conn: Connection) -> list[str]:
-    """Every client id, sorted."""
-    return list(conn.execute(select(CLIENT.c.client_id).order_by(CLIENT.c.client_id)).scalars())
+def last_activity(conn: Connection, client_ids: list[str] | None = None) -> dict[str, datetime]:
+    """The time of each client's latest applied event."""
+    query = select(PROCESSED.c.client_id, func.max(PROCESSED.c.occurred_at)).group_by(PROCESSED.c.client_id)
+    if client_ids is not None:
+        query = query.where(PROCESSED.c.client_id.in_(client_ids))
+    return {client_id: as_utc(latest) for client_id, latest in conn.execute(query)}

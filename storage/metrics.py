@@ -1,7 +1,7 @@
 """Client metrics computed in the database, set-based: a few GROUP BY queries for every client at once."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, and_, case, func, select
@@ -10,6 +10,7 @@ from engine.context import ONBOARDING_EVENT, whole_months
 from engine.events import minor_unit_exponent
 from engine.metrics import Values
 from storage.models import Client, EventReversal, ProcessedEvent
+from storage.types import as_utc
 
 EVENTS = ProcessedEvent.__table__
 REVERSAL = EventReversal.__table__
@@ -42,7 +43,6 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
         count(is_type("repayment.made"), EVENTS.c.number == 0).label("on_time"),
         count(is_type("repayment.made"), EVENTS.c.number > 0).label("late_repayments"),
         func.count(case((is_type("product.purchased"), EVENTS.c.label)).distinct()).label("products_held"),
-        total("deposit.reported").label("deposits"),
         count(is_type("referral.converted")).label("referrals"),
         count(is_type("event.attended")).label("events_attended"),
         func.min(case((is_type(ONBOARDING_EVENT), EVENTS.c.occurred_at))).label("onboarded_at"),
@@ -54,6 +54,15 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
     ).label("position")).where(live, recent, is_type("survey.answered")).subquery()
     latest_nps = dict(conn.execute(select(ranked.c.client_id, ranked.c.number).where(ranked.c.position == 1)).all())
 
+    # Deposits: the latest report of each calendar month of the window (a restated month counts once).
+    first_month, last_month = f"{window_start:%Y-%m}", f"{as_of:%Y-%m}"
+    reports = select(EVENTS.c.client_id, EVENTS.c.amount_minor, func.row_number().over(
+        partition_by=(EVENTS.c.client_id, EVENTS.c.label),
+        order_by=(EVENTS.c.occurred_at.desc(), EVENTS.c.event_id.desc())).label("position")).where(
+        live, is_type("deposit.reported"), EVENTS.c.label > first_month, EVENTS.c.label <= last_month).subquery()
+    deposits = dict(conn.execute(select(reports.c.client_id, func.sum(reports.c.amount_minor))
+                                 .where(reports.c.position == 1).group_by(reports.c.client_id)).all())
+
     scale = Decimal(1).scaleb(-minor_unit_exponent(currency))
     metrics: dict[str, Values] = {}
     for row in conn.execute(aggregates):
@@ -64,17 +73,10 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
             "on_time_repayment_ratio": Decimal(row.on_time) / Decimal(row.repayments) if row.repayments else None,
             "late_repayments": Decimal(row.late_repayments or 0),
             "products_held": Decimal(row.products_held or 0),
-            "tenure_months": Decimal(whole_months(_aware(since), as_of)),
-            "average_deposit_balance": Decimal(row.deposits or 0) * scale / window_months,
+            "tenure_months": Decimal(whole_months(as_utc(since), as_of)),
+            "average_deposit_balance": Decimal(deposits.get(row.client_id) or 0) * scale / window_months,
             "latest_nps": Decimal(latest_nps[row.client_id]) if row.client_id in latest_nps else None,
             "referrals": Decimal(row.referrals or 0),
             "events_attended": Decimal(row.events_attended or 0),
         }
     return metrics
-
-
-def _aware(moment: datetime | str) -> datetime:
-    # Aggregates bypass the column type, so SQLite hands back naive (UTC) text or datetimes.
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

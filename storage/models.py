@@ -60,7 +60,7 @@ class TierReview(SQLModel, table=True):
     __tablename__ = "tier_review"
 
     id: str = Field(primary_key=True, max_length=64)
-    as_of: datetime = _ts()
+    as_of: datetime = _ts()  # a run with no change is recorded too: the audit shows every review
     programme_id: str
     programme_version: str
     started_at: datetime = _ts()

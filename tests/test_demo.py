@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from decimal import Decimal
 
 from demo.generator import generate
 from tests.conftest import cli_json, run_cli
@@ -50,19 +51,22 @@ def test_generate_command_writes_the_same_ndjson(tmp_path):
 
 def test_demo_end_to_end(db_url):
     output = cli_json("demo", "--clients", "60", "--months", "12", "--seed", "2", db_url=db_url)
-    ingest, review, summary = output["ingest"], output["review"], output["summary"]
+    ingest, reviews, summary = output["ingest"], output["reviews"], output["summary"]
     assert ingest["rejected"] == 0 and ingest["applied"] > 1000
+    assert [r["as_of"][:10] for r in reviews] == ["2026-01-01", "2026-04-01", "2026-07-01", "2026-10-01", "2026-10-31"]
     assert summary["clients"] == 60 == sum(summary["clients_per_tier"].values())
     assert list(summary["clients_per_tier"]) == ["standard", "silver", "gold", "diamond"]
     assert summary["clients_per_tier"]["silver"] > 0 and summary["clients_per_tier"]["gold"] > 0
-    assert review["upgrades"] == sum(n for tier, n in review["tiers_after"].items() if tier != "standard")
+    assert summary["clients_per_tier"] == reviews[-1]["tiers_after"]
+    assert Decimal(summary["standing_discounts"]["discounted_drawdowns"]) > 0
     assert summary["points"]["earned"] > 0 and summary["top_clients"][0]["loan_volume"]
     assert len(summary["featured_benefits"]) == 3
     again = cli_json("demo", "--clients", "60", "--months", "12", "--seed", "2", db_url=db_url)
-    assert again["ingest"]["duplicates"] == ingest["applied"] and again["review"]["upgrades"] == 0
+    assert again["ingest"]["duplicates"] == ingest["applied"]
+    assert all(r["upgrades"] == r["downgrades"] == 0 for r in again["reviews"])
     assert cli_json("ledger", "verify", db_url=db_url)["ok"] is True
     top = summary["top_clients"][0]["client_id"]
     profile = cli_json("client", top, "--at", "2026-10-31T18:00:00Z", db_url=db_url)
     assert profile["tier"] == summary["top_clients"][0]["tier"] and len(profile["tier_history"]) == 2
-    human = run_cli("review", "--as-of", "2026-10-31T18:00:00Z", "--dry-run", db_url=db_url)
-    assert human.returncode == 0 and "0 up, 0 down" in human.stdout and "Tier migration" in human.stdout
+    human = run_cli("review", "--as-of", "2026-11-01T00:00:00Z", "--dry-run", db_url=db_url)
+    assert human.returncode == 0 and "Tier migration" in human.stdout and "dry run" in human.stdout

@@ -98,17 +98,16 @@ def test_bad_lines_are_rejected_with_line_numbers_and_good_lines_applied(engine,
         json.dumps(good[2]),
     ]
     report = ingest(engine, programmes, "\n".join(lines), batch_size=2)
-    assert (report.applied, report.rejected) == (3, 7)
+    assert (report.applied, report.rejected) == (4, 6)
     by_line = {e["line"]: e for e in report.errors}
-    assert sorted(by_line) == [2, 3, 4, 5, 6, 7, 10]
+    assert sorted(by_line) == [2, 3, 4, 5, 6, 7]
     assert "not valid JSON" in by_line[2]["error"]
     assert "unknown event type 'loan.repaid'" in by_line[3]["error"]
     assert "no time zone" in by_line[4]["error"]
     assert "greater than zero" in by_line[5]["error"] and by_line[5]["id"] == "b4"
     assert "unknown value 'mortgage'" in by_line[6]["error"]
     assert "data.nps" in by_line[7]["error"]
-    assert "no programme version is in force" in by_line[10]["error"]
-    assert balance(engine, "C-1") == 3000
+    assert balance(engine, "C-1") == 3000  # the 2019 drawdown is history: applied, earns nothing
     assert verify(engine) == []
 
 
@@ -314,3 +313,18 @@ def test_verify_detects_forged_provenance(engine, programmes):
     problems = verify(engine)
     assert any("programme_version is '9999.9'" in p for p in problems)
     assert any("event_id is 'forged'" in p for p in problems)
+
+
+def test_history_from_before_the_programme_counts_for_metrics_and_earns_nothing(engine, programmes):
+    report = ingest(engine, programmes, ndjson(
+        event("o", "C-1", "client.onboarded", "2021-05-01T00:00:00Z", name="Old", segment="strategic"),
+        drawn("old", "C-1", "2024-12-31T23:59:59Z", "50000000"),
+        drawn("new", "C-1", "2025-01-01T00:00:00Z", "10000000")))
+    assert report.applied == 3
+    with engine.connect() as conn:
+        entries = ledger.client_entries(conn, "C-1")
+    assert {e["event_id"] for e in entries} == {"new"}
+    from service.profile import client_profile
+
+    profile = client_profile(engine, programmes, "C-1", datetime(2025, 6, 1, tzinfo=UTC))
+    assert profile["metrics"]["loan_volume"] == "60000000" and profile["metrics"]["tenure_months"] == "49"

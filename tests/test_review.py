@@ -90,6 +90,9 @@ def test_metrics_are_exact_and_respect_the_window(engine, programmes):
            event("p2", "C-1", "product.purchased", "2026-02-01T00:00:00Z", product="payroll"),
            event("p3", "C-1", "product.purchased", "2026-03-01T00:00:00Z", product="fx_hedging"),
            event("dep", "C-1", "deposit.reported", "2026-03-31T00:00:00Z", month="2026-03", average_balance="1200.12"),
+           event("dep2", "C-1", "deposit.reported", "2026-04-30T00:00:00Z", month="2026-04", average_balance="10.00"),
+           event("dep2-fix", "C-1", "deposit.reported", "2026-05-02T00:00:00Z", month="2026-04", average_balance="20.00"),
+           event("dep-old", "C-1", "deposit.reported", "2025-11-02T00:00:00Z", month="2025-10", average_balance="999"),
            event("s1", "C-1", "survey.answered", "2026-04-01T00:00:00Z", nps=3),
            event("s2", "C-1", "survey.answered", "2026-06-01T00:00:00Z", nps=8),
            event("ref", "C-1", "referral.converted", "2026-05-01T00:00:00Z", referred_client_id="X"))
@@ -101,7 +104,8 @@ def test_metrics_are_exact_and_respect_the_window(engine, programmes):
     assert values["on_time_repayment_ratio"] == Decimal(1) / Decimal(2)  # r3 was reversed
     assert values["late_repayments"] == 1
     assert values["products_held"] == 2
-    assert values["average_deposit_balance"] == Decimal("1200.12") / 12
+    # Each month's latest report counts once; a report of a month before the window does not count.
+    assert values["average_deposit_balance"] == Decimal("1220.12") / 12
     assert values["latest_nps"] == 8
     assert values["referrals"] == 1
     assert values["tenure_months"] == 32
@@ -168,6 +172,41 @@ def test_review_twice_changes_nothing_and_dry_run_writes_nothing(engine, program
     assert again.changes == [] and later.changes == []
     assert again.tiers_after == {"standard": 1, "silver": 1, "gold": 0, "diamond": 0}
     assert counts(engine) == after_first
+
+
+def test_a_move_takes_effect_after_activity_already_applied_beyond_the_review_moment(engine, programmes):
+    ingest(engine, programmes, drawn("d1", "C-1", "2025-03-01T00:00:00Z", "150000000"),
+           repaid("r1", "C-1", "2025-04-01T00:00:00Z"),
+           drawn("late", "C-1", "2025-07-01T00:00:00Z", "100000"))  # applied before the review runs
+    [change] = run_review(engine, programmes, at("2025-06-30T00:00:00Z"), clock=lambda: NOW).changes
+    assert change.effective_from == at("2025-07-01T00:00:00.000001Z")
+    ingest(engine, programmes, drawn("between", "C-1", "2025-06-30T12:00:00Z", "100000"),
+           drawn("after", "C-1", "2025-07-02T00:00:00Z", "100000"))
+    with read_snapshot(engine) as conn:
+        points = {e["event_id"]: e["points"] for e in ledger.client_entries(conn, "C-1") if e["kind"] == "points"}
+        assert ledger.verify(conn) == []
+    # Every event earned under the tier its time had in the history: standard until the move, then diamond.
+    assert (points["late"], points["between"], points["after"]) == (10, 10, 20)
+
+
+def test_rerunning_at_the_same_moment_after_late_activity_skips_with_a_reason(engine, programmes):
+    ingest(engine, programmes, drawn("d1", "C-1", "2026-03-01T00:00:00Z", "15000000"))
+    first = run_review(engine, programmes, at("2026-06-30T00:00:00Z"))
+    ingest(engine, programmes, drawn("d2", "C-1", "2026-04-01T00:00:00Z", "20000000"),
+           repaid("r1", "C-1", "2026-05-01T00:00:00Z"))
+    again = run_review(engine, programmes, at("2026-06-30T00:00:00Z"))
+    assert again.changes == []
+    assert again.skipped == [{"client_id": "C-1", "reason": f"already decided at this moment by {first.review_id}; "
+                                                           "review at a later moment"}]
+    later = run_review(engine, programmes, at("2026-07-01T00:00:00Z"))
+    assert [(c.from_tier, c.to_tier) for c in later.changes] == [("silver", "gold")]
+
+
+def test_a_review_cannot_look_into_the_future(engine, programmes):
+    from service.errors import InputError
+
+    with pytest.raises(InputError, match="into the future"):
+        run_review(engine, programmes, at("2030-01-01T00:00:00Z"), clock=lambda: NOW)
 
 
 def test_a_review_before_a_later_decision_skips_the_client(engine, programmes):

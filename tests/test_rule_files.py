@@ -155,7 +155,7 @@ def test_unquoted_version_number_asks_for_quotes(tmp_path):
 
 
 def test_naive_effective_from_is_refused(tmp_path):
-    path, _ = replace_in_shipped(tmp_path, "effective_from: 2020-01-01T00:00:00Z", "effective_from: 2020-01-01T00:00:00")
+    path, _ = replace_in_shipped(tmp_path, "effective_from: 2025-01-01T00:00:00Z", "effective_from: 2025-01-01T00:00:00")
     [problem] = problems_of(path)
     assert problem.path == "programme.effective_from"
     assert "timezone" in problem.message.lower()
@@ -197,7 +197,7 @@ def test_too_many_equality_values_are_refused_before_the_engine_hangs(tmp_path):
 def test_a_broken_file_in_a_directory_loads_nothing(tmp_path):
     (tmp_path / "a.yaml").write_text(SHIPPED.read_text())
     (tmp_path / "b.yaml").write_text(SHIPPED.read_text().replace('version: "2026.1"', 'version: "2026.2"')
-                                     .replace("effective_from: 2020-01-01", "effective_from: 2026-07-01")
+                                     .replace("effective_from: 2025-01-01", "effective_from: 2026-07-01")
                                      .replace("format: 1", "format: 2"))
     with pytest.raises(RuleFileError) as caught:
         load_programmes(tmp_path)
@@ -207,13 +207,13 @@ def test_a_broken_file_in_a_directory_loads_nothing(tmp_path):
 def test_versions_are_chosen_by_event_time(tmp_path):
     (tmp_path / "a.yaml").write_text(SHIPPED.read_text())
     (tmp_path / "b.yaml").write_text(SHIPPED.read_text().replace('version: "2026.1"', 'version: "2026.2"')
-                                     .replace("effective_from: 2020-01-01", "effective_from: 2026-07-01"))
+                                     .replace("effective_from: 2025-01-01", "effective_from: 2026-07-01"))
     programmes = load_programmes(tmp_path)
     from datetime import UTC, datetime
 
     assert programmes.at(datetime(2026, 6, 30, tzinfo=UTC)).version == "2026.1"
     assert programmes.at(datetime(2026, 7, 1, tzinfo=UTC)).version == "2026.2"
-    assert programmes.at(datetime(2019, 12, 31, tzinfo=UTC)) is None
+    assert programmes.at(datetime(2024, 12, 31, tzinfo=UTC)) is None
 
 
 def test_a_value_of_no_accepted_type_gets_one_message(tmp_path):
@@ -238,7 +238,7 @@ def test_constant_points_may_be_written_as_numbers():
 def test_a_later_version_must_keep_every_tier(tmp_path):
     (tmp_path / "a.yaml").write_text(SHIPPED.read_text())
     (tmp_path / "b.yaml").write_text(SHIPPED.read_text().replace('version: "2026.1"', 'version: "2026.2"')
-                                     .replace("effective_from: 2020-01-01", "effective_from: 2026-07-01")
+                                     .replace("effective_from: 2025-01-01", "effective_from: 2026-07-01")
                                      .replace("  - id: standard\n    name: Standard", "  - id: basic\n    name: Basic"))
     with pytest.raises(RuleFileError) as caught:
         load_programmes(tmp_path)
@@ -259,3 +259,28 @@ def test_structural_yaml_mistakes_are_reported_not_raised(tmp_path):
     binary.write_bytes(b"format: 1\nprogramme:\n  name: caf\xe9\n")
     [problem] = problems_of(binary)
     assert problem.line == 3 and "not UTF-8" in problem.message
+
+
+def test_every_tier_above_the_lowest_needs_a_qualification(tmp_path):
+    text = SHIPPED.read_text()
+    start = text.index("    qualification:\n      all:\n        - {metric: loan_volume, gte: 30000000}")
+    end = text.index("    benefits:", start)
+    [problem] = problems_of(write(tmp_path, text[:start] + text[end:]))
+    assert problem.path == "tiers[2]" and "has no qualification" in problem.message
+
+
+def test_threshold_mistakes_are_named_plainly(tmp_path):
+    path, line = replace_in_shipped(tmp_path, "        - {metric: loan_volume, gte: 30000000}",
+                                    "        - {metric: loan_volme, gte: 1, lt: 5}")
+    [problem] = problems_of(path)
+    assert problem.path == "tiers[2].qualification.all[0]" and "exactly one of gte, gt, lte, lt" in problem.message
+    path, _ = replace_in_shipped(tmp_path, "        - {metric: loan_volume, gte: 30000000}",
+                                 "        - {metric: loan_volme, gte: 30000000}")
+    [problem] = problems_of(path)
+    assert "unknown metric 'loan_volme'" in problem.message and "did you mean 'loan_volume'" in problem.message
+
+
+def test_metric_inputs_must_have_the_types_metrics_read(tmp_path):
+    path, line = replace_in_shipped(tmp_path, "      nps: {type: integer, min: 0, max: 10}", "      nps: {type: string}")
+    [problem] = problems_of(path)
+    assert problem.line == line and "read survey.answered nps as integer" in problem.message
