@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,8 +16,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
+from cli import views
 from cli.output import console, emit_json, errors, fail
 from demo.generator import DEFAULT_END
 from demo.generator import generate as generate_portfolio
@@ -30,7 +29,6 @@ from service.benefits import client_benefits
 from service.clock import utc_now
 from service.errors import InputError, NotFoundError
 from service.ingest import Ingestor, IngestReport
-from service.portfolio import portfolio_summary
 from service.profile import client_profile
 from service.reversal import reverse_event
 from service.review import run_review
@@ -111,7 +109,10 @@ def init(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Create the database schema (tables and append-only guards). Safe to run again."""
     settings: Settings = ctx.obj
     engine = settings.engine(as_json, need_schema=False)
-    init_schema(engine)
+    try:
+        init_schema(engine)
+    except SchemaMissingError as exc:
+        raise fail(str(exc), as_json=as_json) from None
     where = engine.url.render_as_string(hide_password=True)
     if as_json:
         emit_json({"database": where, "status": "ready"})
@@ -143,19 +144,7 @@ def rules_check(
     if as_json:
         emit_json({"valid": valid, "results": results})
     else:
-        for result in results:
-            if result["valid"]:
-                for v in result["versions"]:
-                    console.print(f"[green]ok[/] {escape(v['file'])}: {escape(v['programme'])} {escape(v['version'])}, "
-                                  f"{v['rules']} rules")
-            else:
-                for problem in result["problems"]:
-                    where = f"{problem['file']}:{problem['line']}" if problem["line"] else problem["file"]
-                    console.print(f"[red]{escape(where)}[/]: {escape(problem['path'] or '<top>')}: {escape(problem['message'])}",
-                                  highlight=False)
-        if not valid:
-            count = sum(len(r["problems"]) for r in results)
-            console.print(f"[bold red]{count} problem(s)[/] in {len([r for r in results if not r['valid']])} location(s)")
+        views.print_rule_check(results, valid)
     raise typer.Exit(0 if valid else 1)
 
 
@@ -213,10 +202,6 @@ def _ingest_file(ingestor: Ingestor, path: Path, show_progress: bool) -> IngestR
             return ingestor.ingest_lines(handle, progress=lambda n: progress.advance(task, n))
 
 
-def _add_row(table: Table, *cells: str) -> None:
-    table.add_row(*(escape(cell) for cell in cells))
-
-
 def _parse_moment(text: str | None, as_json: bool, option: str = "--at") -> datetime:
     if text is None:
         return utc_now()
@@ -251,27 +236,7 @@ def benefits(
     if as_json:
         emit_json(answer)
         return
-    console.print(f"[bold]{escape(client_id)}[/]  tier [bold]{escape(answer['tier_name'])}[/]  points {answer['points_balance']:,}"
-                  f"  (as of {answer['as_of']})")
-    if product:
-        d = answer["rate_discount"]
-        capped = f" (capped from {d['uncapped_bps']})" if d["uncapped_bps"] > d["ceiling_bps"] else ""
-        console.print(f"rate discount on {product}: [bold]{answer['rate_discount_bps']} bps[/]{capped}, "
-                      f"ceiling {d['ceiling_bps']} bps")
-    else:
-        shown = ", ".join(f"{p} {bps}" for p, bps in answer["rate_discount_bps_by_product"].items())
-        console.print(f"rate discount (bps) by product: {shown}")
-    lane = (f"{answer['fast_track_lane']} ({answer['fast_track_sla_hours']} h)" if answer["fast_track_lane"]
-            else "none")
-    console.print(f"fast track: {lane}; relationship manager: {'yes' if answer['relationship_manager'] else 'no'};"
-                  f" fee waiver: {answer['fee_waiver_pct']}%")
-    if answer["entitlements"]:
-        table = Table("id", "kind", "use", "amount", "products", "rule", "version", "event", "valid to")
-        for e in answer["entitlements"]:
-            amount = f"{e['bps']} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-"
-            _add_row(table, str(e["id"]), e["kind"], e["use"], amount, ",".join(e["products"]) or "-", e["rule_id"],
-                          e["programme_version"], e["event_id"] or "-", (e["valid_to"] or "-")[:10])
-        console.print(table)
+    views.print_benefits(answer)
 
 
 @app.command()
@@ -307,29 +272,7 @@ def review(
     if as_json:
         emit_json(report.as_dict())
         return
-    _print_review(report.as_dict(), show)
-
-
-def _print_review(result: dict, show: int) -> None:
-    mode = "dry run, nothing written" if result["dry_run"] else f"review {result['review_id']}"
-    console.print(f"[bold]Tier review as of {escape(result['as_of'])}[/] ({escape(mode)}), programme "
-                  f"{escape(result['programme_version'])}: {result['clients']} clients, "
-                  f"{result['upgrades']} up, {result['downgrades']} down")
-    tiers = list(result["tiers_before"])  # programme order, lowest first
-    matrix = Table("from \\ to", *tiers, "before", title="Tier migration")
-    for before in tiers:
-        row = result["migration"].get(before, {})
-        _add_row(matrix, before, *(str(row.get(after, "")) for after in tiers), str(result["tiers_before"].get(before, 0)))
-    _add_row(matrix, "after", *(str(result["tiers_after"].get(t, 0)) for t in tiers), str(result["clients"]))
-    console.print(matrix)
-    for change in result["changes"][:show]:
-        why = "; ".join(f"{c['metric']} {c['value']} {c['operator']} {c['threshold']} {'ok' if c['met'] else 'no'}"
-                        for r in change["reasons"] if r["tier"] == change["to"] or r["tier"] == change["from"]
-                        for c in r["checks"])
-        console.print(f"  {escape(change['client_id'])}: {change['from']} → {change['to']}  ({escape(why)})",
-                      highlight=False)
-    if len(result["changes"]) > show:
-        console.print(f"  … and {len(result['changes']) - show} more (--show N, or --json for all)")
+    views.print_review(report.as_dict(), show)
 
 
 @app.command()
@@ -350,22 +293,7 @@ def client(
     if as_json:
         emit_json(profile)
         return
-    console.print(f"[bold]{escape(client_id)}[/] {escape(profile['name'] or '')}  segment "
-                  f"{escape(profile['segment'] or '-')}  industry {escape(profile['industry'] or '-')}")
-    console.print(f"tier [bold]{escape(profile['tier'])}[/] (metrics qualify for {escape(profile['qualifies_for'])})"
-                  f"  points {profile['points_balance']:,}  (as of {escape(profile['as_of'])})")
-    metrics = Table("metric", "value", title=f"Metrics over {profile['window_months']} months")
-    for name, value in profile["metrics"].items():
-        _add_row(metrics, name, "-" if value is None else value)
-    console.print(metrics)
-    history = Table("from", "tier", "previous", "reason", "checks", "review", title="Tier history")
-    for row in profile["tier_history"]:
-        checks = "; ".join(f"{c['metric']} {c['value']} {c['operator']} {c['threshold']} {'ok' if c['met'] else 'no'}"
-                           for verdict in row["reasons"] if verdict["tier"] in (row["tier"], row["from_tier"])
-                           for c in verdict["checks"])
-        _add_row(history, row["valid_from"][:19], row["tier"], row["from_tier"] or "-", row["reason"],
-                 checks or "-", row["review_id"] or "-")
-    console.print(history)
+    views.print_profile(profile)
 
 
 @app.command()
@@ -400,7 +328,10 @@ def demo(
     settings: Settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json, need_schema=False)
-    init_schema(engine)
+    try:
+        init_schema(engine)
+    except SchemaMissingError as exc:
+        raise fail(str(exc), as_json=as_json) from None
     if as_json or not sys.stderr.isatty():
         result = run_demo(engine, programmes, clients, months, seed)
     else:
@@ -413,46 +344,8 @@ def demo(
         emit_json({"ingest": report.as_dict(), "reviews": [r.as_dict() for r in result.reviews],
                    "summary": result.summary})
         raise typer.Exit(1 if report.rejected else 0)
-    console.print(f"{result.events:,} events for {clients:,} clients over {months} months: applied "
-                  f"{report.applied:,}, duplicates {report.duplicates:,}, rejected {report.rejected:,}")
-    reviews = Table("review as of", "clients", "up", "down", title="Quarterly tier reviews", show_edge=False)
-    for review_report in result.reviews:
-        view = review_report.as_dict()
-        _add_row(reviews, view["as_of"][:10], str(view["clients"]), str(view["upgrades"]), str(view["downgrades"]))
-    console.print(reviews)
-    _print_summary(result.summary)
+    views.print_demo(result, clients, months)
     raise typer.Exit(1 if report.rejected else 0)
-
-
-def _print_summary(summary: dict) -> None:
-    per_tier = summary["clients_per_tier"]
-    widest = max(per_tier.values(), default=0) or 1
-    chart = Table("tier", "clients", "", title="Clients per tier", show_edge=False)
-    for tier, count in per_tier.items():
-        _add_row(chart, tier, f"{count:,}", "█" * max(1 if count else 0, round(40 * count / widest)))
-    console.print(chart)
-    points = summary["points"]
-    console.print(f"points earned {points['earned']:,}, reversed {points['reversed']:,}, outstanding "
-                  f"{points['outstanding']:,}")
-    grants = Table("rule", "use", "granted", "active now", title="Rate-discount grants")
-    for row in summary["discount_grants"]:
-        _add_row(grants, row["rule_id"], row["use"], f"{row['granted']:,}", f"{row['active']:,}")
-    console.print(grants)
-    standing = summary["standing_discounts"]
-    console.print(f"standing discounts applied to {Decimal(standing['discounted_drawdowns']):,.0f} CNY drawn in the "
-                  f"last {standing['window_months']} months: about "
-                  f"{Decimal(standing['interest_forgone_per_year']):,.0f} CNY of interest a year on those amounts")
-    top = Table("client", "tier", "loan volume", "avg deposit", "on-time ratio", title="Top clients by loan volume")
-    for row in summary["top_clients"]:
-        _add_row(top, row["client_id"], row["tier"] or "-", f"{Decimal(row['loan_volume']):,.0f}",
-                 f"{Decimal(row['average_deposit_balance']):,.0f}", row["on_time_repayment_ratio"] or "-")
-    console.print(top)
-    for answer in summary["featured_benefits"]:
-        lane = f"{answer['fast_track_lane']} {answer['fast_track_sla_hours']}h" if answer["fast_track_lane"] else "none"
-        console.print(f"  {escape(answer['client_id'])} ({escape(answer['tier'])}): {answer['rate_discount_bps']} bps on "
-                      f"{answer['product']}, fast track {escape(lane)}, relationship manager "
-                      f"{'yes' if answer['relationship_manager'] else 'no'}, fee waiver {answer['fee_waiver_pct']}%, "
-                      f"points {answer['points_balance']:,}")
 
 
 @app.command("ledger")
@@ -487,15 +380,7 @@ def ledger_command(
     if not entries:
         console.print(f"no ledger entries for {escape(target)}")
         return
-    table = Table("id", "when", "kind", "reason", "amount", "rule", "version", "event", "reverses")
-    for e in entries:
-        amount = f"{e['points']:+,} pts" if e["kind"] == "points" else (
-            f"{e['bps']:+} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-")
-        _add_row(table, str(e["id"]), e["valid_from"][:19], e["kind"], e["reason"], amount, e["rule_id"] or "-",
-                      e["programme_version"] or "-", e["event_id"] or "-", str(e["reverses_entry_id"] or ""))
-    console.print(table)
-    if len(entries) == limit:
-        console.print(f"showing the {limit} newest entries; --limit N shows more")
+    views.print_entries(entries, limit)
 
 
 @app.command()

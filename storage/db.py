@@ -5,11 +5,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
 from sqlmodel import SQLModel
 
 from storage import models  # noqa: F401  (registers the tables)
-from storage.models import APPEND_ONLY_TABLES
+from storage.models import APPEND_ONLY_TABLES, SCHEMA_VERSION, SchemaInfo
+
+META = SchemaInfo.__table__
 
 DEFAULT_URL = "sqlite:///loyalty.db"
 _WRITE_OPTION = "loyalty_write"
@@ -61,9 +63,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def init_schema(engine: Engine) -> None:
-    """Create the tables and the append-only triggers (safe to run again)."""
+    """Create the tables and the append-only triggers (safe to run again on a database of this version)."""
+    if inspect(engine).has_table("ledger_entry"):
+        require_schema(engine)  # never paper over a database of another schema version
     SQLModel.metadata.create_all(engine)
     with write_transaction(engine) as conn:
+        if conn.execute(select(META.c.value).where(META.c.key == "schema_version")).first() is None:
+            conn.execute(insert(META).values(key="schema_version", value=SCHEMA_VERSION))
         if engine.dialect.name == "sqlite":
             for table in APPEND_ONLY_TABLES:
                 for action in ("UPDATE", "DELETE"):
@@ -82,10 +88,19 @@ def init_schema(engine: Engine) -> None:
 
 
 def require_schema(engine: Engine) -> None:
-    """Raise SchemaMissingError, with the command that fixes it, when `init` has not been run."""
+    """Raise SchemaMissingError, saying what to do, unless the database has this version's schema."""
+    where = engine.url.render_as_string(hide_password=True)
     if not inspect(engine).has_table("ledger_entry"):
+        raise SchemaMissingError(f"no loyalty schema in {where}; run `loyalty init` first")
+    version = None
+    if inspect(engine).has_table(META.name):
+        with engine.connect() as conn:
+            version = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
+    if version != SCHEMA_VERSION:
         raise SchemaMissingError(
-            f"no loyalty schema in {engine.url.render_as_string(hide_password=True)}; run `loyalty init` first")
+            f"{where} has loyalty schema version {version or 'from before versioning'}, this program needs "
+            f"version {SCHEMA_VERSION}; use a new database (run `loyalty init` on it): there is no "
+            "migration between pre-release schemas")
 
 
 @contextmanager

@@ -157,4 +157,14 @@ class Entitlement(SQLModel, table=True):
     event_id: str | None = Field(default=None, max_length=128)
 
 
+class SchemaInfo(SQLModel, table=True):
+    """Facts about the database itself, such as the schema version it was created with."""
+
+    __tablename__ = "loyalty_meta"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str
+
+
+SCHEMA_VERSION = "1"
 APPEND_ONLY_TABLES = ("ledger_entry", "processed_event", "event_reversal")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,11 @@ def test_commands_explain_what_is_missing(db_url, tmp_path):
     missing = run_cli("ingest", str(tmp_path / "nope.jsonl"), db_url=db_url)
     assert missing.returncode == 2 and "no such file" in missing.stderr
     assert run_cli("reverse", "nope", db_url=db_url).returncode == 2
+    old = tmp_path / "old.db"
+    sqlite3.connect(old).executescript("CREATE TABLE ledger_entry (id INTEGER PRIMARY KEY);")
+    for command in (["init"], ["ledger", "verify"]):
+        stale = run_cli(*command, db_url=f"sqlite:///{old}")
+        assert stale.returncode == 2 and "from before versioning" in stale.stderr and "use a new database" in stale.stderr
     bad_url = run_cli("init", db_url="notaurl")
     assert bad_url.returncode == 2 and "is not a database URL" in bad_url.stderr
 

@@ -1,0 +1,160 @@
+"""How each command shows its result to a person (rich tables on stdout). `--json` output is not here."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from rich.markup import escape
+from rich.table import Table
+
+from cli.output import console
+
+
+def add_row(table: Table, *cells: str) -> None:
+    """Add a row of plain text (user text is never read as rich markup)."""
+    table.add_row(*(escape(cell) for cell in cells))
+
+
+def _checks(reasons: list[dict], tiers: tuple) -> str:
+    return "; ".join(f"{c['metric']} {c['value']} {c['operator']} {c['threshold']} {'ok' if c['met'] else 'no'}"
+                     for verdict in reasons if verdict["tier"] in tiers for c in verdict["checks"])
+
+
+def print_rule_check(results: list[dict], valid: bool) -> None:
+    """`rules check`: ok per version, or every problem with its place."""
+    for result in results:
+        if result["valid"]:
+            for v in result["versions"]:
+                console.print(f"[green]ok[/] {escape(v['file'])}: {escape(v['programme'])} {escape(v['version'])}, "
+                              f"{v['rules']} rules")
+        else:
+            for problem in result["problems"]:
+                where = f"{problem['file']}:{problem['line']}" if problem["line"] else problem["file"]
+                console.print(f"[red]{escape(where)}[/]: {escape(problem['path'] or '<top>')}: {escape(problem['message'])}",
+                              highlight=False)
+    if not valid:
+        count = sum(len(r["problems"]) for r in results)
+        console.print(f"[bold red]{count} problem(s)[/] in {len([r for r in results if not r['valid']])} location(s)")
+
+
+def print_benefits(answer: dict) -> None:
+    """`benefits`: tier, points, discount, service benefits and the entitlements behind them."""
+    client_id, product = answer["client_id"], answer["product"]
+    console.print(f"[bold]{escape(client_id)}[/]  tier [bold]{escape(answer['tier_name'])}[/]  points {answer['points_balance']:,}"
+                  f"  (as of {answer['as_of']})")
+    if product:
+        d = answer["rate_discount"]
+        capped = f" (capped from {d['uncapped_bps']})" if d["uncapped_bps"] > d["ceiling_bps"] else ""
+        console.print(f"rate discount on {product}: [bold]{answer['rate_discount_bps']} bps[/]{capped}, "
+                      f"ceiling {d['ceiling_bps']} bps")
+    else:
+        shown = ", ".join(f"{p} {bps}" for p, bps in answer["rate_discount_bps_by_product"].items())
+        console.print(f"rate discount (bps) by product: {shown}")
+    lane = (f"{answer['fast_track_lane']} ({answer['fast_track_sla_hours']} h)" if answer["fast_track_lane"]
+            else "none")
+    console.print(f"fast track: {lane}; relationship manager: {'yes' if answer['relationship_manager'] else 'no'};"
+                  f" fee waiver: {answer['fee_waiver_pct']}%")
+    if answer["entitlements"]:
+        table = Table("id", "kind", "use", "amount", "products", "rule", "version", "event", "valid to")
+        for e in answer["entitlements"]:
+            amount = f"{e['bps']} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-"
+            add_row(table, str(e["id"]), e["kind"], e["use"], amount, ",".join(e["products"]) or "-", e["rule_id"],
+                          e["programme_version"], e["event_id"] or "-", (e["valid_to"] or "-")[:10])
+        console.print(table)
+
+
+def print_review(result: dict, show: int) -> None:
+    """`review`: the counts, the migration matrix and the first changes with their checks."""
+    mode = "dry run, nothing written" if result["dry_run"] else f"review {result['review_id']}"
+    console.print(f"[bold]Tier review as of {escape(result['as_of'])}[/] ({escape(mode)}), programme "
+                  f"{escape(result['programme_version'])}: {result['clients']} clients, "
+                  f"{result['upgrades']} up, {result['downgrades']} down")
+    tiers = list(result["tiers_before"])  # programme order, lowest first
+    matrix = Table("from \\ to", *tiers, "before", title="Tier migration")
+    for before in tiers:
+        row = result["migration"].get(before, {})
+        add_row(matrix, before, *(str(row.get(after, "")) for after in tiers), str(result["tiers_before"].get(before, 0)))
+    add_row(matrix, "after", *(str(result["tiers_after"].get(t, 0)) for t in tiers), str(result["clients"]))
+    console.print(matrix)
+    for change in result["changes"][:show]:
+        why = _checks(change["reasons"], (change["to"], change["from"]))
+        console.print(f"  {escape(change['client_id'])}: {change['from']} → {change['to']}  ({escape(why)})",
+                      highlight=False)
+    if len(result["changes"]) > show:
+        console.print(f"  … and {len(result['changes']) - show} more (--show N, or --json for all)")
+
+
+def print_profile(profile: dict) -> None:
+    """`client`: profile, tier, metrics and tier history with the checks behind each move."""
+    client_id = profile["client_id"]
+    console.print(f"[bold]{escape(client_id)}[/] {escape(profile['name'] or '')}  segment "
+                  f"{escape(profile['segment'] or '-')}  industry {escape(profile['industry'] or '-')}")
+    console.print(f"tier [bold]{escape(profile['tier'])}[/] (metrics qualify for {escape(profile['qualifies_for'])})"
+                  f"  points {profile['points_balance']:,}  (as of {escape(profile['as_of'])})")
+    metrics = Table("metric", "value", title=f"Metrics over {profile['window_months']} months")
+    for name, value in profile["metrics"].items():
+        add_row(metrics, name, "-" if value is None else value)
+    console.print(metrics)
+    history = Table("from", "tier", "previous", "reason", "checks", "review", title="Tier history")
+    for row in profile["tier_history"]:
+        checks = _checks(row["reasons"], (row["tier"], row["from_tier"]))
+        add_row(history, row["valid_from"][:19], row["tier"], row["from_tier"] or "-", row["reason"],
+                 checks or "-", row["review_id"] or "-")
+    console.print(history)
+
+
+def print_demo(result, clients: int, months: int) -> None:  # noqa: ANN001 - a demo.run.DemoResult
+    """`demo`: what was ingested, each quarterly review, and the portfolio summary."""
+    report = result.ingest
+    console.print(f"{result.events:,} events for {clients:,} clients over {months} months: applied "
+                  f"{report.applied:,}, duplicates {report.duplicates:,}, rejected {report.rejected:,}")
+    reviews = Table("review as of", "clients", "up", "down", title="Quarterly tier reviews", show_edge=False)
+    for review_report in result.reviews:
+        view = review_report.as_dict()
+        add_row(reviews, view["as_of"][:10], str(view["clients"]), str(view["upgrades"]), str(view["downgrades"]))
+    console.print(reviews)
+    print_summary(result.summary)
+
+
+def print_summary(summary: dict) -> None:
+    """The portfolio summary: tiers (as a bar chart), points, discounts, top clients."""
+    per_tier = summary["clients_per_tier"]
+    widest = max(per_tier.values(), default=0) or 1
+    chart = Table("tier", "clients", "", title="Clients per tier", show_edge=False)
+    for tier, count in per_tier.items():
+        add_row(chart, tier, f"{count:,}", "█" * max(1 if count else 0, round(40 * count / widest)))
+    console.print(chart)
+    points = summary["points"]
+    console.print(f"points earned {points['earned']:,}, reversed {points['reversed']:,}, outstanding "
+                  f"{points['outstanding']:,}")
+    grants = Table("rule", "use", "granted", "active now", title="Rate-discount grants")
+    for row in summary["discount_grants"]:
+        add_row(grants, row["rule_id"], row["use"], f"{row['granted']:,}", f"{row['active']:,}")
+    console.print(grants)
+    standing = summary["standing_discounts"]
+    console.print(f"standing discounts applied to {Decimal(standing['discounted_drawdowns']):,.0f} CNY drawn in the "
+                  f"last {standing['window_months']} months: about "
+                  f"{Decimal(standing['interest_forgone_per_year']):,.0f} CNY of interest a year on those amounts")
+    top = Table("client", "tier", "loan volume", "avg deposit", "on-time ratio", title="Top clients by loan volume")
+    for row in summary["top_clients"]:
+        add_row(top, row["client_id"], row["tier"] or "-", f"{Decimal(row['loan_volume']):,.0f}",
+                 f"{Decimal(row['average_deposit_balance']):,.0f}", row["on_time_repayment_ratio"] or "-")
+    console.print(top)
+    for answer in summary["featured_benefits"]:
+        lane = f"{answer['fast_track_lane']} {answer['fast_track_sla_hours']}h" if answer["fast_track_lane"] else "none"
+        console.print(f"  {escape(answer['client_id'])} ({escape(answer['tier'])}): {answer['rate_discount_bps']} bps on "
+                      f"{answer['product']}, fast track {escape(lane)}, relationship manager "
+                      f"{'yes' if answer['relationship_manager'] else 'no'}, fee waiver {answer['fee_waiver_pct']}%, "
+                      f"points {answer['points_balance']:,}")
+
+
+def print_entries(entries: list[dict], limit: int) -> None:
+    """`ledger CLIENT`: entries newest first."""
+    table = Table("id", "when", "kind", "reason", "amount", "rule", "version", "event", "reverses")
+    for e in entries:
+        amount = f"{e['points']:+,} pts" if e["kind"] == "points" else (
+            f"{e['bps']:+} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-")
+        add_row(table, str(e["id"]), e["valid_from"][:19], e["kind"], e["reason"], amount, e["rule_id"] or "-",
+                      e["programme_version"] or "-", e["event_id"] or "-", str(e["reverses_entry_id"] or ""))
+    console.print(table)
+    if len(entries) == limit:
+        console.print(f"showing the {limit} newest entries; --limit N shows more")
