@@ -1,6 +1,6 @@
 """Ingest and review throughput on a fixed synthetic portfolio, on SQLite and PostgreSQL.
 
-    python bench/ingest.py [--clients 2000] [--months 18] [--seed 7] [--batch 500]
+    python bench/ingest.py [--clients 2000] [--months 18] [--seed 7] [--batch 2000]
 
 Prints, in one run: the raw durable-rules ceiling (the compiled rules alone, asserting and retracting
 the same events, no storage), the pure evaluator, end-to-end ingest through the CLI's path on each
@@ -45,7 +45,7 @@ def bench_core(programmes, lines: list[str]) -> tuple[float, float]:
     events = []
     for line in lines:
         raw = parse_json_line(line)
-        programme = programmes.at(datetime_of(raw))
+        programme = programmes.for_moment(datetime_of(raw))
         events.append((programme, validate_event(raw, programme.model.event_types, programme.currency)))
     facts = []
     for programme, event in events:
