@@ -94,13 +94,9 @@ class Event:
         """The canonical form as compact JSON text (what is stored and hashed)."""
         return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
 
-    def content_hash(self) -> str:
-        """Hash of the content: the same event sent twice (even as 100 vs "100.00") hashes the same."""
-        return content_digest(self.canonical_json())
-
 
 def content_digest(canonical_json: str) -> str:
-    """SHA-256 of an event's canonical JSON."""
+    """SHA-256 of an event's canonical JSON: the same event sent twice (even as 100 vs "100.00") hashes the same."""
     return hashlib.sha256(canonical_json.encode()).hexdigest()
 
 
