@@ -15,10 +15,9 @@ import typer
 from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cli import views
-from cli.output import console, emit_json, errors, fail
+from cli.output import console, emit_json, fail, progress_bar
 from demo.generator import DEFAULT_END
 from demo.generator import generate as generate_portfolio
 from demo.run import run_demo
@@ -75,6 +74,15 @@ class Settings:
             raise fail(f"cannot open the database {where}: {reason}", as_json=as_json) from None
         return engine
 
+    def initialised_engine(self, as_json: bool) -> Engine:
+        """The database engine, creating the schema if the database has none."""
+        engine = self.engine(as_json, need_schema=False)
+        try:
+            init_schema(engine)
+        except SchemaMissingError as exc:
+            raise fail(str(exc), as_json=as_json) from None
+        return engine
+
     def programmes(self, as_json: bool) -> ProgrammeSet:
         """The active programme versions; exits listing every problem if they do not load."""
         if not self.rules.exists():
@@ -108,11 +116,7 @@ def main(
 def init(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Create the database schema (tables and append-only guards). Safe to run again."""
     settings: Settings = ctx.obj
-    engine = settings.engine(as_json, need_schema=False)
-    try:
-        init_schema(engine)
-    except SchemaMissingError as exc:
-        raise fail(str(exc), as_json=as_json) from None
+    engine = settings.initialised_engine(as_json)
     where = engine.url.render_as_string(hide_password=True)
     if as_json:
         emit_json({"database": where, "status": "ready"})
@@ -171,7 +175,7 @@ def ingest(
         if source == "-":
             report = ingestor.ingest_lines(sys.stdin.buffer)
         else:
-            report = _ingest_file(ingestor, Path(source), show_progress=not as_json and sys.stderr.isatty())
+            report = _ingest_file(ingestor, Path(source), show_progress=not as_json)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise fail(f"the database stopped answering: {reason}. Batches before the failure were applied; "
@@ -191,15 +195,10 @@ def ingest(
 
 def _ingest_file(ingestor: Ingestor, path: Path, show_progress: bool) -> IngestReport:
     with path.open("rb") as handle:
-        if not show_progress:
-            return ingestor.ingest_lines(handle)
-        total = sum(1 for _ in handle)
+        total = sum(1 for _ in handle) if show_progress and sys.stderr.isatty() else None
         handle.seek(0)
-        columns = (TextColumn("ingesting"), BarColumn(), TextColumn("{task.completed}/{task.total} lines"),
-                   TimeRemainingColumn())
-        with Progress(*columns, console=errors, transient=True) as progress:
-            task = progress.add_task("ingest", total=total)
-            return ingestor.ingest_lines(handle, progress=lambda n: progress.advance(task, n))
+        with progress_bar("ingesting", "lines", total, enabled=show_progress) as advance:
+            return ingestor.ingest_lines(handle, progress=advance)
 
 
 def _parse_moment(text: str | None, as_json: bool, option: str = "--at") -> datetime:
@@ -259,14 +258,8 @@ def review(
     engine = settings.engine(as_json)
     moment = _parse_moment(as_of, as_json, "--as-of")
     try:
-        if as_json or not sys.stderr.isatty():
-            report = run_review(engine, programmes, moment, dry_run=dry_run)
-        else:
-            with Progress(TextColumn("writing tier changes"), BarColumn(), TextColumn("{task.completed} clients"),
-                          console=errors, transient=True) as bar:
-                task = bar.add_task("review", total=None)
-                report = run_review(engine, programmes, moment, dry_run=dry_run,
-                                    progress=lambda n: bar.advance(task, n))
+        with progress_bar("writing tier changes", "clients", enabled=not as_json) as advance:
+            report = run_review(engine, programmes, moment, dry_run=dry_run, progress=advance)
     except InputError as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
@@ -327,18 +320,9 @@ def demo(
     """
     settings: Settings = ctx.obj
     programmes = settings.programmes(as_json)
-    engine = settings.engine(as_json, need_schema=False)
-    try:
-        init_schema(engine)
-    except SchemaMissingError as exc:
-        raise fail(str(exc), as_json=as_json) from None
-    if as_json or not sys.stderr.isatty():
-        result = run_demo(engine, programmes, clients, months, seed)
-    else:
-        with Progress(TextColumn("ingesting and reviewing"), BarColumn(), TextColumn("{task.completed:,} events"),
-                      console=errors, transient=True) as bar:
-            task = bar.add_task("demo", total=None)
-            result = run_demo(engine, programmes, clients, months, seed, progress=lambda n: bar.advance(task, n))
+    engine = settings.initialised_engine(as_json)
+    with progress_bar("ingesting and reviewing", "events", enabled=not as_json) as advance:
+        result = run_demo(engine, programmes, clients, months, seed, progress=advance)
     report = result.ingest
     if as_json:
         emit_json({"ingest": report.as_dict(), "reviews": [r.as_dict() for r in result.reviews],
