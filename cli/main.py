@@ -45,6 +45,8 @@ rules_app = typer.Typer(help="Check rule files before they go live.", no_args_is
 app.add_typer(rules_app, name="rules")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+ClientArg = Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")]
+AtOption = Annotated[Optional[str], typer.Option(help="Moment to look at (ISO 8601 with zone). Default: now.")]
 
 
 class Settings:
@@ -219,9 +221,9 @@ def _parse_moment(text: str | None, as_json: bool, option: str = "--at") -> date
 @app.command()
 def benefits(
     ctx: typer.Context,
-    client_id: Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")],
+    client_id: ClientArg,
     product: Annotated[Optional[str], typer.Option(help="Loan product to price, e.g. working_capital.")] = None,
-    at: Annotated[Optional[str], typer.Option(help="Moment to evaluate (ISO 8601 with zone). Default: now.")] = None,
+    at: AtOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """What a client holds: tier, points, effective rate discount (after stacking and the ceiling), fast track."""
@@ -271,8 +273,8 @@ def review(
 @app.command()
 def client(
     ctx: typer.Context,
-    client_id: Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")],
-    at: Annotated[Optional[str], typer.Option(help="Moment (ISO 8601 with zone). Default: now.")] = None,
+    client_id: ClientArg,
+    at: AtOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """A client's profile: current tier, tier history with reasons, and the metric values a review would see."""
