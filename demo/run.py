@@ -60,5 +60,6 @@ def run_demo(engine: Engine, programmes: ProgrammeSet, clients: int, months: int
         total.duplicates += report.duplicates
         total.rejected += report.rejected
         total.errors.extend(report.errors)
-        reviews.append(run_review(engine, programmes, moment))
+        if moment >= programmes.versions[0].effective_from:  # before the programme there is nothing to review
+            reviews.append(run_review(engine, programmes, moment))
     return DemoResult(len(events), total, reviews, portfolio_summary(engine, programmes, end))

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
+# How far ahead of this machine's clock a moment may be (source systems' clocks drift).
+MAX_CLOCK_SKEW = timedelta(minutes=15)
 
 
 def utc_now() -> datetime:

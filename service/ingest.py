@@ -29,7 +29,7 @@ from engine.schema import Rule
 from rewards.caps import CapUsage, allowed, period_bounds, usage_between
 from rewards.kinds import Reason
 from rewards.tiers import tier_grants
-from service.clock import Clock, utc_now
+from service.clock import MAX_CLOCK_SKEW, Clock, utc_now
 from service.retry import with_retry
 from storage import clients as client_store
 from storage import ledger
@@ -133,6 +133,9 @@ class Ingestor:
 
     def _validate(self, raw: dict) -> tuple[Event, CompiledProgramme, bool]:
         envelope = parse_envelope(raw)
+        if envelope.occurred_at > self.clock() + MAX_CLOCK_SKEW:
+            raise EventError(f"{envelope.occurred_at.isoformat()} is in the future; an event reports what "
+                             "already happened", "occurred_at")
         programme = self.programmes.for_moment(envelope.occurred_at)
         earns = envelope.occurred_at >= programme.effective_from
         return typed_event(envelope, programme.model.event_types, programme.currency), programme, earns

@@ -22,7 +22,7 @@ from engine.metrics import METRICS, Placement, place
 from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.caps import months_before
 from rewards.tiers import TIER_RULE_PREFIX, tier_grants
-from service.clock import Clock, utc_now
+from service.clock import MAX_CLOCK_SKEW, Clock, utc_now
 from service.errors import InputError
 from service.retry import with_retry
 from storage import clients as client_store
@@ -35,7 +35,6 @@ from storage.models import TierReview
 
 WRITE_CHUNK = 500
 INSTANT = timedelta(microseconds=1)
-FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between the caller and this machine
 REVIEWS = TierReview.__table__
 
 
@@ -90,7 +89,7 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_ru
     if as_of.tzinfo is None:
         raise InputError("the review moment has no time zone; give UTC, e.g. 2026-03-31T00:00:00Z")
     as_of = as_of.astimezone(UTC)
-    if as_of > clock() + FUTURE_TOLERANCE:
+    if as_of > clock() + MAX_CLOCK_SKEW:
         raise InputError(f"a review cannot look into the future: {as_of.isoformat()} is later than now")
     programme = programmes.at(as_of)
     if programme is None:
@@ -185,15 +184,15 @@ def _write(engine: Engine, programme: CompiledProgramme, report: ReviewReport, c
     counts = Counter(change.direction for change in applied)
     with write_transaction(engine) as conn:
         conn.execute(update(REVIEWS).where(REVIEWS.c.id == report.review_id).values(
-            finished_at=clock(), upgrades=counts["upgrade"], downgrades=counts["downgrade"]))
+            finished_at=clock(), clients=report.clients, upgrades=counts["upgrade"], downgrades=counts["downgrade"]))
 
 
 def _uncount(report: ReviewReport, change: TierChange) -> None:
+    """Take a client skipped at write time out of the counts, as a client skipped earlier never entered them."""
+    report.clients -= 1
+    report.tiers_before[change.from_tier] -= 1
     report.tiers_after[change.to_tier] -= 1
-    report.tiers_after[change.from_tier] += 1
-    row = report.migration[change.from_tier]
-    row[change.to_tier] -= 1
-    row[change.from_tier] = row.get(change.from_tier, 0) + 1
+    report.migration[change.from_tier][change.to_tier] -= 1
 
 
 def _apply_changes(engine: Engine, programme: CompiledProgramme, report: ReviewReport, changes: list[TierChange],

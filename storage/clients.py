@@ -154,8 +154,9 @@ def tiers_as_of(conn: Connection, as_of: datetime, client_ids: list[str] | None 
 
 
 def last_activity(conn: Connection, client_ids: list[str] | None = None) -> dict[str, datetime]:
-    """The time of each client's latest applied event."""
-    query = select(PROCESSED.c.client_id, func.max(PROCESSED.c.occurred_at)).group_by(PROCESSED.c.client_id)
+    """The time of each client's latest applied event that was not reversed."""
+    query = select(PROCESSED.c.client_id, func.max(PROCESSED.c.occurred_at)) \
+        .where(PROCESSED.c.event_id.not_in(select(REVERSAL.c.event_id))).group_by(PROCESSED.c.client_id)
     if client_ids is not None:
         query = query.where(PROCESSED.c.client_id.in_(client_ids))
     return {client_id: as_utc(latest) for client_id, latest in conn.execute(query)}

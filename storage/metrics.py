@@ -1,7 +1,7 @@
 """Client metrics computed in the database, set-based: a few GROUP BY queries for every client at once."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import Connection, and_, case, func, select
@@ -9,6 +9,7 @@ from sqlalchemy import Connection, and_, case, func, select
 from engine.context import ONBOARDING_EVENT, whole_months
 from engine.events import minor_unit_exponent
 from engine.metrics import Values
+from rewards.caps import months_before
 from storage.models import Client, EventReversal, ProcessedEvent
 from storage.types import as_utc
 
@@ -55,11 +56,13 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
     latest_nps = dict(conn.execute(select(ranked.c.client_id, ranked.c.number).where(ranked.c.position == 1)).all())
 
     # Deposits: the latest report of each calendar month of the window (a restated month counts once).
-    first_month, last_month = f"{window_start:%Y-%m}", f"{as_of:%Y-%m}"
+    # Exactly `window_months` calendar months, ending with the month of the last instant before as_of.
+    last = as_of - timedelta(microseconds=1)
+    first_month, last_month = f"{months_before(last, window_months - 1):%Y-%m}", f"{last:%Y-%m}"
     reports = select(EVENTS.c.client_id, EVENTS.c.amount_minor, func.row_number().over(
         partition_by=(EVENTS.c.client_id, EVENTS.c.label),
         order_by=(EVENTS.c.occurred_at.desc(), EVENTS.c.event_id.desc())).label("position")).where(
-        live, is_type("deposit.reported"), EVENTS.c.label > first_month, EVENTS.c.label <= last_month).subquery()
+        live, is_type("deposit.reported"), EVENTS.c.label >= first_month, EVENTS.c.label <= last_month).subquery()
     deposits = dict(conn.execute(select(reports.c.client_id, func.sum(reports.c.amount_minor))
                                  .where(reports.c.position == 1).group_by(reports.c.client_id)).all())
 

@@ -19,7 +19,7 @@ from storage.db import write_transaction
 from storage.models import Client, Entitlement
 from tests.conftest import RULES, SAMPLE, event, ndjson
 
-NOW = datetime(2026, 6, 1, tzinfo=UTC)
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def ingest(engine, programmes, text_: str, batch_size: int = 500):
@@ -328,3 +328,9 @@ def test_history_from_before_the_programme_counts_for_metrics_and_earns_nothing(
 
     profile = client_profile(engine, programmes, "C-1", datetime(2025, 6, 1, tzinfo=UTC))
     assert profile["metrics"]["loan_volume"] == "60000000" and profile["metrics"]["tenure_months"] == "49"
+
+
+def test_events_from_the_future_are_rejected(engine, programmes):
+    report = ingest(engine, programmes, ndjson(drawn("typo", "C-1", "2036-04-10T14:00:00Z", "100000"),
+                                               drawn("ok", "C-1", "2026-11-30T00:00:00Z", "100000")))
+    assert report.applied == 1 and report.errors[0]["id"] == "typo" and "in the future" in report.errors[0]["error"]

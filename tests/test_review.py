@@ -20,7 +20,7 @@ from storage.metrics import client_metrics
 from storage.models import LedgerEntry, TierAssignment
 from tests.conftest import event, ndjson
 
-NOW = datetime(2026, 11, 1, tzinfo=UTC)
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
 
 def ingest(engine, programmes, *events):
@@ -236,3 +236,13 @@ def test_a_naive_review_moment_is_refused(engine, programmes, as_of):
 
     with pytest.raises(InputError, match="no time zone"):
         run_review(engine, programmes, datetime.fromisoformat(as_of))
+
+
+def test_average_deposit_counts_the_window_months_at_a_month_boundary(engine, programmes):
+    ingest(engine, programmes, *(event(f"d{m}", "C-1", "deposit.reported", f"2025-{m:02d}-28T00:00:00Z",
+                                       month=f"2025-{m:02d}", average_balance="1200000") for m in range(1, 13)))
+    for moment in ("2026-01-01T00:00:00Z", "2025-12-31T23:00:00Z"):
+        with read_snapshot(engine) as conn:
+            values = client_metrics(conn, at(moment), at(moment.replace("2026-01-01", "2025-01-01")
+                                                             .replace("2025-12-31", "2024-12-31")), 12, "CNY")
+        assert values["C-1"]["average_deposit_balance"] == Decimal("1200000")
