@@ -37,6 +37,17 @@ def replace_in_shipped(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
     return write(tmp_path, text.replace(old, new)), line
 
 
+def two_versions(tmp_path: Path, *edits: tuple[str, str]) -> Path:
+    """A folder with the shipped programme and a version 2026.2 from 2026-07-01, with `edits` applied to it."""
+    (tmp_path / "a.yaml").write_text(SHIPPED.read_text())
+    text = SHIPPED.read_text().replace('version: "2026.1"', 'version: "2026.2"') \
+        .replace("effective_from: 2025-01-01", "effective_from: 2026-07-01")
+    for old, new in edits:
+        text = text.replace(old, new)
+    (tmp_path / "b.yaml").write_text(text)
+    return tmp_path
+
+
 def test_shipped_programme_loads_with_every_rule():
     programme = load_programmes(RULES).current
     assert programme.id == "corporate-lending"
@@ -195,20 +206,13 @@ def test_too_many_equality_values_are_refused_before_the_engine_hangs(tmp_path):
 
 
 def test_a_broken_file_in_a_directory_loads_nothing(tmp_path):
-    (tmp_path / "a.yaml").write_text(SHIPPED.read_text())
-    (tmp_path / "b.yaml").write_text(SHIPPED.read_text().replace('version: "2026.1"', 'version: "2026.2"')
-                                     .replace("effective_from: 2025-01-01", "effective_from: 2026-07-01")
-                                     .replace("format: 1", "format: 2"))
     with pytest.raises(RuleFileError) as caught:
-        load_programmes(tmp_path)
+        load_programmes(two_versions(tmp_path, ("format: 1", "format: 2")))
     assert [p.path for p in caught.value.problems] == ["format"]
 
 
 def test_versions_are_chosen_by_event_time(tmp_path):
-    (tmp_path / "a.yaml").write_text(SHIPPED.read_text())
-    (tmp_path / "b.yaml").write_text(SHIPPED.read_text().replace('version: "2026.1"', 'version: "2026.2"')
-                                     .replace("effective_from: 2025-01-01", "effective_from: 2026-07-01"))
-    programmes = load_programmes(tmp_path)
+    programmes = load_programmes(two_versions(tmp_path))
     from datetime import UTC, datetime
 
     assert programmes.at(datetime(2026, 6, 30, tzinfo=UTC)).version == "2026.1"
@@ -236,12 +240,8 @@ def test_constant_points_may_be_written_as_numbers():
 
 
 def test_a_later_version_must_keep_every_tier(tmp_path):
-    (tmp_path / "a.yaml").write_text(SHIPPED.read_text())
-    (tmp_path / "b.yaml").write_text(SHIPPED.read_text().replace('version: "2026.1"', 'version: "2026.2"')
-                                     .replace("effective_from: 2025-01-01", "effective_from: 2026-07-01")
-                                     .replace("  - id: standard\n    name: Standard", "  - id: basic\n    name: Basic"))
     with pytest.raises(RuleFileError) as caught:
-        load_programmes(tmp_path)
+        load_programmes(two_versions(tmp_path, ("  - id: standard\n    name: Standard", "  - id: basic\n    name: Basic")))
     [problem] = caught.value.problems
     assert problem.file.endswith("b.yaml") and "tiers standard of version 2026.1" in problem.message
 
