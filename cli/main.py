@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +24,7 @@ from demo.run import run_demo
 from engine.errors import RuleFileError
 from engine.loader import load_programmes
 from engine.programme import ProgrammeSet
+from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
 from service.clock import utc_now
 from service.errors import InputError, NotFoundError
@@ -43,6 +44,8 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, rich_markup_mode="markdown", pretty_exceptions_show_locals=False)
 rules_app = typer.Typer(help="Check rule files before they go live.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+apikey_app = typer.Typer(help="API keys for `loyalty serve`: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ClientArg = Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")]
@@ -223,15 +226,20 @@ def benefits(
     ctx: typer.Context,
     client_id: ClientArg,
     product: Annotated[Optional[str], typer.Option(help="Loan product to price, e.g. working_capital.")] = None,
+    amount: Annotated[Optional[str], typer.Option(
+        help="Loan amount (needs --product), e.g. 30000000; adds the interest saved a year.")] = None,
     at: AtOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """What a client holds: tier, points, effective rate discount (after stacking and the ceiling), fast track."""
+    """What a client holds: tier, points, effective rate discount (after stacking and the ceiling), fast track.
+
+    Single-use entitlements reserved by a live quote are listed but not counted: they are spoken for.
+    """
     settings: Settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
     try:
-        answer = client_benefits(engine, programmes, client_id, _parse_moment(at, as_json), product)
+        answer = client_benefits(engine, programmes, client_id, _parse_moment(at, as_json), product, amount)
     except (NotFoundError, InputError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
@@ -393,3 +401,82 @@ def reverse(
     console.print(f"reversed {escape(event_id)}: {count} compensating {'entry' if count == 1 else 'entries'} {result['entries']}")
     for item in result["skipped"]:
         console.print(f"  entitlement {item['entitlement_id']} not reversed: it is already {item['status']}")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    hold_seconds: Annotated[int, typer.Option(
+        min=1, max=7 * 24 * 3600, help="How long a quote holds its single-use entitlements.")] = 900,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+) -> None:
+    """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
+
+    Callers authenticate with keys from `loyalty apikey create`. Uses the same database and rules as
+    the other commands; stop with Ctrl-C.
+    """
+    import uvicorn  # imported here: the other commands do not need the web stack
+
+    from api.app import create_app
+
+    settings: Settings = ctx.obj
+    programmes = settings.programmes(False)
+    engine = settings.engine(False)
+    application = create_app(engine, programmes, hold=timedelta(seconds=hold_seconds))
+    console.print(f"serving {escape(engine.url.render_as_string(hide_password=True))} on http://{host}:{port} "
+                  f"(docs: http://{host}:{port}/docs)", highlight=False)
+    uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False)
+
+
+@apikey_app.command("create")
+def apikey_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="Who uses the key, e.g. pricing-service.")],
+    scope: Annotated[list[str], typer.Option(
+        help=f"A scope to grant (repeat for several): {', '.join(f'{s} ({d})' for s, d in SCOPES.items())}.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an API key and print it once: only its hash is stored, so copy it now."""
+    settings: Settings = ctx.obj
+    engine = settings.engine(as_json)
+    try:
+        key, record = create_key(engine, name, scope)
+    except InputError as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    if as_json:
+        emit_json({**record, "key": key})
+        return
+    console.print(f"API key {record['id']} for {escape(record['name'])} (scopes: {' '.join(record['scopes'])}):")
+    console.print(key, highlight=False, soft_wrap=True)
+    console.print("[yellow]Copy it now: it is not stored and cannot be shown again.[/]")
+
+
+@apikey_app.command("list")
+def apikey_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List API keys (ids, names, scopes, revocation), never their secrets."""
+    settings: Settings = ctx.obj
+    keys = list_keys(settings.engine(as_json))
+    if as_json:
+        emit_json(keys)
+        return
+    views.print_api_keys(keys)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key's id, as `loyalty apikey list` shows it.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke an API key; requests with it are refused (401) from now on."""
+    settings: Settings = ctx.obj
+    try:
+        record = revoke_key(settings.engine(as_json), key_id)
+    except NotFoundError as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    if as_json:
+        emit_json(record)
+        return
+    console.print(f"API key {record['id']} ({escape(record['name'])}) revoked at {record['revoked_at']}")

@@ -158,3 +158,15 @@ def print_entries(entries: list[dict], limit: int) -> None:
     console.print(table)
     if len(entries) == limit:
         console.print(f"showing the {limit} newest entries; --limit N shows more")
+
+
+def print_api_keys(keys: list[dict]) -> None:
+    """API keys as a table."""
+    if not keys:
+        console.print("no API keys; create one with `loyalty apikey create --name NAME --scope benefits:read`")
+        return
+    table = Table("id", "name", "scopes", "created", "revoked")
+    for key in keys:
+        table.add_row(key["id"], escape(key["name"]), " ".join(key["scopes"]), key["created_at"][:19],
+                      key["revoked_at"][:19] if key["revoked_at"] else "")
+    console.print(table)

@@ -8,6 +8,7 @@ from decimal import Decimal
 from engine.context import ClientContext
 from engine.events import Event, expression_value, matching_value
 from engine.programme import CompiledProgramme, CompiledRule
+from engine.schema import BenefitGrant, RateDiscountGrant
 from rewards.kinds import Grant, Kind, PointsAward, Use
 from rewards.points import apply_multiplier
 
@@ -51,20 +52,25 @@ def _outcome(compiled: CompiledRule, event: Event, activation: dict, multiplier:
         base = compiled.points.evaluate(activation)
         factor = multiplier if award.tier_multiplier else Decimal(1)
         points = PointsAward(rule.id, apply_multiplier(base, factor), base, factor)
-    grants: list[Grant] = []
-    start = event.occurred_at
-    if award.rate_discount is not None:
-        spec = award.rate_discount
-        grants.append(Grant(Kind.RATE_DISCOUNT, rule.id, Use(spec.use), start, _until(start, spec.valid_for_days),
-                            bps=spec.bps, products=tuple(spec.products)))
-    if award.benefit is not None:
-        spec = award.benefit
-        detail = {key: value for key, value in
-                  {"lane": spec.lane, "sla_hours": spec.sla_hours, "fee_waiver_pct": spec.fee_waiver_pct}.items()
-                  if value is not None}
-        grants.append(Grant(Kind(spec.kind), rule.id, Use(spec.use), start, _until(start, spec.valid_for_days),
-                            detail=detail))
+    grants = award_grants(rule.id, award.rate_discount, award.benefit, event.occurred_at)
     return RuleOutcome(compiled, points, tuple(grants))
+
+
+def award_grants(source_id: str, rate_discount: RateDiscountGrant | None, benefit: BenefitGrant | None,
+                 start: datetime) -> list[Grant]:
+    """The entitlements a rule award or a catalogue reward creates, valid from `start`."""
+    grants: list[Grant] = []
+    if rate_discount is not None:
+        grants.append(Grant(Kind.RATE_DISCOUNT, source_id, Use(rate_discount.use), start,
+                            _until(start, rate_discount.valid_for_days), bps=rate_discount.bps,
+                            products=tuple(rate_discount.products)))
+    if benefit is not None:
+        detail = {key: value for key, value in
+                  {"lane": benefit.lane, "sla_hours": benefit.sla_hours, "fee_waiver_pct": benefit.fee_waiver_pct}.items()
+                  if value is not None}
+        grants.append(Grant(Kind(benefit.kind), source_id, Use(benefit.use), start,
+                            _until(start, benefit.valid_for_days), detail=detail))
+    return grants
 
 
 def _until(start: datetime, days: int | None) -> datetime | None:

@@ -191,7 +191,7 @@ def convert_value(attribute: AttributeSpec, value: object, currency: str, field:
     """Convert one attribute value to its Python type, or raise EventError."""
     kind = attribute.type
     if kind == "money":
-        return _money(value, currency, field)
+        return parse_money(value, currency, field)
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             raise EventError(f"expected {describe(attribute)}, got {value!r}", field)
@@ -236,7 +236,8 @@ def parse_day(value: object) -> date | None:
         return None
 
 
-def _money(value: object, currency: str, field: str) -> Decimal:
+def parse_money(value: object, currency: str, field: str) -> Decimal:
+    """An exact, positive amount in `currency` (decimal string or integer, never a float)."""
     if isinstance(value, bool) or isinstance(value, float) or not isinstance(value, (str, int, Decimal)):
         raise EventError(f"expected an amount as a decimal string or number, got {value!r}", field)
     try:

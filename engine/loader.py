@@ -198,6 +198,16 @@ def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[P
         if rule.cap and rule.cap.points is not None and rule.award.points is None:
             yield doc.problem(base + ("cap", "points"), "a points cap needs an award with points")
 
+    yield from _duplicates(doc, "catalogue", [reward.id for reward in model.catalogue])
+    for index, reward in enumerate(model.catalogue):
+        base = ("catalogue", index)
+        if reward.min_tier is not None and reward.min_tier not in tier_ids:
+            yield doc.problem(base + ("min_tier",), _unknown("tier", reward.min_tier, tier_ids))
+        for position, product in enumerate(reward.rate_discount.products if reward.rate_discount else []):
+            if product not in products:
+                yield doc.problem(base + ("rate_discount", "products", position),
+                                  _unknown("loan product", product, products))
+
 
 def _thresholds(qualification: Qualification | None, path: tuple) -> Iterable[tuple[tuple, Threshold]]:
     if qualification is None:

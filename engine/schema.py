@@ -269,6 +269,24 @@ class Rule(Strict):
     cap: Cap | None = None
 
 
+class CatalogueReward(Strict):
+    """A reward clients buy with points: a rate discount or a service benefit, granted on redemption."""
+
+    id: RuleId
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    points: int = Field(gt=0, le=10**12, description="what one redemption costs, in points")
+    min_tier: Name | None = Field(default=None, description="lowest tier that may redeem it")
+    rate_discount: RateDiscountGrant | None = None
+    benefit: BenefitGrant | None = None
+
+    @model_validator(mode="after")
+    def _gives_one_thing(self) -> CatalogueReward:
+        if (self.rate_discount is None) == (self.benefit is None):
+            raise ValueError("a catalogue reward gives exactly one of rate_discount, benefit")
+        return self
+
+
 class ProgrammeHeader(Strict):
     """Identity and version of a programme."""
 
@@ -298,4 +316,5 @@ class Programme(Strict):
     discount_ceiling_bps: dict[Name, Annotated[int, Field(ge=0, le=1000)]] = Field(
         description="most stacked discount per product; key 'default' covers products not named")
     rules: list[Rule] = []
+    catalogue: list[CatalogueReward] = Field(default=[], description="rewards clients redeem points for")
     review: ReviewPolicy = ReviewPolicy()

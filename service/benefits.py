@@ -1,64 +1,143 @@
-"""What a client holds at a moment: tier, points, effective rate discount, service benefits, with provenance."""
+"""What a client holds at a moment: tier, points, effective rate discount, service benefits, with provenance.
+
+Single-use entitlements held by a live quote are listed (with the quote's id) but left out of the
+effective discount and benefits: another application cannot use them until the quote is voided or expires.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_DOWN, Decimal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from engine.context import tier_at
-from engine.errors import did_you_mean
-from engine.programme import ProgrammeSet
-from rewards.stacking import Entitlement, rate_discount, service_benefits
+from engine.errors import EventError, did_you_mean
+from engine.events import minor_unit_exponent, parse_money
+from engine.programme import CompiledProgramme, ProgrammeSet
+from rewards.stacking import DiscountDecision, Entitlement, ServiceBenefits, rate_discount, service_benefits
 from service.errors import InputError, NotFoundError
 from storage import clients as client_store
 from storage.db import read_snapshot
 from storage.ledger import held_entitlements
 from storage.models import Client
+from storage.quotes import reserved_entitlements
 
 
-def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime,
-                    product: str | None = None) -> dict:
-    """The benefits answer a loan system or an operator asks for (same fields in CLI `--json` and HTTP)."""
+@dataclass(frozen=True)
+class ClientState:
+    """What the benefits answer is computed from, read in one transaction."""
+
+    client_id: str
+    points_balance: int
+    tier_history: list[tuple[datetime, str]]
+    held: list[Entitlement]  # valid at the moment asked about
+    reserved: dict[int, str]  # entitlement id → quote holding it
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The effective benefits for one application (or none) after holds, stacking and the ceiling."""
+
+    tier_id: str
+    by_product: dict[str, DiscountDecision]
+    chosen: DiscountDecision | None
+    service: ServiceBenefits
+
+
+def require_utc(at: datetime) -> datetime:
+    """`at` in UTC; a naive moment is an input error."""
     if at.tzinfo is None:
         raise InputError("the moment has no time zone; give UTC, e.g. 2026-03-01T10:00:00Z")
-    at = at.astimezone(UTC)
-    programme = programmes.for_moment(at)
+    return at.astimezone(UTC)
+
+
+def check_product(programme: CompiledProgramme, product: str | None) -> None:
+    """Raise InputError unless `product` is None or one of the programme's loan products."""
     products = programme.model.loan_products
     if product is not None and product not in products:
         raise InputError(f"unknown loan product {product!r}{did_you_mean(product, products)}; "
                          f"expected one of: {', '.join(products)}")
+
+
+def check_amount(programme: CompiledProgramme, amount: object) -> Decimal:
+    """The loan amount as an exact Decimal in the programme's currency, or InputError saying why not."""
+    try:
+        return parse_money(amount, programme.currency, "amount")
+    except EventError as exc:
+        raise InputError(str(exc)) from None
+
+
+def load_state(conn: Connection, client_id: str, at: datetime) -> ClientState:
+    """Read a client's balance, tier history, entitlements valid at `at` and their holds; NotFoundError if unknown."""
+    table = Client.__table__
+    balance = conn.execute(select(table.c.points_balance).where(table.c.client_id == client_id)).scalar()
+    if balance is None:
+        raise NotFoundError(f"no client {client_id!r}: it has no events yet")
+    history = client_store.tier_histories(conn, [client_id]).get(client_id, [])
+    held = [e for e in held_entitlements(conn, client_id) if e.valid_at(at)]
+    return ClientState(client_id, balance, history, held, reserved_entitlements(conn, client_id, at))
+
+
+def price(programme: CompiledProgramme, state: ClientState, at: datetime, product: str | None) -> Pricing:
+    """Stack what the client holds at `at` and no live quote reserves."""
+    available = [e for e in state.held if e.id not in state.reserved]
+    by_product = {p: rate_discount(available, p, at, programme.ceiling_bps(p)) for p in programme.model.loan_products}
+    tier_id = tier_at(state.tier_history, at, programme.lowest_tier.id)
+    return Pricing(tier_id, by_product, by_product.get(product) if product else None,
+                   service_benefits(available, at))
+
+
+def yearly_saving(programme: CompiledProgramme, amount: Decimal, bps: int) -> str:
+    """Interest a year saved on `amount` at `bps`, rounded down to the currency's minor unit (never overstated)."""
+    unit = Decimal(1).scaleb(-minor_unit_exponent(programme.currency))
+    return str((amount * bps / 10_000).quantize(unit, rounding=ROUND_DOWN))
+
+
+def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime,
+                    product: str | None = None, amount: object = None) -> dict:
+    """The benefits answer a loan system or an operator asks for (same fields in CLI `--json` and HTTP)."""
+    at = require_utc(at)
+    programme = programmes.for_moment(at)
+    check_product(programme, product)
+    loan_amount = check_amount(programme, amount) if amount is not None else None
+    if loan_amount is not None and product is None:
+        raise InputError("an amount needs a product: say which loan product it is for")
     with read_snapshot(engine) as conn:
-        client = conn.execute(select(Client.__table__).where(Client.__table__.c.client_id == client_id)).first()
-        if client is None:
-            raise NotFoundError(f"no client {client_id!r}: it has no events yet")
-        history = client_store.tier_histories(conn, [client_id]).get(client_id, [])
-        held = [e for e in held_entitlements(conn, client_id) if e.valid_at(at)]
-    tier = programme.tier(tier_at(history, at, programme.lowest_tier.id))
-    by_product = {p: rate_discount(held, p, at, programme.ceiling_bps(p)) for p in products}
-    chosen = by_product.get(product) if product else None
-    service = service_benefits(held, at)
+        state = load_state(conn, client_id, at)
+    return benefits_view(programme, state, price(programme, state, at, product), at, loan_amount)
+
+
+def benefits_view(programme: CompiledProgramme, state: ClientState, pricing: Pricing, at: datetime,
+                  amount: Decimal | None) -> dict:
+    """The benefits answer as JSON."""
+    tier = programme.tier(pricing.tier_id)
+    chosen, service = pricing.chosen, pricing.service
     return {
-        "client_id": client_id,
+        "client_id": state.client_id,
         "as_of": at.isoformat(),
         "programme": {"id": programme.id, "version": programme.version},
         "tier": tier.id,
         "tier_name": tier.name,
-        "points_balance": client.points_balance,
+        "points_balance": state.points_balance,
         "points_multiplier": str(tier.benefits.points_multiplier),
-        "product": product,
+        "product": chosen.product if chosen else None,
+        "amount": str(amount) if amount is not None else None,
+        "currency": programme.currency,
         "rate_discount_bps": chosen.bps if chosen else 0,
         "rate_discount": {"uncapped_bps": chosen.uncapped_bps, "ceiling_bps": chosen.ceiling_bps,
                           "entitlement_ids": list(chosen.applied)} if chosen else None,
-        "rate_discount_bps_by_product": {p: decision.bps for p, decision in by_product.items()},
+        "interest_saved_per_year": yearly_saving(programme, amount, chosen.bps) if chosen and amount else None,
+        "rate_discount_bps_by_product": {p: decision.bps for p, decision in pricing.by_product.items()},
         "fast_track_lane": service.fast_track_lane,
         "fast_track_sla_hours": service.fast_track_sla_hours,
         "relationship_manager": service.relationship_manager,
         "fee_waiver_pct": service.fee_waiver_pct,
-        "entitlements": [entitlement_view(e) for e in held],
+        "entitlements": [entitlement_view(e, state.reserved.get(e.id)) for e in state.held],
     }
 
 
-def entitlement_view(entitlement: Entitlement) -> dict:
+def entitlement_view(entitlement: Entitlement, reserved_by: str | None = None) -> dict:
     """An entitlement with its provenance, as JSON."""
     return {
         "id": entitlement.id, "kind": str(entitlement.kind), "use": str(entitlement.use),
@@ -67,4 +146,5 @@ def entitlement_view(entitlement: Entitlement) -> dict:
         "programme_version": entitlement.programme_version, "event_id": entitlement.event_id,
         "ledger_entry_id": entitlement.id, "valid_from": entitlement.valid_from.isoformat(),
         "valid_to": entitlement.valid_to.isoformat() if entitlement.valid_to else None,
+        "reserved_by_quote": reserved_by,
     }

@@ -3,8 +3,20 @@ from __future__ import annotations
 
 
 class NotFoundError(LookupError):
-    """The client, event or entitlement named does not exist."""
+    """The client, event, quote or reward named does not exist."""
 
 
 class InputError(ValueError):
     """A request parameter that does not make sense (unknown product, naive timestamp)."""
+
+
+class ConflictError(RuntimeError):
+    """The request is valid but the state forbids it (quote already resolved, too few points).
+
+    `code` names the conflict for programs; `facts` carries the figures the message quotes.
+    """
+
+    def __init__(self, message: str, code: str, **facts: object):
+        super().__init__(message)
+        self.code = code
+        self.facts = facts

@@ -69,6 +69,15 @@ def revoke_entry(entitlement: dict, source: Provenance, at: datetime, created_at
                 use=Use(entitlement["use"]), valid_from=at, entitlement_id=entitlement["id"])
 
 
+def consume_entry(entitlement: Entitlement, at: datetime, created_at: datetime, detail: dict) -> dict:
+    """An entry using up a single-use entitlement at `at` (a booked loan); `detail` says which."""
+    source = Provenance(entitlement.programme_id, entitlement.programme_version, None)
+    return _row(entitlement.client_id, entitlement.kind, Reason.CONSUME, source, created_at,
+                rule_id=entitlement.rule_id, bps=-entitlement.bps, products=",".join(entitlement.products) or None,
+                detail={**entitlement.detail, **detail}, use=entitlement.use, valid_from=at,
+                entitlement_id=entitlement.id)
+
+
 def active_entitlements_by_rule_prefix(conn: Connection, client_ids: list[str], prefix: str) -> dict[str, list[dict]]:
     """Active entitlement rows of `client_ids` granted under rules whose id starts with `prefix`, per client."""
     query = select(ENTITLEMENT).where(ENTITLEMENT.c.client_id.in_(client_ids), ENTITLEMENT.c.rule_id.startswith(prefix),
@@ -157,9 +166,11 @@ def _apply_points(conn: Connection, rows: Iterable[dict]) -> None:
 
 # --- reading -------------------------------------------------------------------------------------------
 
-def client_entries(conn: Connection, client_id: str, limit: int | None = None) -> list[dict]:
-    """Entries of a client, newest first."""
+def client_entries(conn: Connection, client_id: str, limit: int | None = None, before_id: int | None = None) -> list[dict]:
+    """Entries of a client, newest first; with `before_id`, only those older than that entry (for paging)."""
     query = select(ENTRY).where(ENTRY.c.client_id == client_id).order_by(ENTRY.c.id.desc())
+    if before_id is not None:
+        query = query.where(ENTRY.c.id < before_id)
     if limit is not None:
         query = query.limit(limit)
     return [entry_view(dict(row._mapping)) for row in conn.execute(query)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, Text
+from sqlalchemy import BigInteger, Column, Index, Text, text
 from sqlmodel import Field, SQLModel
 
 from storage.types import UTCDateTime
@@ -114,6 +114,9 @@ class LedgerEntry(SQLModel, table=True):
     __table_args__ = (
         Index("ix_ledger_client_id", "client_id", "id"),
         Index("ix_ledger_cap_usage", "client_id", "rule_id", "valid_from"),
+        # The database itself refuses a second consumption of an entitlement, whatever the code does.
+        Index("ux_ledger_one_consumption", "entitlement_id", unique=True,
+              sqlite_where=text("reason = 'consume'"), postgresql_where=text("reason = 'consume'")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -157,6 +160,66 @@ class Entitlement(SQLModel, table=True):
     event_id: str | None = Field(default=None, max_length=128)
 
 
+class Quote(SQLModel, table=True):
+    """Pricing adjustments for one loan application, holding the single-use entitlements they use.
+
+    `status` is held until the quote is committed (the loan was booked: its holds are consumed) or
+    voided; a held quote past `expires_at` is expired and its holds are free again (no job needed).
+    """
+
+    __table_args__ = (Index("ix_quote_client", "client_id", "expires_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    client_id: str = Field(foreign_key="client.client_id", max_length=64)
+    product: str = Field(max_length=64)
+    amount_minor: int = Field(sa_type=BigInteger)
+    currency: str = Field(max_length=3)
+    pricing: str = Field(sa_column=Column(Text, nullable=False))  # the quote's answer, as JSON
+    programme_id: str
+    programme_version: str
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    status: str = Field(max_length=16)
+    resolved_at: datetime | None = _ts(default=None)
+    loan_id: str | None = Field(default=None, max_length=128)
+
+
+class QuoteHold(SQLModel, table=True):
+    """A single-use entitlement reserved by a quote."""
+
+    __tablename__ = "quote_hold"
+
+    quote_id: str = Field(primary_key=True, foreign_key="quote.id", max_length=40)
+    entitlement_id: int = Field(primary_key=True, index=True)
+
+
+class ApiKey(SQLModel, table=True):
+    """A caller of the HTTP API: only a hash of the secret is stored."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=32)  # public part of the key, shown in listings
+    name: str = Field(max_length=200)
+    secret_hash: str = Field(max_length=64)
+    scopes: str  # space-separated
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(default=None)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first response to a POST sent with an Idempotency-Key, replayed for retries of it."""
+
+    __tablename__ = "idempotency_record"
+
+    caller: str = Field(primary_key=True, max_length=64)  # hash of the API key: keys never share records
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    status_code: int | None = None  # None while the first request is still running
+    content_type: str | None = Field(default=None, max_length=100)
+    response: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _ts()
+
+
 class SchemaInfo(SQLModel, table=True):
     """Facts about the database itself, such as the schema version it was created with."""
 
@@ -166,5 +229,5 @@ class SchemaInfo(SQLModel, table=True):
     value: str
 
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 APPEND_ONLY_TABLES = ("ledger_entry", "processed_event", "event_reversal")

@@ -1,0 +1,1 @@
+"""The HTTP API for loan systems (FastAPI): benefits, quotes, redemptions, events, ledgers."""

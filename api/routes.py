@@ -1,0 +1,153 @@
+"""The `/v1` endpoints: thin adapters from HTTP to the use cases in `service/`."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from sqlalchemy import select
+
+from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
+from api.problems import ProblemError, problem_schema
+from api.security import require
+from service.benefits import client_benefits
+from service.errors import NotFoundError
+from service.ingest import Ingestor, Outcome
+from service.profile import client_profile
+from service.quotes import commit_quote, create_quote, get_quote, void_quote
+from service.redemptions import catalogue, redeem
+from service.reversal import reverse_event
+from storage import ledger
+from storage.db import read_snapshot
+from storage.models import Client
+
+MAX_EVENTS = 1000
+ClientId = Annotated[str, Path(min_length=1, max_length=64, description="the lender's client id, e.g. C-1001")]
+QuoteId = Annotated[str, Path(min_length=1, max_length=40)]
+At = Annotated[datetime | None, Query(description="moment to look at, ISO 8601 with zone; default now")]
+_COMMON = problem_schema(401, 403, 422)
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/events", dependencies=[Depends(require("events:write"))], tags=["events"],
+             responses=problem_schema(401, 403, 413, 422))
+def post_events(request: Request, payload: Annotated[dict[str, Any] | list[Any], Body(
+        description=f"one event envelope, or a list of up to {MAX_EVENTS}: {{id, client_id, type, occurred_at, "
+                    "data}} as in NDJSON ingest",
+        examples=[{"id": "evt-1", "client_id": "C-1001", "type": "loan.drawn", "occurred_at": "2026-03-01T10:00:00Z",
+                   "data": {"loan_id": "L-1", "product": "working_capital", "amount": "30000000.00",
+                            "currency": "CNY", "term_months": 12}}])]) -> dict:
+    """Apply events; each item is applied, a duplicate (same id and content) or rejected with its reason.
+
+    A bad item never stops the others. Re-sending an event is safe: it counts as a duplicate.
+    """
+    items = payload if isinstance(payload, list) else [payload]
+    if not items or len(items) > MAX_EVENTS:
+        raise ProblemError(422, "batch-size", f"send 1 to {MAX_EVENTS} events per request, not {len(items)}; "
+                           "split larger batches")
+    state = request.app.state
+    outcomes: list[Outcome | None] = [None] * len(items)
+    objects = [(index, item) for index, item in enumerate(items) if isinstance(item, dict)]
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            outcomes[index] = Outcome(index, None, "rejected", f"item {index} is not an event object")
+    for (index, _), outcome in zip(objects, Ingestor(state.engine, state.programmes, state.clock).ingest_raw(objects),
+                                   strict=True):
+        outcomes[index] = outcome
+    results = [{"index": index, "id": o.event_id, "status": o.status, "error": o.error}
+               for index, o in enumerate(outcomes) if o is not None]
+    counts = {status: sum(1 for r in results if r["status"] == status) for status in ("applied", "duplicate", "rejected")}
+    return {"applied": counts["applied"], "duplicates": counts["duplicate"], "rejected": counts["rejected"],
+            "results": results}
+
+
+@router.post("/events/{event_id}/reversal", dependencies=[Depends(require("events:write"))], tags=["events"],
+             responses={**_COMMON, **problem_schema(404)})
+def post_reversal(request: Request, event_id: Annotated[str, Path(min_length=1, max_length=128)],
+                  body: ReversalRequest | None = None) -> dict:
+    """Write compensating entries for everything an event produced; reversing again changes nothing."""
+    return reverse_event(request.app.state.engine, event_id, body.reason if body else "", request.app.state.clock)
+
+
+@router.get("/clients/{client_id}/benefits", dependencies=[Depends(require("benefits:read"))], tags=["benefits"],
+            responses={**_COMMON, **problem_schema(404)})
+def get_benefits(request: Request, client_id: ClientId,
+                 product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
+                 amount: Annotated[str | None, Query(max_length=40, description="loan amount (needs product)")] = None,
+                 at: At = None) -> dict:
+    """Tier, points, the effective rate discount for a product after stacking and the ceiling, fast track,
+    and every entitlement with its provenance. Same fields as `loyalty benefits --json`."""
+    state = request.app.state
+    return client_benefits(state.engine, state.programmes, client_id, at or state.clock(), product, amount)
+
+
+@router.get("/clients/{client_id}", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
+            responses={**_COMMON, **problem_schema(404)})
+def get_client(request: Request, client_id: ClientId, at: At = None) -> dict:
+    """Profile, tier, tier history with reasons, and the metrics a review would see."""
+    state = request.app.state
+    return client_profile(state.engine, state.programmes, client_id, at or state.clock())
+
+
+@router.get("/clients/{client_id}/ledger", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
+            responses={**_COMMON, **problem_schema(404)})
+def get_ledger(request: Request, client_id: ClientId,
+               cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
+    """The client's ledger entries, newest first, a page at a time."""
+    if cursor is not None and not (cursor.isdigit() and int(cursor) > 0):
+        raise ProblemError(422, "bad-cursor", f"cursor {cursor!r} is not one this API gave; pass next_cursor "
+                           "from the previous page, or no cursor for the first page")
+    clients = Client.__table__
+    with read_snapshot(request.app.state.engine) as conn:
+        if conn.execute(select(clients.c.client_id).where(clients.c.client_id == client_id)).first() is None:
+            raise NotFoundError(f"no client {client_id!r}: it has no events yet")
+        entries = ledger.client_entries(conn, client_id, limit + 1, int(cursor) if cursor else None)
+    page = entries[:limit]
+    return {"client_id": client_id, "entries": page,
+            "next_cursor": str(page[-1]["id"]) if len(entries) > limit else None}
+
+
+@router.post("/clients/{client_id}/quotes", status_code=201, dependencies=[Depends(require("quotes:write"))],
+             tags=["quotes"], responses={**_COMMON, **problem_schema(404)})
+def post_quote(request: Request, client_id: ClientId, body: QuoteRequest) -> dict:
+    """Price a loan application and hold the single-use entitlements it uses until commit, void or expiry."""
+    state = request.app.state
+    return create_quote(state.engine, state.programmes, client_id, body.product, body.amount, state.hold, state.clock)
+
+
+@router.get("/quotes/{quote_id}", dependencies=[Depends(require("benefits:read"))], tags=["quotes"],
+            responses={**_COMMON, **problem_schema(404)})
+def read_quote(request: Request, quote_id: QuoteId) -> dict:
+    """A quote and its status (held, committed, voided or expired)."""
+    return get_quote(request.app.state.engine, quote_id, request.app.state.clock)
+
+
+@router.post("/quotes/{quote_id}/commit", dependencies=[Depends(require("quotes:write"))], tags=["quotes"],
+             responses={**_COMMON, **problem_schema(404, 409)})
+def post_commit(request: Request, quote_id: QuoteId, body: CommitRequest | None = None) -> dict:
+    """The loan was booked: consume the held entitlements. 409 if the quote expired or was already resolved."""
+    return commit_quote(request.app.state.engine, quote_id, body.loan_id if body else None, request.app.state.clock)
+
+
+@router.post("/quotes/{quote_id}/void", dependencies=[Depends(require("quotes:write"))], tags=["quotes"],
+             responses={**_COMMON, **problem_schema(404, 409)})
+def post_void(request: Request, quote_id: QuoteId) -> dict:
+    """Release the quote's holds. 409 if it expired or was already resolved."""
+    return void_quote(request.app.state.engine, quote_id, request.app.state.clock)
+
+
+@router.get("/catalogue", dependencies=[Depends(require("benefits:read"))], tags=["redemptions"],
+            responses=problem_schema(401, 403))
+def get_catalogue(request: Request) -> list[dict]:
+    """The rewards clients can redeem points for now."""
+    return catalogue(request.app.state.programmes, request.app.state.clock)
+
+
+@router.post("/clients/{client_id}/redemptions", status_code=201, dependencies=[Depends(require("quotes:write"))],
+             tags=["redemptions"], responses={**_COMMON, **problem_schema(404, 409)})
+def post_redemption(request: Request, client_id: ClientId, body: RedemptionRequest) -> dict:
+    """Spend points on a catalogue reward; 409 with the balance if it is too low."""
+    state = request.app.state
+    return redeem(state.engine, state.programmes, client_id, body.reward_id, state.clock)

@@ -1,0 +1,45 @@
+"""API-key authentication and scopes: 401 without a valid key, 403 without the scope."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from api.problems import ProblemError
+from service.apikeys import Caller, authenticate
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer lk_…` (from `loyalty apikey create`)")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="or `X-API-Key: lk_…`")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="loyalty"'}
+
+
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a request carries in `Authorization: Bearer …` or `X-API-Key`."""
+    if api_key:
+        return api_key.strip()
+    scheme, _, value = (authorization or "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def require(scope: str) -> Callable:
+    """A dependency admitting callers whose key has `scope`."""
+
+    async def check(request: Request, bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+                    api_key: str | None = Depends(_header)) -> Caller:
+        key = api_key.strip() if api_key else (bearer.credentials if bearer else None)
+        if not key:
+            raise ProblemError(401, "unauthenticated", "this endpoint needs an API key: send `Authorization: Bearer "
+                               "<key>` or `X-API-Key: <key>`; `loyalty apikey create` makes one", _CHALLENGE)
+        caller = await run_in_threadpool(authenticate, request.app.state.engine, key)
+        if caller is None:
+            raise ProblemError(401, "invalid-key", "the API key is unknown, mistyped or revoked; `loyalty apikey "
+                               "list` shows the keys in force", _CHALLENGE)
+        if not caller.may(scope):
+            raise ProblemError(403, "missing-scope", f"API key {caller.key_id} ({caller.name}) lacks the scope "
+                               f"{scope!r} this endpoint needs; it has: {', '.join(sorted(caller.scopes))}",
+                               required_scope=scope)
+        return caller
+
+    return check

@@ -1,0 +1,61 @@
+"""Helpers for API tests: a controllable clock, an app with keys of each scope, and a client's starting activity."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from service.apikeys import create_key
+from tests.conftest import event
+
+START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+HOLD = timedelta(minutes=10)
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: datetime = START):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        """Move time forward."""
+        self.now += delta
+
+
+@dataclass
+class Api:
+    """A test client authenticated with an admin key, and the keys to try others."""
+
+    client: TestClient
+    clock: FakeClock
+    keys: dict[str, str]
+
+    def as_(self, scope: str) -> dict[str, str]:
+        """Headers authenticating with the key that has only `scope`."""
+        return {"Authorization": f"Bearer {self.keys[scope]}"}
+
+
+def make_api(engine, programmes) -> Api:
+    """An app over `engine` with a fake clock and one key per scope (the default headers use admin)."""
+    clock = FakeClock()
+    app = create_app(engine, programmes, clock=clock, hold=HOLD)
+    keys = {scope: create_key(engine, f"test {scope}", [scope])[0]
+            for scope in ("admin", "events:write", "benefits:read", "quotes:write")}
+    client = TestClient(app, headers={"Authorization": f"Bearer {keys['admin']}"})
+    return Api(client, clock, keys)
+
+
+def borrower_events(client_id: str = "C-1") -> list[dict]:
+    """Onboarding, a 60M drawdown (a single-use 10 bps discount) and a referral (5,000 points and 5 bps)."""
+    return [
+        event(f"{client_id}-on", client_id, "client.onboarded", "2026-01-05T09:00:00Z", name="Huaxin", segment="strategic"),
+        event(f"{client_id}-draw", client_id, "loan.drawn", "2026-02-01T10:00:00Z", loan_id="L-1",
+              product="working_capital", amount="60000000.00", currency="CNY", term_months=12),
+        event(f"{client_id}-ref", client_id, "referral.converted", "2026-02-02T10:00:00Z", referred_client_id="C-77"),
+    ]
