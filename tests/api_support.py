@@ -51,11 +51,15 @@ def make_api(engine, programmes) -> Api:
     return Api(client, clock, keys)
 
 
-def borrower_events(client_id: str = "C-1") -> list[dict]:
-    """Onboarding, a 60M drawdown (a single-use 10 bps discount) and a referral (5,000 points and 5 bps)."""
+def borrower_events(client_id: str = "C-1", onboarded: datetime = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)) -> list[dict]:
+    """Onboarding, a 60M drawdown four weeks later (a single-use 10 bps discount for 180 days) and a referral
+    the day after (5,000 points and a single-use 5 bps discount)."""
+    def at(days: int) -> str:
+        return (onboarded + timedelta(days=days)).isoformat().replace("+00:00", "Z")
+
     return [
-        event(f"{client_id}-on", client_id, "client.onboarded", "2026-01-05T09:00:00Z", name="Huaxin", segment="strategic"),
-        event(f"{client_id}-draw", client_id, "loan.drawn", "2026-02-01T10:00:00Z", loan_id="L-1",
+        event(f"{client_id}-on", client_id, "client.onboarded", at(0), name="Huaxin", segment="strategic"),
+        event(f"{client_id}-draw", client_id, "loan.drawn", at(27), loan_id="L-1",
               product="working_capital", amount="60000000.00", currency="CNY", term_months=12),
-        event(f"{client_id}-ref", client_id, "referral.converted", "2026-02-02T10:00:00Z", referred_client_id="C-77"),
+        event(f"{client_id}-ref", client_id, "referral.converted", at(28), referred_client_id="C-77"),
     ]

@@ -1,0 +1,479 @@
+"""Benefits-query latency and throughput, in process and over HTTP on loopback, on SQLite and PostgreSQL.
+
+    python bench/api.py [--clients 100000] [--rate 500] [--seconds 20] [--workers 8] [--postgres] [--reseed]
+    python bench/api.py --quick          # smoke run: 10,000 clients, 5 s of load
+
+Seeds a portfolio straight into the tables (clients, one tier assignment each, the standing tier
+grants and some catalogue redemptions written through `storage.ledger.append`, so the projections are
+the product's own) and keeps it for the next run: /tmp/loyalty-bench-api-<clients>.db, or the
+PostgreSQL schema bench_api_<clients> with --postgres. Then, per database:
+
+- in process: `client_benefits` for random clients (fixed seed), after a warm-up;
+- HTTP, open loop: `loyalty serve` as a subprocess (one process), requests sent at fixed intervals
+  over keep-alive connections, latency counted from each request's scheduled send time (so a stalled
+  server is not hidden by a waiting client); the first seconds are warm-up and not counted;
+- HTTP, closed loop: N workers sending back to back, for the most requests per second.
+
+The load generator is plain asyncio streams speaking HTTP/1.1: httpx costs several times more CPU per
+request, and on a 2-core machine that CPU is taken from the server being measured. `send lag` is how
+late the generator itself sent (it is included in the latencies). Goals from the issue are marked met
+or not met; timings are printed, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import Engine, create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from engine.evaluator import award_grants  # noqa: E402
+from engine.loader import load_programmes  # noqa: E402
+from engine.programme import CompiledProgramme, ProgrammeSet  # noqa: E402
+from rewards.kinds import Reason  # noqa: E402
+from rewards.tiers import tier_grants  # noqa: E402
+from service.apikeys import create_key  # noqa: E402
+from service.benefits import client_benefits  # noqa: E402
+from service.clock import utc_now  # noqa: E402
+from service.redemptions import REDEEM_RULE_PREFIX  # noqa: E402
+from storage import ledger  # noqa: E402
+from storage.db import init_schema, make_engine, write_transaction  # noqa: E402
+from storage.ledger import Provenance  # noqa: E402
+from storage.models import Client, SchemaInfo, TierAssignment  # noqa: E402
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+CLIENT, TIER, META = Client.__table__, TierAssignment.__table__, SchemaInfo.__table__
+SEED_MARKER = "bench_api_seed"
+TIER_MIX = {"standard": 0.55, "silver": 0.25, "gold": 0.15, "diamond": 0.05}
+REDEEMING = 0.2  # share of clients who redeemed one catalogue reward
+SEGMENTS = ("strategic", "transactional", "partnership", "special_assistance")
+CHUNK = 5000
+HTTP_GOAL_MS, IN_PROCESS_GOAL_MS = 10.0, 1.0
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Latencies of one run, with its request count, rate and failures."""
+
+    latencies_ms: list[float]
+    per_second: float
+    errors: Counter
+    send_lag_ms: list[float] | None = None
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile latency in ms (nearest rank)."""
+        ordered = sorted(self.latencies_ms)
+        return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))] if ordered else float("nan")
+
+
+# --- seeding -------------------------------------------------------------------------------------------
+
+def database_urls(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(name, URL) of each database to measure."""
+    urls = [("SQLite", args.db or f"sqlite:////tmp/loyalty-bench-api-{args.clients}.db")]
+    if args.postgres:
+        urls.append(("PostgreSQL", f"{PG_URL}?options=-csearch_path%3D{pg_schema(args.clients)}"))
+    return urls
+
+
+def pg_schema(clients: int) -> str:
+    """The PostgreSQL schema holding a seeded portfolio of `clients` clients."""
+    return f"bench_api_{clients}"
+
+
+def reset_database(url: str, clients: int) -> None:
+    """Empty the database at `url`: delete the SQLite file, or drop and recreate the PostgreSQL schema."""
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{parsed.database}{suffix}").unlink(missing_ok=True)
+        return
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {pg_schema(clients)} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {pg_schema(clients)}"))
+    admin.dispose()
+
+
+def ensure_schema_exists(url: str, clients: int) -> None:
+    """Create the PostgreSQL schema of `url` if it is missing (nothing to do for SQLite)."""
+    if not make_url(url).drivername.startswith("sqlite"):
+        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {pg_schema(clients)}"))
+        admin.dispose()
+
+
+def seeded_marker(engine: Engine) -> str | None:
+    """What the bench seeded into this database, or None if it holds no complete seed."""
+    with engine.connect() as conn:
+        return conn.execute(select(META.c.value).where(META.c.key == SEED_MARKER)).scalar()
+
+
+def prepare(url: str, programme: CompiledProgramme, clients: int, seed: int, reseed: bool) -> Engine:
+    """An engine on a database holding the seeded portfolio, reusing an earlier seed unless `reseed`."""
+    ensure_schema_exists(url, clients)
+    wanted = f"{clients} clients, seed {seed}, programme {programme.id} {programme.version}"
+    engine = make_engine(url)
+    init_schema(engine)
+    if not reseed and seeded_marker(engine) == wanted:
+        print(f"  reusing the seeded database ({wanted})")
+        return engine
+    engine.dispose()
+    reset_database(url, clients)
+    engine = make_engine(url)
+    init_schema(engine)
+    began = time.perf_counter()
+    entries = seed_portfolio(engine, programme, clients, seed)
+    with write_transaction(engine) as conn:
+        conn.execute(insert(META).values(key=SEED_MARKER, value=wanted))
+    print(f"  seeded {clients:,} clients and {entries:,} ledger entries in {time.perf_counter() - began:.1f} s")
+    return engine
+
+
+def seed_portfolio(engine: Engine, programme: CompiledProgramme, clients: int, seed: int) -> int:
+    """Insert `clients` clients with tiers, tier grants, points and redemptions; returns the ledger entries written."""
+    rng = random.Random(seed)
+    now = utc_now()
+    entries = 0
+    for first in range(0, clients, CHUNK):
+        client_rows, tier_rows, grants, points = [], [], [], []
+        for number in range(first, min(first + CHUNK, clients)):
+            client, tier, client_grants, client_points = seed_client(rng, programme, number, now)
+            client_rows.append(client)
+            tier_rows.append(tier)
+            grants.extend(client_grants)
+            points.extend(client_points)
+        with write_transaction(engine) as conn:
+            conn.execute(insert(CLIENT), client_rows)
+            conn.execute(insert(TIER), tier_rows)
+            ledger.append(conn, grants + points)  # grants first: one RETURNING insert, then one plain one
+        entries += len(grants) + len(points)
+    return entries
+
+
+def seed_client(rng: random.Random, programme: CompiledProgramme, number: int,
+                now: datetime) -> tuple[dict, dict, list[dict], list[dict]]:
+    """One client's rows: client (zero balance: the points entries set it), tier assignment, grant and points entries."""
+    client_id = f"C-{number:06d}"
+    span = (now - programme.effective_from).total_seconds()
+    first_seen = programme.effective_from + timedelta(seconds=rng.uniform(0, span * 0.8))
+    tier_id = rng.choices(list(TIER_MIX), weights=list(TIER_MIX.values()))[0]
+    tier_from = first_seen + (now - first_seen) * rng.uniform(0, 0.9)
+    source = Provenance(programme.id, programme.version, None)
+    client = {"client_id": client_id, "name": f"Enterprise {number}", "segment": rng.choice(SEGMENTS),
+              "industry": None, "onboarded_at": first_seen, "first_seen_at": first_seen, "points_balance": 0,
+              "created_at": now}
+    tier = {"client_id": client_id, "tier": tier_id, "previous_tier": None, "valid_from": tier_from,
+            "reason": "bench seed", "details": None, "review_id": None, "programme_id": programme.id,
+            "programme_version": programme.version, "created_at": now}
+    grants = [ledger.grant_entry(client_id, grant, source, now) for grant in tier_grants(programme.tier(tier_id), tier_from)]
+    earned_at = first_seen + (now - first_seen) * rng.uniform(0, 0.5)
+    earned = rng.randint(0, 80_000)
+    points = [ledger.points_entry(client_id, "bench:seed", earned, Reason.ADJUST, earned_at, source, now,
+                                  detail={"note": "bench seed"})]
+    rank = programme.tier_ids.index(tier_id)
+    affordable = [reward for reward in programme.model.catalogue if reward.points <= earned
+                  and (reward.min_tier is None or programme.tier_ids.index(reward.min_tier) <= rank)]
+    if affordable and rng.random() < REDEEMING:
+        reward = rng.choice(affordable)
+        redeemed_at = max(earned_at, tier_from) + (now - max(earned_at, tier_from)) * rng.uniform(0, 1)
+        rule_id = REDEEM_RULE_PREFIX + reward.id
+        points.append(ledger.points_entry(client_id, rule_id, -reward.points, Reason.REDEEM, redeemed_at, source, now,
+                                          detail={"reward": reward.id}))
+        grants.extend(ledger.grant_entry(client_id, grant, source, now)
+                      for grant in award_grants(rule_id, reward.rate_discount, reward.benefit, redeemed_at))
+    return client, tier, grants, points
+
+
+# --- the queries ---------------------------------------------------------------------------------------
+
+def query_mix(programme: CompiledProgramme, clients: int, count: int, seed: int) -> list[tuple[str, str | None, str | None]]:
+    """(client, product, amount) of `count` benefits queries: four in five price a loan, one asks for the whole picture."""
+    rng = random.Random(seed + 1)
+    products = programme.model.loan_products
+    queries = []
+    for _ in range(count):
+        client_id = f"C-{rng.randrange(clients):06d}"
+        if rng.random() < 0.8:
+            queries.append((client_id, rng.choice(products), f"{rng.randrange(1_000_000, 200_000_000)}.00"))
+        else:
+            queries.append((client_id, None, None))
+    return queries
+
+
+def request_target(query: tuple[str, str | None, str | None]) -> bytes:
+    """The HTTP request target of a benefits query."""
+    client_id, product, amount = query
+    params = urlencode({"product": product, "amount": amount}) if product else ""
+    return f"/v1/clients/{client_id}/benefits{'?' + params if params else ''}".encode()
+
+
+def bench_in_process(engine: Engine, programmes: ProgrammeSet, queries: list, warmup: int) -> Stats:
+    """Latency of `client_benefits` called directly, one query after another."""
+    for client_id, product, amount in queries[:warmup]:
+        client_benefits(engine, programmes, client_id, utc_now(), product, amount)
+    latencies = []
+    began = time.perf_counter()
+    for client_id, product, amount in queries[warmup:]:
+        start = time.perf_counter()
+        client_benefits(engine, programmes, client_id, utc_now(), product, amount)
+        latencies.append((time.perf_counter() - start) * 1000)
+    return Stats(latencies, len(latencies) / (time.perf_counter() - began), Counter())
+
+
+def profile_in_process(engine: Engine, programmes: ProgrammeSet, queries: list) -> None:
+    """Print where the in-process query path spends its time (cProfile, top functions by own time)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for client_id, product, amount in queries:
+        client_benefits(engine, programmes, client_id, utc_now(), product, amount)
+    profiler.disable()
+    print(f"  cProfile of {len(queries):,} in-process queries, by own time:")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(15)
+
+
+# --- the server and the HTTP load ----------------------------------------------------------------------
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(url: str, port: int, log: Path) -> subprocess.Popen:
+    """`loyalty serve` on `url` as a subprocess, once /healthz answers."""
+    command = [str(Path(sys.executable).parent / "loyalty"), "--db", url, "serve", "--port", str(port),
+               "--log-level", "warning"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"), cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+                if answer.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"the server did not answer /healthz within 60 s: {log.read_text()[-2000:]}")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop the server subprocess (SIGTERM, then SIGKILL after 10 s)."""
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends GETs with the API key and reads whole responses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: bytes):
+        self.reader, self.writer, self.headers = reader, writer, headers
+
+    @classmethod
+    async def open(cls, port: int, key: str) -> Connection:
+        """Connect to the server on loopback."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer, f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+
+    async def get(self, target: bytes) -> int:
+        """Send GET `target` and read the response; returns its status code."""
+        self.writer.write(b"GET " + target + b" HTTP/1.1\r\n" + self.headers)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if b":" in line)
+        await self.reader.readexactly(int(fields[b"content-length"]))  # uvicorn always sends it for JSON
+        return int(head[9:12])
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.writer.close()
+
+
+async def open_loop(port: int, key: str, targets: list[bytes], rate: float, warmup: float,
+                    seconds: float, connections: int) -> Stats:
+    """Send at `rate` requests/s for `warmup` + `seconds`; latencies of the last `seconds`, from scheduled send times."""
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        idle.put_nowait(await Connection.open(port, key))
+    latencies, lags, errors = [], [], Counter()
+    counted_from = time.perf_counter() + 0.1 + warmup
+    last_done = counted_from
+
+    async def send(target: bytes, due: float) -> None:
+        nonlocal last_done
+        lag = time.perf_counter() - due
+        connection = await idle.get()
+        try:
+            status = await connection.get(target)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            connection.close()
+            connection = await Connection.open(port, key)
+            status = type(exc).__name__
+        done = time.perf_counter()
+        idle.put_nowait(connection)
+        if due >= counted_from:
+            latencies.append((done - due) * 1000)
+            lags.append(lag * 1000)
+            last_done = max(last_done, done)
+            if status != 200:
+                errors[status] += 1
+
+    started = counted_from - warmup
+    total = int(rate * (warmup + seconds))
+    tasks = set()
+    for number in range(total):
+        due = started + number / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(send(targets[number % len(targets)], due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    while not idle.empty():
+        idle.get_nowait().close()
+    return Stats(latencies, len(latencies) / (last_done - counted_from), errors, lags)
+
+
+async def closed_loop(port: int, key: str, targets: list[bytes], workers: int, seconds: float) -> Stats:
+    """`workers` connections each sending the next request as soon as the last answered, for `seconds`."""
+    latencies, errors = [], Counter()
+    connections = [await Connection.open(port, key) for _ in range(workers)]
+    until = time.perf_counter() + seconds
+
+    async def work(connection: Connection, offset: int) -> None:
+        number = offset
+        while time.perf_counter() < until:
+            start = time.perf_counter()
+            status = await connection.get(targets[number % len(targets)])
+            latencies.append((time.perf_counter() - start) * 1000)
+            if status != 200:
+                errors[status] += 1
+            number += workers
+        connection.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(work(connection, offset) for offset, connection in enumerate(connections)))
+    return Stats(latencies, len(latencies) / (time.perf_counter() - began), errors)
+
+
+def bench_http(url: str, engine: Engine, targets: list[bytes], args: argparse.Namespace) -> tuple[Stats, Stats]:
+    """(open-loop, closed-loop) stats against `loyalty serve` on `url`."""
+    key, _ = create_key(engine, "bench-api", ["benefits:read"])
+    engine.dispose()
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        server = start_server(url, port, Path(folder) / "server.log")
+        try:
+            opened = asyncio.run(open_loop(port, key, targets, args.rate, args.warmup, args.seconds, args.connections))
+            closed = asyncio.run(closed_loop(port, key, targets, args.workers, args.closed_seconds))
+        finally:
+            stop_server(server)
+    return opened, closed
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+def stats_line(database: str, path: str, stats: Stats) -> str:
+    """A table row: database, path, rate, latency quantiles and errors."""
+    errors = ", ".join(f"{count} x {status}" for status, count in stats.errors.items()) or "0"
+    return (f"{database:<11}{path:<30}{stats.per_second:>9,.0f}{stats.quantile(0.5):>8.2f}{stats.quantile(0.9):>8.2f}"
+            f"{stats.quantile(0.99):>8.2f}{max(stats.latencies_ms, default=float('nan')):>9.2f}   {errors}")
+
+
+def verdict(met: bool) -> str:
+    """'met' or 'NOT met'."""
+    return "met" if met else "NOT met"
+
+
+def main() -> None:
+    """Seed or reuse the databases, measure each, and print the table and the goals."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--queries", type=int, default=5000, help="in-process queries measured (after 500 warm-up)")
+    parser.add_argument("--rate", type=float, default=500.0, help="open-loop requests per second")
+    parser.add_argument("--seconds", type=float, default=20.0, help="open-loop measured seconds")
+    parser.add_argument("--warmup", type=float, default=3.0, help="open-loop seconds sent first and not counted")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections of the open loop")
+    parser.add_argument("--workers", type=int, default=8, help="closed-loop concurrent workers")
+    parser.add_argument("--closed-seconds", type=float, default=10.0)
+    parser.add_argument("--db", help="SQLite (or other) URL instead of /tmp/loyalty-bench-api-<clients>.db")
+    parser.add_argument("--postgres", action="store_true", help=f"also measure PostgreSQL ({PG_URL})")
+    parser.add_argument("--reseed", action="store_true", help="seed again even if the database holds the seed")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the in-process path")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10,000 clients, 5 s open, 3 s closed loop")
+    args = parser.parse_args()
+    if args.quick:
+        args.clients, args.queries, args.seconds, args.warmup, args.closed_seconds = 10_000, 1000, 5.0, 1.0, 3.0
+
+    programmes = load_programmes(ROOT / "rules")
+    programme = programmes.for_moment(utc_now())
+    warmup = 500
+    queries = query_mix(programme, args.clients, warmup + args.queries, args.seed)
+    targets = [request_target(query) for query in query_mix(programme, args.clients, 20_000, args.seed + 1)]
+    print(f"{args.clients:,} clients; in process {args.queries:,} queries; HTTP open loop {args.rate:,.0f} req/s "
+          f"for {args.seconds:g} s (+{args.warmup:g} s warm-up) over {args.connections} connections; closed loop "
+          f"{args.workers} workers for {args.closed_seconds:g} s; {os.cpu_count()} CPUs")
+    rows, goals = [], []
+    for database, url in database_urls(args):
+        print(f"{database}: {make_url(url).render_as_string(hide_password=True)}")
+        try:
+            engine = prepare(url, programme, args.clients, args.seed, args.reseed)
+        except Exception as exc:  # PostgreSQL may not answer here: say so and go on
+            print(f"  {database} skipped: {str(exc).splitlines()[0]}")
+            continue
+        with engine.connect() as conn:
+            print(f"  {conn.execute(select(func.count()).select_from(CLIENT)).scalar():,} clients in the database")
+        local = bench_in_process(engine, programmes, queries, warmup)
+        if args.profile:
+            profile_in_process(engine, programmes, queries[warmup:warmup + 2000])
+        opened, closed = bench_http(url, engine, targets, args)
+        rows += [stats_line(database, "in process", local),
+                 stats_line(database, f"HTTP open loop @{args.rate:,.0f}/s", opened),
+                 stats_line(database, f"HTTP closed loop, {args.workers} workers", closed)]
+        http_met = (opened.quantile(0.99) < HTTP_GOAL_MS and not opened.errors
+                    and opened.per_second >= 0.98 * args.rate)
+        goals += [
+            f"{database:<11}HTTP p99 < {HTTP_GOAL_MS:g} ms at {args.rate:,.0f} req/s: {opened.quantile(0.99):.2f} ms at "
+            f"{opened.per_second:,.0f} req/s, {sum(opened.errors.values())} errors -> {verdict(http_met)}",
+            f"{database:<11}in-process p99 < {IN_PROCESS_GOAL_MS:g} ms: {local.quantile(0.99):.3f} ms -> "
+            f"{verdict(local.quantile(0.99) < IN_PROCESS_GOAL_MS)}",
+            f"{database:<11}HTTP p50 / in-process p50: {opened.quantile(0.5) / local.quantile(0.5):.1f}x; "
+            f"generator send lag p50 {Stats(opened.send_lag_ms, 0, Counter()).quantile(0.5):.2f} ms, "
+            f"p99 {Stats(opened.send_lag_ms, 0, Counter()).quantile(0.99):.2f} ms",
+        ]
+    print(f"\n{'database':<11}{'path':<30}{'req/s':>9}{'p50 ms':>8}{'p90':>8}{'p99':>8}{'max':>9}   errors")
+    print("\n".join(rows))
+    print("\ngoals")
+    print("\n".join(goals))
+
+
+if __name__ == "__main__":
+    main()
