@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import math
 import os
 import pstats
 import random
@@ -34,7 +35,8 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
@@ -76,12 +78,17 @@ class Stats:
     latencies_ms: list[float]
     per_second: float
     errors: Counter
-    send_lag_ms: list[float] | None = None
+    send_lag_ms: list[float] = field(default_factory=list)
 
     def quantile(self, q: float) -> float:
-        """The q-quantile latency in ms (nearest rank)."""
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))] if ordered else float("nan")
+        """The q-quantile latency in ms."""
+        return quantile(self.latencies_ms, q)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nearest rank); NaN if there are none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] if ordered else float("nan")
 
 
 # --- seeding -------------------------------------------------------------------------------------------
@@ -315,6 +322,20 @@ class Connection:
         self.writer.close()
 
 
+def pace(fire: Callable[[int, float], object], started: float, rate: float, total: int) -> None:
+    """Call fire(number, due) at each due time `started + number / rate`.
+
+    Runs in its own thread: time.sleep wakes within tens of microseconds, where asyncio's timers
+    round up to the next millisecond and would add that to every latency counted from the due time.
+    """
+    for number in range(total):
+        due = started + number / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        fire(number, due)
+
+
 async def open_loop(port: int, key: str, targets: list[bytes], rate: float, warmup: float,
                     seconds: float, connections: int) -> Stats:
     """Send at `rate` requests/s for `warmup` + `seconds`; latencies of the last `seconds`, from scheduled send times."""
@@ -344,17 +365,16 @@ async def open_loop(port: int, key: str, targets: list[bytes], rate: float, warm
             if status != 200:
                 errors[status] += 1
 
-    started = counted_from - warmup
-    total = int(rate * (warmup + seconds))
-    tasks = set()
-    for number in range(total):
-        due = started + number / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    tasks: set[asyncio.Task] = set()
+
+    def start(number: int, due: float) -> None:
         task = asyncio.create_task(send(targets[number % len(targets)], due))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(pace, lambda number, due: loop.call_soon_threadsafe(start, number, due),
+                            counted_from - warmup, rate, int(rate * (warmup + seconds)))
     await asyncio.gather(*tasks)
     while not idle.empty():
         idle.get_nowait().close()
@@ -383,19 +403,20 @@ async def closed_loop(port: int, key: str, targets: list[bytes], workers: int, s
     return Stats(latencies, len(latencies) / (time.perf_counter() - began), errors)
 
 
-def bench_http(url: str, engine: Engine, targets: list[bytes], args: argparse.Namespace) -> tuple[Stats, Stats]:
-    """(open-loop, closed-loop) stats against `loyalty serve` on `url`."""
+def bench_http(url: str, engine: Engine, targets: list[bytes], args: argparse.Namespace) -> tuple[Stats, Stats, Stats]:
+    """(one request at a time, open loop, closed loop) stats against `loyalty serve` on `url`."""
     key, _ = create_key(engine, "bench-api", ["benefits:read"])
     engine.dispose()
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         server = start_server(url, port, Path(folder) / "server.log")
         try:
+            serial = asyncio.run(closed_loop(port, key, targets, 1, args.serial_seconds))
             opened = asyncio.run(open_loop(port, key, targets, args.rate, args.warmup, args.seconds, args.connections))
             closed = asyncio.run(closed_loop(port, key, targets, args.workers, args.closed_seconds))
         finally:
             stop_server(server)
-    return opened, closed
+    return serial, opened, closed
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -403,8 +424,8 @@ def bench_http(url: str, engine: Engine, targets: list[bytes], args: argparse.Na
 def stats_line(database: str, path: str, stats: Stats) -> str:
     """A table row: database, path, rate, latency quantiles and errors."""
     errors = ", ".join(f"{count} x {status}" for status, count in stats.errors.items()) or "0"
-    return (f"{database:<11}{path:<30}{stats.per_second:>9,.0f}{stats.quantile(0.5):>8.2f}{stats.quantile(0.9):>8.2f}"
-            f"{stats.quantile(0.99):>8.2f}{max(stats.latencies_ms, default=float('nan')):>9.2f}   {errors}")
+    return (f"{database:<11}{path:<32}{stats.per_second:>7,.0f}{stats.quantile(0.5):>10.2f}{stats.quantile(0.9):>10.2f}"
+            f"{stats.quantile(0.99):>10.2f}{max(stats.latencies_ms, default=float('nan')):>10.2f}   {errors}")
 
 
 def verdict(met: bool) -> str:
@@ -424,14 +445,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections of the open loop")
     parser.add_argument("--workers", type=int, default=8, help="closed-loop concurrent workers")
     parser.add_argument("--closed-seconds", type=float, default=10.0)
+    parser.add_argument("--serial-seconds", type=float, default=5.0, help="seconds of one request at a time")
     parser.add_argument("--db", help="SQLite (or other) URL instead of /tmp/loyalty-bench-api-<clients>.db")
     parser.add_argument("--postgres", action="store_true", help=f"also measure PostgreSQL ({PG_URL})")
     parser.add_argument("--reseed", action="store_true", help="seed again even if the database holds the seed")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the in-process path")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10,000 clients, 5 s open, 3 s closed loop")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10,000 clients and a few seconds per phase")
     args = parser.parse_args()
     if args.quick:
-        args.clients, args.queries, args.seconds, args.warmup, args.closed_seconds = 10_000, 1000, 5.0, 1.0, 3.0
+        args.clients, args.queries, args.seconds, args.warmup = 10_000, 1000, 5.0, 1.0
+        args.closed_seconds, args.serial_seconds = 3.0, 2.0
 
     programmes = load_programmes(ROOT / "rules")
     programme = programmes.for_moment(utc_now())
@@ -454,10 +477,12 @@ def main() -> None:
         local = bench_in_process(engine, programmes, queries, warmup)
         if args.profile:
             profile_in_process(engine, programmes, queries[warmup:warmup + 2000])
-        opened, closed = bench_http(url, engine, targets, args)
+        serial, opened, closed = bench_http(url, engine, targets, args)
         rows += [stats_line(database, "in process", local),
+                 stats_line(database, "HTTP one at a time", serial),
                  stats_line(database, f"HTTP open loop @{args.rate:,.0f}/s", opened),
                  stats_line(database, f"HTTP closed loop, {args.workers} workers", closed)]
+        print("\n".join(rows[-4:]))
         http_met = (opened.quantile(0.99) < HTTP_GOAL_MS and not opened.errors
                     and opened.per_second >= 0.98 * args.rate)
         goals += [
@@ -465,11 +490,12 @@ def main() -> None:
             f"{opened.per_second:,.0f} req/s, {sum(opened.errors.values())} errors -> {verdict(http_met)}",
             f"{database:<11}in-process p99 < {IN_PROCESS_GOAL_MS:g} ms: {local.quantile(0.99):.3f} ms -> "
             f"{verdict(local.quantile(0.99) < IN_PROCESS_GOAL_MS)}",
-            f"{database:<11}HTTP p50 / in-process p50: {opened.quantile(0.5) / local.quantile(0.5):.1f}x; "
-            f"generator send lag p50 {Stats(opened.send_lag_ms, 0, Counter()).quantile(0.5):.2f} ms, "
-            f"p99 {Stats(opened.send_lag_ms, 0, Counter()).quantile(0.99):.2f} ms",
+            f"{database:<11}HTTP p50 / in-process p50: {opened.quantile(0.5) / local.quantile(0.5):,.1f}x at "
+            f"{args.rate:,.0f} req/s, {serial.quantile(0.5) / local.quantile(0.5):.1f}x one at a time; "
+            f"load generator's send lag p50 {quantile(opened.send_lag_ms, 0.5):.2f} ms, "
+            f"p99 {quantile(opened.send_lag_ms, 0.99):.2f} ms",
         ]
-    print(f"\n{'database':<11}{'path':<30}{'req/s':>9}{'p50 ms':>8}{'p90':>8}{'p99':>8}{'max':>9}   errors")
+    print(f"\n{'database':<11}{'path':<32}{'req/s':>7}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}   errors")
     print("\n".join(rows))
     print("\ngoals")
     print("\n".join(goals))

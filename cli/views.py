@@ -44,8 +44,10 @@ def print_benefits(answer: dict) -> None:
     if product:
         d = answer["rate_discount"]
         capped = f" (capped from {d['uncapped_bps']})" if d["uncapped_bps"] > d["ceiling_bps"] else ""
+        saving = (f"; on {answer['amount']} {answer['currency']} that is {answer['interest_saved_per_year']} "
+                  "less interest a year" if answer["interest_saved_per_year"] else "")
         console.print(f"rate discount on {product}: [bold]{answer['rate_discount_bps']} bps[/]{capped}, "
-                      f"ceiling {d['ceiling_bps']} bps")
+                      f"ceiling {d['ceiling_bps']} bps{saving}")
     else:
         shown = ", ".join(f"{p} {bps}" for p, bps in answer["rate_discount_bps_by_product"].items())
         console.print(f"rate discount (bps) by product: {shown}")
@@ -54,11 +56,12 @@ def print_benefits(answer: dict) -> None:
     console.print(f"fast track: {lane}; relationship manager: {'yes' if answer['relationship_manager'] else 'no'};"
                   f" fee waiver: {answer['fee_waiver_pct']}%")
     if answer["entitlements"]:
-        table = Table("id", "kind", "use", "amount", "products", "rule", "version", "event", "valid to")
+        table = Table("id", "kind", "use", "amount", "products", "rule", "version", "event", "valid to", "held by")
         for e in answer["entitlements"]:
             amount = f"{e['bps']} bps" if e["bps"] else ", ".join(f"{k}={v}" for k, v in e["detail"].items()) or "-"
             add_row(table, str(e["id"]), e["kind"], e["use"], amount, ",".join(e["products"]) or "-", e["rule_id"],
-                          e["programme_version"], e["event_id"] or "-", (e["valid_to"] or "-")[:10])
+                          e["programme_version"], e["event_id"] or "-", (e["valid_to"] or "-")[:10],
+                          e["reserved_by_quote"] or "-")
         console.print(table)
 
 

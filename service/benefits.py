@@ -46,9 +46,11 @@ class Pricing:
 
 
 def require_utc(at: datetime) -> datetime:
-    """`at` in UTC; a naive moment is an input error."""
+    """`at` in UTC; a naive moment, or one outside the years 1900-2999, is an input error."""
     if at.tzinfo is None:
         raise InputError("the moment has no time zone; give UTC, e.g. 2026-03-01T10:00:00Z")
+    if not 1900 <= at.year <= 2999:
+        raise InputError(f"the moment {at.isoformat()} is outside the years 1900-2999")
     return at.astimezone(UTC)
 
 

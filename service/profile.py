@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Engine, select
 
@@ -12,13 +12,14 @@ from engine.programme import ProgrammeSet
 from rewards.caps import months_before
 from service.errors import NotFoundError
 from storage.db import read_snapshot
+from service.benefits import require_utc
 from storage.metrics import client_metrics
 from storage.models import Client, TierAssignment
 
 
 def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime) -> dict:
     """Profile, current tier, tier history with reasons, and the metrics a review would see at `at`."""
-    at = at.astimezone(UTC)
+    at = require_utc(at)
     programme = programmes.for_moment(at)
     window = programme.model.review.window_months
     clients, tiers = Client.__table__, TierAssignment.__table__

@@ -2,12 +2,12 @@
 quotes and their holds, redemptions, idempotency keys, and the problem+json error format."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
+from sqlalchemy.exc import IntegrityError
 
+from rewards.kinds import Status
 from storage import ledger
-from storage.db import read_snapshot
+from storage.db import read_snapshot, write_transaction
 from tests.api_support import HOLD, borrower_events, make_api
 from tests.conftest import cli_json, event
 
@@ -148,6 +148,7 @@ def test_client_profile_shows_tier_and_history(api):
     assert body["tier"] == "standard" and body["segment"] == "strategic" and body["points_balance"] == 11000
     assert [row["tier"] for row in body["tier_history"]] == ["standard"]
     assert_problem(api.client.get("/v1/clients/C-404"), 404, "not-found")
+    assert_problem(api.client.get("/v1/clients/C-1", params={"at": "0001-01-01T00:00:00Z"}), 422, "invalid-input")
 
 
 def test_ledger_pages_cover_every_entry_once(api):
@@ -314,3 +315,15 @@ def test_the_openapi_document_describes_every_endpoint(api):
             "/v1/clients/{client_id}/redemptions", "/v1/clients/{client_id}/ledger", "/v1/clients/{client_id}",
             "/healthz"} <= set(paths)
     assert api.client.get("/docs").status_code == 200
+
+
+def test_the_database_itself_refuses_a_second_consumption(api, engine):
+    held = quote(api).json()
+    api.client.post(f"/v1/quotes/{held['quote_id']}/commit")
+    with read_snapshot(engine) as conn:
+        entitlement = next(e for e in ledger.held_entitlements_of_all(conn)["C-1"] if e.status == Status.ACTIVE)
+    with write_transaction(engine) as conn:  # a first consumption of another entitlement is fine
+        ledger.append(conn, [ledger.consume_entry(entitlement, api.clock(), api.clock(), {"quote_id": "manual"})])
+    with pytest.raises(IntegrityError), write_transaction(engine) as conn:
+        ledger.append(conn, [ledger.consume_entry(entitlement, api.clock(), api.clock(), {"quote_id": "again"})])
+    assert len(consumed(engine, entitlement.id)) == 1

@@ -12,7 +12,7 @@ from schemathesis.checks import not_a_server_error
 
 from tests.api_support import borrower_events, make_api
 
-EXAMPLES = int(os.environ.get("LOYALTY_FUZZ_EXAMPLES", "20"))  # per operation and mode; raise it for a deep run
+EXAMPLES = int(os.environ.get("LOYALTY_FUZZ_EXAMPLES", "60"))  # per operation and mode; raise it for a deep run
 
 
 def test_no_generated_request_makes_the_server_fail(engine, programmes):

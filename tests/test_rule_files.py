@@ -284,3 +284,22 @@ def test_metric_inputs_must_have_the_types_metrics_read(tmp_path):
     path, line = replace_in_shipped(tmp_path, "      nps: {type: integer, min: 0, max: 10}", "      nps: {type: string}")
     [problem] = problems_of(path)
     assert problem.line == line and "read survey.answered nps as integer" in problem.message
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("rate_discount: {bps: 10, products: [term_loan], use: single, valid_for_days: 180}",
+     "rate_discount: {bps: 10, products: [term_lone], use: single, valid_for_days: 180}",
+     "did you mean 'term_loan'"),
+    ("    min_tier: silver\n    rate_discount: {bps: 10",
+     "    min_tier: platinum\n    rate_discount: {bps: 10", "unknown tier 'platinum'"),
+    ("  - id: fee-waiver-full", "  - id: rate-cut-5", "appears more than once"),
+    ("    benefit: {kind: fee_waiver, fee_waiver_pct: 100, use: single, valid_for_days: 90}",
+     "    benefit: {kind: fee_waiver, fee_waiver_pct: 100, use: single, valid_for_days: 90}\n"
+     "    rate_discount: {bps: 5, products: [term_loan]}", "exactly one of rate_discount, benefit"),
+    ("    points: 8000", "    points: 0", "greater than 0"),
+])
+def test_catalogue_mistakes_are_reported_at_their_line(tmp_path, old, new, expected):
+    path, line = replace_in_shipped(tmp_path, old, new)
+    found = problems_of(path)
+    assert any(expected in str(problem) for problem in found), [str(p) for p in found]
+    assert all(problem.line and abs(problem.line - line) <= 3 for problem in found), [str(p) for p in found]
