@@ -1,6 +1,7 @@
 """The `/v1` endpoints: thin adapters from HTTP to the use cases in `service/`."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -22,8 +23,11 @@ from storage.db import read_snapshot
 from storage.models import Client
 
 MAX_EVENTS = 1000
-ClientId = Annotated[str, Path(min_length=1, max_length=64, description="the lender's client id, e.g. C-1001")]
-QuoteId = Annotated[str, Path(min_length=1, max_length=40)]
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+ClientId = Annotated[str, Path(min_length=1, max_length=64, pattern=PRINTABLE,
+                               description="the lender's client id, e.g. C-1001")]
+QuoteId = Annotated[str, Path(min_length=1, max_length=40, pattern=PRINTABLE)]
+EventId = Annotated[str, Path(min_length=1, max_length=128, pattern=PRINTABLE)]
 At = Annotated[datetime | None, Query(description="moment to look at, ISO 8601 with zone; default now")]
 _COMMON = problem_schema(401, 403, 422)
 
@@ -64,7 +68,7 @@ def post_events(request: Request, payload: Annotated[dict[str, Any] | list[Any],
 
 @router.post("/events/{event_id}/reversal", dependencies=[Depends(require("events:write"))], tags=["events"],
              responses={**_COMMON, **problem_schema(404)})
-def post_reversal(request: Request, event_id: Annotated[str, Path(min_length=1, max_length=128)],
+def post_reversal(request: Request, event_id: EventId,
                   body: ReversalRequest | None = None) -> dict:
     """Write compensating entries for everything an event produced; reversing again changes nothing."""
     return reverse_event(request.app.state.engine, event_id, body.reason if body else "", request.app.state.clock)
@@ -96,7 +100,7 @@ def get_ledger(request: Request, client_id: ClientId,
                cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
     """The client's ledger entries, newest first, a page at a time."""
-    if cursor is not None and not (cursor.isdigit() and int(cursor) > 0):
+    if cursor is not None and not re.fullmatch(r"[1-9][0-9]{0,17}", cursor):
         raise ProblemError(422, "bad-cursor", f"cursor {cursor!r} is not one this API gave; pass next_cursor "
                            "from the previous page, or no cursor for the first page")
     clients = Client.__table__

@@ -127,7 +127,7 @@ def print_summary(summary: dict) -> None:
         add_row(chart, tier, f"{count:,}", "█" * max(1 if count else 0, round(40 * count / widest)))
     console.print(chart)
     points = summary["points"]
-    console.print(f"points earned {points['earned']:,}, reversed {points['reversed']:,}, outstanding "
+    console.print(f"points earned {points['earned']:,}, reversed {points['reversed']:,}, redeemed {points['redeemed']:,}, outstanding "
                   f"{points['outstanding']:,}")
     grants = Table("rule", "use", "granted", "active now", title="Rate-discount grants")
     for row in summary["discount_grants"]:

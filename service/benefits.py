@@ -49,9 +49,13 @@ def require_utc(at: datetime) -> datetime:
     """`at` in UTC; a naive moment, or one outside the years 1900-2999, is an input error."""
     if at.tzinfo is None:
         raise InputError("the moment has no time zone; give UTC, e.g. 2026-03-01T10:00:00Z")
-    if not 1900 <= at.year <= 2999:
+    try:
+        utc = at.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not 1900 <= utc.year <= 2999:
         raise InputError(f"the moment {at.isoformat()} is outside the years 1900-2999")
-    return at.astimezone(UTC)
+    return utc
 
 
 def check_product(programme: CompiledProgramme, product: str | None) -> None:

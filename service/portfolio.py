@@ -70,6 +70,7 @@ def portfolio_summary(engine: Engine, programmes: ProgrammeSet, at: datetime, to
         "clients": sum(per_tier.values()),
         "clients_per_tier": per_tier,
         "points": {"earned": int(points.get(Reason.EARN, 0) or 0), "reversed": -int(points.get(Reason.REVERSE, 0) or 0),
+                   "redeemed": -int(points.get(Reason.REDEEM, 0) or 0),
                    "outstanding": int(sum(v or 0 for v in points.values()))},
         "discount_grants": [{"rule_id": rule_id, "use": use, "granted": count, "active": int(active or 0)}
                             for rule_id, use, count, active in grants],

@@ -41,12 +41,12 @@ def create_quote(engine: Engine, programmes: ProgrammeSet, client_id: str, produ
 def _create(engine: Engine, programmes: ProgrammeSet, client_id: str, product: str, amount: object,
             hold: timedelta, clock: Clock) -> dict:
     with write_transaction(engine) as conn:
-        now = clock()
-        programme = programmes.for_moment(now)
+        programme = programmes.for_moment(clock())
         check_product(programme, product)
         loan_amount = check_amount(programme, amount)
         if not client_store.lock_clients(conn, [client_id]):
             raise NotFoundError(f"no client {client_id!r}: it has no events yet")
+        now = clock()  # read under the lock, so no quote committed before us looks like it is from the future
         state = load_state(conn, client_id, now)  # under the lock: no other quote can take these meanwhile
         pricing = price(programme, state, now, product)
         used = set(pricing.chosen.applied if pricing.chosen else ()) | set(pricing.service.applied)
@@ -100,8 +100,8 @@ def _resolve(engine: Engine, quote_id: str, outcome: str, loan_id: str | None, c
             withdrawn = [e for e in quote["holds"] if e not in held or held[e].status != Status.ACTIVE]
             if withdrawn:
                 raise ConflictError(
-                    f"quote {quote_id} cannot be committed: entitlement(s) {withdrawn} it holds were revoked or "
-                    "reversed since it was made; void it and request a new quote", "entitlement-withdrawn",
+                    f"quote {quote_id} cannot be committed: entitlement(s) {withdrawn} it holds are no longer "
+                    "active (revoked, reversed or consumed since it was made); void it and request a new quote", "entitlement-withdrawn",
                     entitlement_ids=withdrawn)
             detail = {"quote_id": quote_id, **({"loan_id": loan_id} if loan_id else {})}
             ledger.append(conn, [ledger.consume_entry(held[e], now, now, detail) for e in quote["holds"]])

@@ -11,9 +11,10 @@ from storage.db import write_transaction
 from storage.models import IdempotencyRecord
 
 RECORDS = IdempotencyRecord.__table__
-# A first request still unfinished after this long died with its process; a retry may run again.
+# A first request unfinished after this long died with its process, perhaps after its effect was
+# committed: running it again could apply it twice, so its key answers "outcome unknown" instead.
 ABANDONED_AFTER = timedelta(minutes=2)
-NEW, REPLAY, MISMATCH, IN_PROGRESS = "new", "replay", "mismatch", "in_progress"
+NEW, REPLAY, MISMATCH, IN_PROGRESS, UNKNOWN = "new", "replay", "mismatch", "in_progress", "unknown"
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Claim:
 
 
 def claim(engine: Engine, caller: str, key: str, request_hash: str, now: datetime) -> Claim:
-    """Record that a request with this key has started, or say why it must not run."""
+    """Record that a request with this key has started, or say why it must not run (`caller`: the API key id)."""
     try:
         with write_transaction(engine) as conn:
             conn.execute(insert(RECORDS).values(caller=caller, key=key, request_hash=request_hash, created_at=now))
@@ -43,10 +44,7 @@ def claim(engine: Engine, caller: str, key: str, request_hash: str, now: datetim
             return Claim(MISMATCH)
         if row.status_code is not None:
             return Claim(REPLAY, row.status_code, row.content_type, row.response)
-        if now - row.created_at < ABANDONED_AFTER:
-            return Claim(IN_PROGRESS)
-        conn.execute(update(RECORDS).where(RECORDS.c.caller == caller, RECORDS.c.key == key).values(created_at=now))
-        return Claim(NEW)
+        return Claim(IN_PROGRESS if now - row.created_at < ABANDONED_AFTER else UNKNOWN)
 
 
 def complete(engine: Engine, caller: str, key: str, status_code: int, content_type: str | None, body: str) -> None:

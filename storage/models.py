@@ -211,7 +211,7 @@ class IdempotencyRecord(SQLModel, table=True):
 
     __tablename__ = "idempotency_record"
 
-    caller: str = Field(primary_key=True, max_length=64)  # hash of the API key: keys never share records
+    caller: str = Field(primary_key=True, max_length=32)  # the API key's id: callers never share records
     key: str = Field(primary_key=True, max_length=255)
     request_hash: str = Field(max_length=64)
     status_code: int | None = None  # None while the first request is still running

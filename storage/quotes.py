@@ -13,10 +13,11 @@ HELD, COMMITTED, VOIDED, EXPIRED = "held", "committed", "voided", "expired"
 
 
 def reserved_entitlements(conn: Connection, client_id: str, at: datetime) -> dict[int, str]:
-    """Entitlement id → id of the quote holding it at `at` (a hold lives from its quote's creation until
-    it is committed, voided or expires)."""
+    """Entitlement id → id of the quote holding it at `at`: a hold lives until its quote is committed,
+    voided or expires. Quotes made after `at` count too: holds are about now, and a host whose clock is
+    behind another's must still see the other's holds."""
     query = select(HOLD.c.entitlement_id, QUOTE.c.id).join(QUOTE, QUOTE.c.id == HOLD.c.quote_id).where(
-        QUOTE.c.client_id == client_id, QUOTE.c.created_at <= at, QUOTE.c.expires_at > at,
+        QUOTE.c.client_id == client_id, QUOTE.c.expires_at > at,
         or_(QUOTE.c.resolved_at.is_(None), QUOTE.c.resolved_at > at))
     return {row.entitlement_id: row.id for row in conn.execute(query)}
 

@@ -2,11 +2,16 @@
 quotes and their holds, redemptions, idempotency keys, and the problem+json error format."""
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from api.guard import request_hash
+
 from rewards.kinds import Status
-from storage import ledger
+from storage import idempotency, ledger
 from storage.db import read_snapshot, write_transaction
 from tests.api_support import HOLD, borrower_events, make_api
 from tests.conftest import cli_json, event
@@ -327,3 +332,56 @@ def test_the_database_itself_refuses_a_second_consumption(api, engine):
     with pytest.raises(IntegrityError), write_transaction(engine) as conn:
         ledger.append(conn, [ledger.consume_entry(entitlement, api.clock(), api.clock(), {"quote_id": "again"})])
     assert len(consumed(engine, entitlement.id)) == 1
+
+
+def test_a_quote_made_on_a_host_whose_clock_runs_ahead_still_holds(api):
+    api.clock.advance(timedelta(minutes=2))
+    ahead = quote(api).json()
+    api.clock.advance(timedelta(minutes=-2))
+    behind = quote(api).json()
+    assert set(ahead["held_entitlement_ids"]).isdisjoint(behind["held_entitlement_ids"])
+
+
+def test_a_revoked_key_gets_401_not_its_stored_response(api, db_url):
+    writer = api.as_("quotes:write")
+    headers = {**writer, "Idempotency-Key": "k-revoked"}
+    assert quote(api, headers=headers).status_code == 201
+    cli_json("apikey", "revoke", api.keys["quotes:write"].split("_")[1], db_url=db_url)
+    assert_problem(quote(api, headers=headers), 401, "invalid-key")
+
+
+def test_a_key_whose_first_request_never_finished_is_not_run_again(api, engine):
+    caller = api.keys["admin"].split("_")[1]
+    idempotency.claim(engine, caller, "k-crashed", "hash-of-the-first-request", api.clock())
+    api.clock.advance(idempotency.ABANDONED_AFTER)
+    response = api.client.post("/v1/clients/C-1/redemptions", json={"reward_id": "fast-track-24h"},
+                               headers={"Idempotency-Key": "k-crashed"})
+    assert_problem(response, 409, "idempotency-key-reused")
+    # Fresh, the same key is "in progress"; stale with the same request, "outcome unknown".
+    body = {"reward_id": "fast-track-24h"}
+    first = api.client.post("/v1/clients/C-1/redemptions", json=body, headers={"Idempotency-Key": "k-2"})
+    assert first.status_code == 201
+    idempotency.claim(engine, caller, "k-3", _hash_of(api, "/v1/clients/C-1/redemptions", body), api.clock())
+    assert_problem(api.client.post("/v1/clients/C-1/redemptions", json=body, headers={"Idempotency-Key": "k-3"}),
+                   409, "idempotency-key-in-use")
+    api.clock.advance(idempotency.ABANDONED_AFTER)
+    assert_problem(api.client.post("/v1/clients/C-1/redemptions", json=body, headers={"Idempotency-Key": "k-3"}),
+                   409, "idempotency-outcome-unknown")
+    assert api.client.get("/v1/clients/C-1/benefits").json()["points_balance"] == 11000 - 8000
+
+
+def _hash_of(api, path: str, body: dict) -> str:
+    return request_hash({"method": "POST", "path": path, "query_string": b""}, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(("path", "params"), [
+    ("/v1/clients/C-1/ledger", {"cursor": "²"}),
+    ("/v1/clients/C-1/ledger", {"cursor": "99999999999999999999"}),
+    ("/v1/clients/C-1/benefits", {"at": "0001-01-01T00:00:00+14:00"}),
+    ("/v1/clients/C-1", {"at": "2026-06-01T00:00:00"}),
+    ("/v1/clients/C-%00/benefits", {}),
+    ("/v1/quotes/q%00", {}),
+])
+def test_odd_input_is_a_4xx_not_a_server_error(api, path, params):
+    response = api.client.get(path, params=params)
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, response.text
