@@ -411,6 +411,7 @@ def serve(
     hold_seconds: Annotated[int, typer.Option(
         min=1, max=7 * 24 * 3600, help="How long a quote holds its single-use entitlements.")] = 900,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    as_json: Annotated[bool, typer.Option("--json", help="Announce the address as one JSON line on stdout.")] = False,
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -422,11 +423,16 @@ def serve(
     from api.app import create_app
 
     settings: Settings = ctx.obj
-    programmes = settings.programmes(False)
-    engine = settings.engine(False)
+    programmes = settings.programmes(as_json)
+    engine = settings.engine(as_json)
     application = create_app(engine, programmes, hold=timedelta(seconds=hold_seconds))
-    console.print(f"serving {escape(engine.url.render_as_string(hide_password=True))} on http://{host}:{port} "
-                  f"(docs: http://{host}:{port}/docs)", highlight=False)
+    where = engine.url.render_as_string(hide_password=True)
+    if as_json:
+        emit_json({"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/docs", "database": where,
+                   "hold_seconds": hold_seconds})
+    else:
+        console.print(f"serving {escape(where)} on http://{host}:{port} (docs: http://{host}:{port}/docs)",
+                      highlight=False)
     uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False)
 
 

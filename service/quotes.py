@@ -46,8 +46,10 @@ def _create(engine: Engine, programmes: ProgrammeSet, client_id: str, product: s
         loan_amount = check_amount(programme, amount)
         if not client_store.lock_clients(conn, [client_id]):
             raise NotFoundError(f"no client {client_id!r}: it has no events yet")
-        now = clock()  # read under the lock, so no quote committed before us looks like it is from the future
-        state = load_state(conn, client_id, now)  # under the lock: no other quote can take these meanwhile
+        # Under the lock no other quote can take these holds meanwhile; reading the clock here keeps a
+        # quote committed just before ours from looking as if it came from the future.
+        now = clock()
+        state = load_state(conn, client_id, now)
         pricing = price(programme, state, now, product)
         used = set(pricing.chosen.applied if pricing.chosen else ()) | set(pricing.service.applied)
         answer = benefits_view(programme, state, pricing, now, loan_amount)
@@ -100,9 +102,9 @@ def _resolve(engine: Engine, quote_id: str, outcome: str, loan_id: str | None, c
             withdrawn = [e for e in quote["holds"] if e not in held or held[e].status != Status.ACTIVE]
             if withdrawn:
                 raise ConflictError(
-                    f"quote {quote_id} cannot be committed: entitlement(s) {withdrawn} it holds are no longer "
-                    "active (revoked, reversed or consumed since it was made); void it and request a new quote", "entitlement-withdrawn",
-                    entitlement_ids=withdrawn)
+                    f"quote {quote_id} cannot be committed: entitlement(s) {withdrawn} it holds are no longer active "
+                    "(revoked, reversed or consumed since it was made); void it and request a new quote",
+                    "entitlement-withdrawn", entitlement_ids=withdrawn)
             detail = {"quote_id": quote_id, **({"loan_id": loan_id} if loan_id else {})}
             ledger.append(conn, [ledger.consume_entry(held[e], now, now, detail) for e in quote["holds"]])
         if not quote_store.resolve(conn, quote_id, outcome, now, loan_id):

@@ -151,3 +151,22 @@ def test_two_processes_ingesting_the_same_file_apply_each_event_once(db_url, tmp
     assert set(deposit_points.values()) == {2000}
     expected_drawdown = sum((1_000_000 + i * 10_000) // 10_000 for i in range(600))
     assert sum(row.points for row in rows) == expected_drawdown + 40 * 2000
+
+
+def test_api_keys_are_shown_once_listed_without_secrets_and_revoked(db_url):
+    assert run_cli("init", db_url=db_url).returncode == 0
+    created = run_cli("apikey", "create", "--name", "pricing", "--scope", "benefits:read", "--scope", "quotes:write",
+                      db_url=db_url)
+    assert created.returncode == 0 and "cannot be shown again" in created.stdout
+    key = next(word for word in created.stdout.split() if word.startswith("lk_"))
+    key_id = key.split("_")[1]
+    listed = run_cli("apikey", "list", db_url=db_url)
+    assert key_id in listed.stdout and "benefits:read quotes:write" in listed.stdout
+    as_json = cli_json("apikey", "list", db_url=db_url)
+    assert as_json[0]["id"] == key_id and key.split("_", 2)[2] not in json.dumps(as_json)
+    assert cli_json("apikey", "revoke", key_id, db_url=db_url)["revoked_at"]
+    assert cli_json("apikey", "list", db_url=db_url)[0]["revoked_at"]
+    bad = run_cli("apikey", "create", "--name", "x", "--scope", "benefit:read", db_url=db_url)
+    assert bad.returncode == 2 and "did you mean 'benefits:read'" in bad.stderr
+    missing = run_cli("apikey", "revoke", "nope", db_url=db_url)
+    assert missing.returncode == 2 and "apikey list" in missing.stderr
