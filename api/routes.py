@@ -74,9 +74,13 @@ def post_reversal(request: Request, event_id: EventId,
     return reverse_event(request.app.state.engine, event_id, body.reason if body else "", request.app.state.clock)
 
 
+# The benefits query is what loan systems call while pricing: a few indexed reads that never wait for a
+# lock (SQLite WAL readers, PostgreSQL MVCC). It runs on the event loop, as do the key check and the
+# quote lookup: handing such short work to a worker thread and back costs more than the work itself.
+# Everything that writes, or aggregates (profiles), runs in worker threads.
 @router.get("/clients/{client_id}/benefits", dependencies=[Depends(require("benefits:read"))], tags=["benefits"],
             responses={**_COMMON, **problem_schema(404)})
-def get_benefits(request: Request, client_id: ClientId,
+async def get_benefits(request: Request, client_id: ClientId,
                  product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
                  amount: Annotated[str | None, Query(max_length=40, description="loan amount (needs product)")] = None,
                  at: At = None) -> dict:
@@ -123,7 +127,7 @@ def post_quote(request: Request, client_id: ClientId, body: QuoteRequest) -> dic
 
 @router.get("/quotes/{quote_id}", dependencies=[Depends(require("benefits:read"))], tags=["quotes"],
             responses={**_COMMON, **problem_schema(404)})
-def read_quote(request: Request, quote_id: QuoteId) -> dict:
+async def read_quote(request: Request, quote_id: QuoteId) -> dict:
     """A quote and its status (held, committed, voided or expired)."""
     return get_quote(request.app.state.engine, quote_id, request.app.state.clock)
 
@@ -144,7 +148,7 @@ def post_void(request: Request, quote_id: QuoteId) -> dict:
 
 @router.get("/catalogue", dependencies=[Depends(require("benefits:read"))], tags=["redemptions"],
             responses=problem_schema(401, 403))
-def get_catalogue(request: Request) -> list[dict]:
+async def get_catalogue(request: Request) -> list[dict]:
     """The rewards clients can redeem points for now."""
     return catalogue(request.app.state.programmes, request.app.state.clock)
 

@@ -11,7 +11,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from engine.errors import did_you_mean
 from service.clock import Clock, utc_now
@@ -27,6 +27,7 @@ SCOPES = {
 }
 PREFIX = "lk_"
 KEYS = ApiKey.__table__
+_BY_ID = select(KEYS.c.name, KEYS.c.secret_hash, KEYS.c.scopes, KEYS.c.revoked_at).where(KEYS.c.id == bindparam("key_id"))
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,7 @@ def authenticate(engine: Engine, presented: str) -> Caller | None:
     if not presented.startswith(PREFIX) or not key_id or not secret:
         return None
     with engine.connect() as conn:
-        row = conn.execute(select(KEYS.c.name, KEYS.c.secret_hash, KEYS.c.scopes, KEYS.c.revoked_at)
-                           .where(KEYS.c.id == key_id)).first()
+        row = conn.execute(_BY_ID, {"key_id": key_id}).first()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, _digest(secret)):
         return None
     return Caller(key_id, row.name, frozenset(row.scopes.split()))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
 from engine.context import tier_at
 from engine.errors import EventError, did_you_mean
@@ -17,11 +17,8 @@ from engine.events import minor_unit_exponent, parse_money
 from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.stacking import DiscountDecision, Entitlement, ServiceBenefits, rate_discount, service_benefits
 from service.errors import InputError, NotFoundError
-from storage import clients as client_store
 from storage.db import read_snapshot
-from storage.ledger import held_entitlements
-from storage.models import Client
-from storage.quotes import reserved_entitlements
+from storage.holdings import client_holdings
 
 
 @dataclass(frozen=True)
@@ -76,13 +73,11 @@ def check_amount(programme: CompiledProgramme, amount: object) -> Decimal:
 
 def load_state(conn: Connection, client_id: str, at: datetime) -> ClientState:
     """Read a client's balance, tier history, entitlements valid at `at` and their holds; NotFoundError if unknown."""
-    table = Client.__table__
-    balance = conn.execute(select(table.c.points_balance).where(table.c.client_id == client_id)).scalar()
-    if balance is None:
+    holdings = client_holdings(conn, client_id, at)
+    if holdings is None:
         raise NotFoundError(f"no client {client_id!r}: it has no events yet")
-    history = client_store.tier_histories(conn, [client_id]).get(client_id, [])
-    held = [e for e in held_entitlements(conn, client_id) if e.valid_at(at)]
-    return ClientState(client_id, balance, history, held, reserved_entitlements(conn, client_id, at))
+    held = [e for e in holdings.held if e.valid_at(at)]
+    return ClientState(client_id, holdings.points_balance, holdings.tier_history, held, holdings.reserved)
 
 
 def price(programme: CompiledProgramme, state: ClientState, at: datetime, product: str | None) -> Pricing:

@@ -3,23 +3,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from storage.models import Quote, QuoteHold
 
 QUOTE = Quote.__table__
 HOLD = QuoteHold.__table__
 HELD, COMMITTED, VOIDED, EXPIRED = "held", "committed", "voided", "expired"
-
-
-def reserved_entitlements(conn: Connection, client_id: str, at: datetime) -> dict[int, str]:
-    """Entitlement id → id of the quote holding it at `at`: a hold lives until its quote is committed,
-    voided or expires. Quotes made after `at` count too: holds are about now, and a host whose clock is
-    behind another's must still see the other's holds."""
-    query = select(HOLD.c.entitlement_id, QUOTE.c.id).join(QUOTE, QUOTE.c.id == HOLD.c.quote_id).where(
-        QUOTE.c.client_id == client_id, QUOTE.c.expires_at > at,
-        or_(QUOTE.c.resolved_at.is_(None), QUOTE.c.resolved_at > at))
-    return {row.entitlement_id: row.id for row in conn.execute(query)}
 
 
 def insert_quote(conn: Connection, row: dict, entitlement_ids: list[int]) -> None:
