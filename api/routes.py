@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
@@ -83,11 +84,12 @@ def post_reversal(request: Request, event_id: EventId,
 async def get_benefits(request: Request, client_id: ClientId,
                  product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
                  amount: Annotated[str | None, Query(max_length=40, description="loan amount (needs product)")] = None,
-                 at: At = None) -> dict:
+                 at: At = None) -> JSONResponse:
     """Tier, points, the effective rate discount for a product after stacking and the ceiling, fast track,
     and every entitlement with its provenance. Same fields as `loyalty benefits --json`."""
     state = request.app.state
-    return client_benefits(state.engine, state.programmes, client_id, at or state.clock(), product, amount)
+    # Already plain JSON types: sent as they are, without FastAPI validating the answer again.
+    return JSONResponse(client_benefits(state.engine, state.programmes, client_id, at or state.clock(), product, amount))
 
 
 @router.get("/clients/{client_id}", dependencies=[Depends(require("benefits:read"))], tags=["clients"],

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 from engine.errors import did_you_mean
 from service.clock import Clock, utc_now
 from service.errors import InputError, NotFoundError
-from storage.db import read_snapshot, write_transaction
+from storage.db import autocommit_reads, read_snapshot, write_transaction
 from storage.models import ApiKey
 
 SCOPES = {
@@ -85,7 +85,7 @@ def authenticate(engine: Engine, presented: str) -> Caller | None:
     key_id, _, secret = presented.removeprefix(PREFIX).partition("_")
     if not presented.startswith(PREFIX) or not key_id or not secret:
         return None
-    with engine.connect() as conn:
+    with autocommit_reads(engine) as conn:
         row = conn.execute(_BY_ID, {"key_id": key_id}).first()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, _digest(secret)):
         return None

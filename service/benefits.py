@@ -17,7 +17,7 @@ from engine.events import minor_unit_exponent, parse_money
 from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.stacking import DiscountDecision, Entitlement, ServiceBenefits, rate_discount, service_benefits
 from service.errors import InputError, NotFoundError
-from storage.db import read_snapshot
+from storage.db import autocommit_reads
 from storage.holdings import client_holdings
 
 
@@ -104,7 +104,10 @@ def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at
     loan_amount = check_amount(programme, amount) if amount is not None else None
     if loan_amount is not None and product is None:
         raise InputError("an amount needs a product: say which loan product it is for")
-    with read_snapshot(engine) as conn:
+    # Two statements, each its own snapshot: the discount and the holds it respects come from the
+    # second alone, so they always agree; only a commit landing between the two could pair a balance
+    # with the entitlements of a moment later, until the next query.
+    with autocommit_reads(engine) as conn:
         state = load_state(conn, client_id, at)
     return benefits_view(programme, state, price(programme, state, at, product), at, loan_amount)
 
