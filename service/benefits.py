@@ -11,7 +11,6 @@ from decimal import ROUND_DOWN, Decimal
 
 from sqlalchemy import Connection, Engine
 
-from engine.context import tier_at
 from engine.errors import EventError, did_you_mean
 from engine.events import minor_unit_exponent, parse_money
 from engine.programme import CompiledProgramme, ProgrammeSet
@@ -27,7 +26,7 @@ class ClientState:
 
     client_id: str
     points_balance: int
-    tier_history: list[tuple[datetime, str]]
+    tier: str | None  # at the moment asked about; None before the first assignment
     held: list[Entitlement]  # valid at the moment asked about
     reserved: dict[int, str]  # entitlement id → quote holding it
 
@@ -77,14 +76,14 @@ def load_state(conn: Connection, client_id: str, at: datetime) -> ClientState:
     if holdings is None:
         raise NotFoundError(f"no client {client_id!r}: it has no events yet")
     held = [e for e in holdings.held if e.valid_at(at)]
-    return ClientState(client_id, holdings.points_balance, holdings.tier_history, held, holdings.reserved)
+    return ClientState(client_id, holdings.points_balance, holdings.tier, held, holdings.reserved)
 
 
 def price(programme: CompiledProgramme, state: ClientState, at: datetime, product: str | None) -> Pricing:
     """Stack what the client holds at `at` and no live quote reserves."""
     available = [e for e in state.held if e.id not in state.reserved]
     by_product = {p: rate_discount(available, p, at, programme.ceiling_bps(p)) for p in programme.model.loan_products}
-    tier_id = tier_at(state.tier_history, at, programme.lowest_tier.id)
+    tier_id = state.tier or programme.lowest_tier.id
     return Pricing(tier_id, by_product, by_product.get(product) if product else None,
                    service_benefits(available, at))
 
@@ -104,10 +103,7 @@ def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at
     loan_amount = check_amount(programme, amount) if amount is not None else None
     if loan_amount is not None and product is None:
         raise InputError("an amount needs a product: say which loan product it is for")
-    # Two statements, each its own snapshot: the discount and the holds it respects come from the
-    # second alone, so they always agree; only a commit landing between the two could pair a balance
-    # with the entitlements of a moment later, until the next query.
-    with autocommit_reads(engine) as conn:
+    with autocommit_reads(engine) as conn:  # one statement: its own snapshot, no transaction needed
         state = load_state(conn, client_id, at)
     return benefits_view(programme, state, price(programme, state, at, product), at, loan_amount)
 

@@ -116,9 +116,8 @@ def read_snapshot(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def autocommit_reads(engine: Engine) -> Iterator[Connection]:
-    """A connection for reads where each statement stands alone (its own snapshot): on PostgreSQL no
-    BEGIN and COMMIT, two round trips fewer. Only for answers where every decision comes from a single
-    statement."""
+    """A connection for reads of one statement each (a statement sees one snapshot by itself): on
+    PostgreSQL no BEGIN and COMMIT, two round trips fewer."""
     options = {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
     with engine.connect().execution_options(**options) as conn:
         yield conn
