@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
 from api.problems import ProblemError, problem_schema
-from api.security import require
+from api.reads import run_read
+from api.security import authorize, credential, require
 from service.benefits import client_benefits
 from service.errors import NotFoundError
 from service.ingest import Ingestor, Outcome
@@ -75,21 +76,24 @@ def post_reversal(request: Request, event_id: EventId,
     return reverse_event(request.app.state.engine, event_id, body.reason if body else "", request.app.state.clock)
 
 
-# The benefits query is what loan systems call while pricing: a few indexed reads that never wait for a
-# lock (SQLite WAL readers, PostgreSQL MVCC). It runs on the event loop, as do the key check and the
-# quote lookup: handing such short work to a worker thread and back costs more than the work itself.
-# Everything that writes, or aggregates (profiles), runs in worker threads.
-@router.get("/clients/{client_id}/benefits", dependencies=[Depends(require("benefits:read"))], tags=["benefits"],
-            responses={**_COMMON, **problem_schema(404)})
-async def get_benefits(request: Request, client_id: ClientId,
+# The benefits query is what loan systems call while pricing: the key check and one indexed read, run
+# together by `run_read` (one hop to a worker thread at most). Everything that writes, or aggregates
+# (profiles), runs in worker threads.
+@router.get("/clients/{client_id}/benefits", tags=["benefits"], responses={**_COMMON, **problem_schema(404)})
+async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str, Depends(credential)],
                  product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
                  amount: Annotated[str | None, Query(max_length=40, description="loan amount (needs product)")] = None,
                  at: At = None) -> JSONResponse:
     """Tier, points, the effective rate discount for a product after stacking and the ceiling, fast track,
     and every entitlement with its provenance. Same fields as `loyalty benefits --json`."""
     state = request.app.state
+
+    def answer() -> dict:
+        authorize(state.engine, key, "benefits:read")
+        return client_benefits(state.engine, state.programmes, client_id, at or state.clock(), product, amount)
+
     # Already plain JSON types: sent as they are, without FastAPI validating the answer again.
-    return JSONResponse(client_benefits(state.engine, state.programmes, client_id, at or state.clock(), product, amount))
+    return JSONResponse(await run_read(state.engine, answer))
 
 
 @router.get("/clients/{client_id}", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
@@ -131,7 +135,8 @@ def post_quote(request: Request, client_id: ClientId, body: QuoteRequest) -> dic
             responses={**_COMMON, **problem_schema(404)})
 async def read_quote(request: Request, quote_id: QuoteId) -> dict:
     """A quote and its status (held, committed, voided or expired)."""
-    return get_quote(request.app.state.engine, quote_id, request.app.state.clock)
+    return await run_read(request.app.state.engine, get_quote, request.app.state.engine, quote_id,
+                          request.app.state.clock)
 
 
 @router.post("/quotes/{quote_id}/commit", dependencies=[Depends(require("quotes:write"))], tags=["quotes"],

@@ -4,9 +4,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.problems import ProblemError
+from api.reads import run_read
 from service.apikeys import Caller, authenticate
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer lk_…` (from `loyalty apikey create`)")
@@ -22,24 +24,34 @@ def presented_key(authorization: str | None, api_key: str | None) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+async def credential(bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+                     api_key: str | None = Depends(_header)) -> str:
+    """The API key the request carries; 401 if it carries none."""
+    key = api_key.strip() if api_key else (bearer.credentials if bearer else None)
+    if not key:
+        raise ProblemError(401, "unauthenticated", "this endpoint needs an API key: send `Authorization: Bearer "
+                           "<key>` or `X-API-Key: <key>`; `loyalty apikey create` makes one", _CHALLENGE)
+    return key
+
+
+def authorize(engine: Engine, key: str, scope: str) -> Caller:
+    """The caller `key` belongs to if it may use `scope`; 401 for an unknown or revoked key, 403 without the scope."""
+    caller = authenticate(engine, key)
+    if caller is None:
+        raise ProblemError(401, "invalid-key", "the API key is unknown, mistyped or revoked; `loyalty apikey "
+                           "list` shows the keys in force", _CHALLENGE)
+    if not caller.may(scope):
+        raise ProblemError(403, "missing-scope", f"API key {caller.key_id} ({caller.name}) lacks the scope "
+                           f"{scope!r} this endpoint needs; it has: {', '.join(sorted(caller.scopes))}",
+                           required_scope=scope)
+    return caller
+
+
 def require(scope: str) -> Callable:
     """A dependency admitting callers whose key has `scope`."""
 
-    async def check(request: Request, bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
-                    api_key: str | None = Depends(_header)) -> Caller:
-        key = api_key.strip() if api_key else (bearer.credentials if bearer else None)
-        if not key:
-            raise ProblemError(401, "unauthenticated", "this endpoint needs an API key: send `Authorization: Bearer "
-                               "<key>` or `X-API-Key: <key>`; `loyalty apikey create` makes one", _CHALLENGE)
-        # One indexed lookup, run here rather than in a worker thread: the hop would cost more than the query.
-        caller = authenticate(request.app.state.engine, key)
-        if caller is None:
-            raise ProblemError(401, "invalid-key", "the API key is unknown, mistyped or revoked; `loyalty apikey "
-                               "list` shows the keys in force", _CHALLENGE)
-        if not caller.may(scope):
-            raise ProblemError(403, "missing-scope", f"API key {caller.key_id} ({caller.name}) lacks the scope "
-                               f"{scope!r} this endpoint needs; it has: {', '.join(sorted(caller.scopes))}",
-                               required_scope=scope)
-        return caller
+    async def check(request: Request, key: str = Depends(credential)) -> Caller:
+        engine = request.app.state.engine
+        return await run_read(engine, authorize, engine, key, scope)
 
     return check

@@ -39,10 +39,7 @@ def make_engine(url: str | None = None) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
-    # No ping before each checkout: it is a round trip on every request of the API's hot path. A
-    # connection found dead instead fails its statement; SQLAlchemy then discards the whole pool, so
-    # after a database restart one request gets an error (the API answers 503 with Retry-After).
-    return create_engine(url, pool_pre_ping=False, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from service.clock import utc_now
+from storage.db import make_engine, write_transaction
 from tests.api_support import borrower_events as dated_events
 from tests.conftest import ROOT, cli_json, event, run_cli
 
@@ -140,3 +141,23 @@ def test_a_hold_expires_by_itself(server):
         again = client.post("/v1/clients/C-1/quotes", json={"product": "term_loan", "amount": "1000000"}).json()
         assert again["held_entitlement_ids"] == quote["held_entitlement_ids"]
         assert consume_entries(client, "C-1") == []
+
+
+def test_a_read_waiting_on_a_lock_does_not_stall_other_requests(server, db_url):
+    base, key, _ = server
+    with http(server) as client:
+        client.post("/v1/events", json=borrower_events())
+    engine = make_engine(db_url)
+    lock = "LOCK TABLE entitlement IN ACCESS EXCLUSIVE MODE" if engine.dialect.name == "postgresql" else None
+    with ThreadPoolExecutor(1) as pool:
+        with write_transaction(engine) as conn:
+            if lock:
+                conn.exec_driver_sql(lock)  # what a migration takes; SQLite readers are never blocked (WAL)
+            waiting = pool.submit(httpx.get, f"{base}/v1/clients/C-1/benefits",
+                                  headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            time.sleep(0.3)
+            started = time.perf_counter()
+            assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+            assert time.perf_counter() - started < 1.0
+        assert waiting.result().status_code == 200
+    engine.dispose()
