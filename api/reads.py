@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 T = TypeVar("T")
 # A few threads are enough to overlap round trips; more only fight over the GIL on a small machine.
-READ_THREADS = 4
+READ_THREADS = 2
 _limiter: CapacityLimiter | None = None
 
 

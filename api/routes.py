@@ -13,7 +13,8 @@ from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalR
 from api.problems import ProblemError, problem_schema
 from api.reads import run_read
 from api.security import authorize, credential, require
-from service.benefits import client_benefits
+from service.apikeys import caller_of
+from service.benefits import benefits_answer
 from service.errors import NotFoundError
 from service.ingest import Ingestor, Outcome
 from service.profile import client_profile
@@ -21,7 +22,7 @@ from service.quotes import commit_quote, create_quote, get_quote, void_quote
 from service.redemptions import catalogue, redeem
 from service.reversal import reverse_event
 from storage import ledger
-from storage.db import read_snapshot
+from storage.db import autocommit_reads, read_snapshot
 from storage.models import Client
 
 MAX_EVENTS = 1000
@@ -89,8 +90,9 @@ async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str
     state = request.app.state
 
     def answer() -> dict:
-        authorize(state.engine, key, "benefits:read")
-        return client_benefits(state.engine, state.programmes, client_id, at or state.clock(), product, amount)
+        with autocommit_reads(state.engine) as conn:  # one connection for the key and the answer
+            authorize(caller_of(conn, key), "benefits:read")
+            return benefits_answer(conn, state.programmes, client_id, at or state.clock(), product, amount)
 
     # Already plain JSON types: sent as they are, without FastAPI validating the answer again.
     return JSONResponse(await run_read(state.engine, answer))

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import Depends, Request
-from sqlalchemy import Engine
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.problems import ProblemError
@@ -34,9 +33,8 @@ async def credential(bearer: HTTPAuthorizationCredentials | None = Depends(_bear
     return key
 
 
-def authorize(engine: Engine, key: str, scope: str) -> Caller:
-    """The caller `key` belongs to if it may use `scope`; 401 for an unknown or revoked key, 403 without the scope."""
-    caller = authenticate(engine, key)
+def authorize(caller: Caller | None, scope: str) -> Caller:
+    """The caller if it may use `scope`; 401 for no caller (unknown or revoked key), 403 without the scope."""
     if caller is None:
         raise ProblemError(401, "invalid-key", "the API key is unknown, mistyped or revoked; `loyalty apikey "
                            "list` shows the keys in force", _CHALLENGE)
@@ -52,6 +50,6 @@ def require(scope: str) -> Callable:
 
     async def check(request: Request, key: str = Depends(credential)) -> Caller:
         engine = request.app.state.engine
-        return await run_read(engine, authorize, engine, key, scope)
+        return await run_read(engine, lambda: authorize(authenticate(engine, key), scope))
 
     return check

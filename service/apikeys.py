@@ -11,7 +11,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from engine.errors import did_you_mean
 from service.clock import Clock, utc_now
@@ -82,11 +82,16 @@ def revoke_key(engine: Engine, key_id: str, clock: Clock = utc_now) -> dict:
 
 def authenticate(engine: Engine, presented: str) -> Caller | None:
     """The caller a presented key belongs to, or None if it is malformed, unknown, wrong or revoked."""
+    with autocommit_reads(engine) as conn:
+        return caller_of(conn, presented)
+
+
+def caller_of(conn: Connection, presented: str) -> Caller | None:
+    """`authenticate`, read on `conn`."""
     key_id, _, secret = presented.removeprefix(PREFIX).partition("_")
     if not presented.startswith(PREFIX) or not key_id or not secret:
         return None
-    with autocommit_reads(engine) as conn:
-        row = conn.execute(_BY_ID, {"key_id": key_id}).first()
+    row = conn.execute(_BY_ID, {"key_id": key_id}).first()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, _digest(secret)):
         return None
     return Caller(key_id, row.name, frozenset(row.scopes.split()))

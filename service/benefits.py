@@ -97,14 +97,20 @@ def yearly_saving(programme: CompiledProgramme, amount: Decimal, bps: int) -> st
 def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime,
                     product: str | None = None, amount: object = None) -> dict:
     """The benefits answer a loan system or an operator asks for (same fields in CLI `--json` and HTTP)."""
+    with autocommit_reads(engine) as conn:  # one statement: its own snapshot, no transaction needed
+        return benefits_answer(conn, programmes, client_id, at, product, amount)
+
+
+def benefits_answer(conn: Connection, programmes: ProgrammeSet, client_id: str, at: datetime,
+                    product: str | None = None, amount: object = None) -> dict:
+    """The benefits answer, read on `conn` (for a caller that also checked the API key on it)."""
     at = require_utc(at)
     programme = programmes.for_moment(at)
     check_product(programme, product)
     loan_amount = check_amount(programme, amount) if amount is not None else None
     if loan_amount is not None and product is None:
         raise InputError("an amount needs a product: say which loan product it is for")
-    with autocommit_reads(engine) as conn:  # one statement: its own snapshot, no transaction needed
-        state = load_state(conn, client_id, at)
+    state = load_state(conn, client_id, at)
     return benefits_view(programme, state, price(programme, state, at, product), at, loan_amount)
 
 
