@@ -2,7 +2,6 @@
 with `loyalty apikey create`, on SQLite and PostgreSQL. Includes the races on single-use discounts."""
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from service.clock import utc_now
 from storage.db import make_engine, write_transaction
 from tests.api_support import borrower_events as dated_events
-from tests.conftest import ROOT, cli_json, event, run_cli
+from tests.conftest import ROOT, cli_json, run_cli
 
 HOLD_SECONDS = 2
 
