@@ -9,6 +9,8 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
+from api.answers import (BenefitsAnswer, EventsAnswer, LedgerPage, ProfileAnswer, QuoteAnswer, RedemptionAnswer,
+                         ReversalAnswer, RewardAnswer, documented)
 from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
 from api.problems import ProblemError, problem_schema
 from api.reads import run_read
@@ -38,7 +40,8 @@ router = APIRouter(prefix="/v1")
 
 
 @router.post("/events", dependencies=[Depends(require("events:write"))], tags=["events"],
-             responses=problem_schema(401, 403, 413, 422))
+             response_model=None,
+             responses={**documented(EventsAnswer), **problem_schema(401, 403, 413, 422)})
 def post_events(request: Request, payload: Annotated[dict[str, Any] | list[Any], Body(
         description=f"one event envelope, or a list of up to {MAX_EVENTS}: {{id, client_id, type, occurred_at, "
                     "data}} as in NDJSON ingest",
@@ -70,7 +73,8 @@ def post_events(request: Request, payload: Annotated[dict[str, Any] | list[Any],
 
 
 @router.post("/events/{event_id}/reversal", dependencies=[Depends(require("events:write"))], tags=["events"],
-             responses={**_COMMON, **problem_schema(404)})
+             response_model=None,
+             responses={**documented(ReversalAnswer), **_COMMON, **problem_schema(404)})
 def post_reversal(request: Request, event_id: EventId,
                   body: ReversalRequest | None = None) -> dict:
     """Write compensating entries for everything an event produced; reversing again changes nothing."""
@@ -80,7 +84,8 @@ def post_reversal(request: Request, event_id: EventId,
 # The benefits query is what loan systems call while pricing: the key check and one indexed read, run
 # together by `run_read` (one hop to a worker thread at most). Everything that writes, or aggregates
 # (profiles), runs in worker threads.
-@router.get("/clients/{client_id}/benefits", tags=["benefits"], responses={**_COMMON, **problem_schema(404)})
+@router.get("/clients/{client_id}/benefits", tags=["benefits"], response_model=None,
+             responses={**documented(BenefitsAnswer), **_COMMON, **problem_schema(404)})
 async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str, Depends(credential)],
                  product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
                  amount: Annotated[str | None, Query(max_length=40, description="loan amount (needs product)")] = None,
@@ -99,7 +104,8 @@ async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str
 
 
 @router.get("/clients/{client_id}", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
-            responses={**_COMMON, **problem_schema(404)})
+            response_model=None,
+             responses={**documented(ProfileAnswer), **_COMMON, **problem_schema(404)})
 def get_client(request: Request, client_id: ClientId, at: At = None) -> dict:
     """Profile, tier, tier history with reasons, and the metrics a review would see."""
     state = request.app.state
@@ -107,7 +113,8 @@ def get_client(request: Request, client_id: ClientId, at: At = None) -> dict:
 
 
 @router.get("/clients/{client_id}/ledger", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
-            responses={**_COMMON, **problem_schema(404)})
+            response_model=None,
+             responses={**documented(LedgerPage), **_COMMON, **problem_schema(404)})
 def get_ledger(request: Request, client_id: ClientId,
                cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
@@ -126,7 +133,8 @@ def get_ledger(request: Request, client_id: ClientId,
 
 
 @router.post("/clients/{client_id}/quotes", status_code=201, dependencies=[Depends(require("quotes:write"))],
-             tags=["quotes"], responses={**_COMMON, **problem_schema(404)})
+             tags=["quotes"], response_model=None,
+             responses={**documented(QuoteAnswer, 201), **_COMMON, **problem_schema(404)})
 def post_quote(request: Request, client_id: ClientId, body: QuoteRequest) -> dict:
     """Price a loan application and hold the single-use entitlements it uses until commit, void or expiry."""
     state = request.app.state
@@ -134,7 +142,8 @@ def post_quote(request: Request, client_id: ClientId, body: QuoteRequest) -> dic
 
 
 @router.get("/quotes/{quote_id}", dependencies=[Depends(require("benefits:read"))], tags=["quotes"],
-            responses={**_COMMON, **problem_schema(404)})
+            response_model=None,
+             responses={**documented(QuoteAnswer), **_COMMON, **problem_schema(404)})
 async def read_quote(request: Request, quote_id: QuoteId) -> dict:
     """A quote and its status (held, committed, voided or expired)."""
     return await run_read(request.app.state.engine, get_quote, request.app.state.engine, quote_id,
@@ -142,28 +151,32 @@ async def read_quote(request: Request, quote_id: QuoteId) -> dict:
 
 
 @router.post("/quotes/{quote_id}/commit", dependencies=[Depends(require("quotes:write"))], tags=["quotes"],
-             responses={**_COMMON, **problem_schema(404, 409)})
+             response_model=None,
+             responses={**documented(QuoteAnswer), **_COMMON, **problem_schema(404, 409)})
 def post_commit(request: Request, quote_id: QuoteId, body: CommitRequest | None = None) -> dict:
     """The loan was booked: consume the held entitlements. 409 if the quote expired or was already resolved."""
     return commit_quote(request.app.state.engine, quote_id, body.loan_id if body else None, request.app.state.clock)
 
 
 @router.post("/quotes/{quote_id}/void", dependencies=[Depends(require("quotes:write"))], tags=["quotes"],
-             responses={**_COMMON, **problem_schema(404, 409)})
+             response_model=None,
+             responses={**documented(QuoteAnswer), **_COMMON, **problem_schema(404, 409)})
 def post_void(request: Request, quote_id: QuoteId) -> dict:
     """Release the quote's holds. 409 if it expired or was already resolved."""
     return void_quote(request.app.state.engine, quote_id, request.app.state.clock)
 
 
 @router.get("/catalogue", dependencies=[Depends(require("benefits:read"))], tags=["redemptions"],
-            responses=problem_schema(401, 403))
+            response_model=None,
+             responses={**documented(list[RewardAnswer]), **problem_schema(401, 403)})
 async def get_catalogue(request: Request) -> list[dict]:
     """The rewards clients can redeem points for now."""
     return catalogue(request.app.state.programmes, request.app.state.clock)
 
 
 @router.post("/clients/{client_id}/redemptions", status_code=201, dependencies=[Depends(require("quotes:write"))],
-             tags=["redemptions"], responses={**_COMMON, **problem_schema(404, 409)})
+             tags=["redemptions"], response_model=None,
+             responses={**documented(RedemptionAnswer, 201), **_COMMON, **problem_schema(404, 409)})
 def post_redemption(request: Request, client_id: ClientId, body: RedemptionRequest) -> dict:
     """Spend points on a catalogue reward; 409 with the balance if it is too low."""
     state = request.app.state

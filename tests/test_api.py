@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from api import answers
 from api.guard import request_hash
 
 from rewards.kinds import Status
@@ -385,3 +386,28 @@ def _hash_of(api, path: str, body: dict) -> str:
 def test_odd_input_is_a_4xx_not_a_server_error(api, path, params):
     response = api.client.get(path, params=params)
     assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, response.text
+
+
+def test_every_success_answer_matches_its_documented_schema(api):
+    checks = [
+        (answers.EventsAnswer, api.client.post("/v1/events", json=[event("x", "C-1", "survey.answered",
+                                                                          "2026-03-02T10:00:00Z", nps=9)])),
+        (answers.BenefitsAnswer, api.client.get("/v1/clients/C-1/benefits",
+                                                params={"product": "term_loan", "amount": "1000000"})),
+        (answers.ProfileAnswer, api.client.get("/v1/clients/C-1")),
+        (answers.LedgerPage, api.client.get("/v1/clients/C-1/ledger", params={"limit": 2})),
+    ]
+    held = quote(api)
+    checks += [(answers.QuoteAnswer, held), (answers.QuoteAnswer, api.client.get(f"/v1/quotes/{held.json()['quote_id']}")),
+               (answers.QuoteAnswer, api.client.post(f"/v1/quotes/{held.json()['quote_id']}/commit", json={"loan_id": "L"})),
+               (answers.QuoteAnswer, api.client.post(f"/v1/quotes/{quote(api).json()['quote_id']}/void")),
+               (answers.RedemptionAnswer, api.client.post("/v1/clients/C-1/redemptions",
+                                                          json={"reward_id": "fast-track-24h"})),
+               (answers.ReversalAnswer, api.client.post("/v1/events/C-1-ref/reversal"))]
+    for model, response in checks:
+        assert response.status_code in (200, 201), response.text
+        model.model_validate(response.json())  # extra or missing fields fail
+    for reward in api.client.get("/v1/catalogue").json():
+        answers.RewardAnswer.model_validate(reward)
+    paths = api.client.get("/openapi.json").json()["paths"]
+    assert "201" in paths["/v1/clients/{client_id}/quotes"]["post"]["responses"]

@@ -1,5 +1,6 @@
 """schemathesis generates requests from the OpenAPI document, valid and invalid ones, for every operation
-on SQLite and PostgreSQL: none may end in a server error, and every error must be a problem document."""
+on SQLite and PostgreSQL: none may end in a server error, every answer must match its documented schema,
+and every error must be a problem document."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from tests.api_support import borrower_events, make_api
 
@@ -30,7 +31,7 @@ def test_no_generated_request_makes_the_server_fail(engine, programmes):
                       suppress_health_check=list(HealthCheck))
             def check(case) -> None:
                 response = case.call(headers=auth)
-                case.validate_response(response, checks=[not_a_server_error])
+                case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
                 if response.status_code >= 400:
                     assert response.headers["content-type"] == ["application/problem+json"], response.text
                     assert {"type", "title", "status", "detail"} <= set(response.json())
