@@ -1,13 +1,11 @@
 """The `/v1` endpoints: thin adapters from HTTP to the use cases in `service/`."""
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 
 from api.answers import (BenefitsAnswer, EventsAnswer, LedgerPage, ProfileAnswer, QuoteAnswer, RedemptionAnswer,
                          ReversalAnswer, RewardAnswer, documented)
@@ -17,15 +15,13 @@ from api.reads import run_read
 from api.security import authorize, credential, require
 from service.apikeys import caller_of
 from service.benefits import benefits_answer
-from service.errors import NotFoundError
 from service.ingest import Ingestor, Outcome
+from service.ledger_page import ledger_page
 from service.profile import client_profile
 from service.quotes import commit_quote, create_quote, get_quote, void_quote
 from service.redemptions import catalogue, redeem
 from service.reversal import reverse_event
-from storage import ledger
-from storage.db import autocommit_reads, read_snapshot
-from storage.models import Client
+from storage.db import autocommit_reads
 
 MAX_EVENTS = 1000
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
@@ -85,7 +81,7 @@ def post_reversal(request: Request, event_id: EventId,
 # together by `run_read` (one hop to a worker thread at most). Everything that writes, or aggregates
 # (profiles), runs in worker threads.
 @router.get("/clients/{client_id}/benefits", tags=["benefits"], response_model=None,
-             responses={**documented(BenefitsAnswer), **_COMMON, **problem_schema(404)})
+            responses={**documented(BenefitsAnswer), **_COMMON, **problem_schema(404)})
 async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str, Depends(credential)],
                  product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
                  amount: Annotated[str | None, Query(max_length=40, description="loan amount (needs product)")] = None,
@@ -105,7 +101,7 @@ async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str
 
 @router.get("/clients/{client_id}", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
             response_model=None,
-             responses={**documented(ProfileAnswer), **_COMMON, **problem_schema(404)})
+            responses={**documented(ProfileAnswer), **_COMMON, **problem_schema(404)})
 def get_client(request: Request, client_id: ClientId, at: At = None) -> dict:
     """Profile, tier, tier history with reasons, and the metrics a review would see."""
     state = request.app.state
@@ -114,22 +110,12 @@ def get_client(request: Request, client_id: ClientId, at: At = None) -> dict:
 
 @router.get("/clients/{client_id}/ledger", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
             response_model=None,
-             responses={**documented(LedgerPage), **_COMMON, **problem_schema(404)})
+            responses={**documented(LedgerPage), **_COMMON, **problem_schema(404)})
 def get_ledger(request: Request, client_id: ClientId,
                cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
     """The client's ledger entries, newest first, a page at a time."""
-    if cursor is not None and not re.fullmatch(r"[1-9][0-9]{0,17}", cursor):
-        raise ProblemError(422, "bad-cursor", f"cursor {cursor!r} is not one this API gave; pass next_cursor "
-                           "from the previous page, or no cursor for the first page")
-    clients = Client.__table__
-    with read_snapshot(request.app.state.engine) as conn:
-        if conn.execute(select(clients.c.client_id).where(clients.c.client_id == client_id)).first() is None:
-            raise NotFoundError(f"no client {client_id!r}: it has no events yet")
-        entries = ledger.client_entries(conn, client_id, limit + 1, int(cursor) if cursor else None)
-    page = entries[:limit]
-    return {"client_id": client_id, "entries": page,
-            "next_cursor": str(page[-1]["id"]) if len(entries) > limit else None}
+    return ledger_page(request.app.state.engine, client_id, cursor, limit)
 
 
 @router.post("/clients/{client_id}/quotes", status_code=201, dependencies=[Depends(require("quotes:write"))],
@@ -143,7 +129,7 @@ def post_quote(request: Request, client_id: ClientId, body: QuoteRequest) -> dic
 
 @router.get("/quotes/{quote_id}", dependencies=[Depends(require("benefits:read"))], tags=["quotes"],
             response_model=None,
-             responses={**documented(QuoteAnswer), **_COMMON, **problem_schema(404)})
+            responses={**documented(QuoteAnswer), **_COMMON, **problem_schema(404)})
 async def read_quote(request: Request, quote_id: QuoteId) -> dict:
     """A quote and its status (held, committed, voided or expired)."""
     return await run_read(request.app.state.engine, get_quote, request.app.state.engine, quote_id,
@@ -168,7 +154,7 @@ def post_void(request: Request, quote_id: QuoteId) -> dict:
 
 @router.get("/catalogue", dependencies=[Depends(require("benefits:read"))], tags=["redemptions"],
             response_model=None,
-             responses={**documented(list[RewardAnswer]), **problem_schema(401, 403)})
+            responses={**documented(list[RewardAnswer]), **problem_schema(401, 403)})
 async def get_catalogue(request: Request) -> list[dict]:
     """The rewards clients can redeem points for now."""
     return catalogue(request.app.state.programmes, request.app.state.clock)

@@ -292,7 +292,7 @@ def client(
     engine = settings.engine(as_json)
     try:
         profile = client_profile(engine, programmes, client_id, _parse_moment(at, as_json))
-    except NotFoundError as exc:
+    except (NotFoundError, InputError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
         emit_json(profile)
