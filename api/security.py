@@ -23,10 +23,14 @@ def presented_key(authorization: str | None, api_key: str | None) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-async def credential(bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
-                     api_key: str | None = Depends(_header)) -> str:
-    """The API key the request carries; 401 if it carries none."""
-    key = api_key.strip() if api_key else (bearer.credentials if bearer else None)
+async def _schemes(_bearer_key: HTTPAuthorizationCredentials | None = Depends(_bearer),
+                   _header_key: str | None = Depends(_header)) -> None:
+    """Declares both ways to send a key, so the OpenAPI document shows them; `credential` reads them."""
+
+
+async def credential(request: Request, _: None = Depends(_schemes)) -> str:
+    """The API key the request carries (read as the idempotency guard reads it); 401 if it carries none."""
+    key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
     if not key:
         raise ProblemError(401, "unauthenticated", "this endpoint needs an API key: send `Authorization: Bearer "
                            "<key>` or `X-API-Key: <key>`; `loyalty apikey create` makes one", _CHALLENGE)
