@@ -11,6 +11,9 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import ValidationError
 
 from engine.errors import Problem, RuleFileError, did_you_mean
@@ -198,6 +201,7 @@ def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[P
         if rule.cap and rule.cap.points is not None and rule.award.points is None:
             yield doc.problem(base + ("cap", "points"), "a points cap needs an award with points")
 
+    yield from _policy_problems(doc, model, tier_ids)
     yield from _duplicates(doc, "catalogue", [reward.id for reward in model.catalogue])
     for index, reward in enumerate(model.catalogue):
         base = ("catalogue", index)
@@ -207,6 +211,45 @@ def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[P
             if product not in products:
                 yield doc.problem(base + ("rate_discount", "products", position),
                                   _unknown("loan product", product, products))
+
+
+def _policy_problems(doc: YamlDocument, model: Programme, tier_ids: list[str]) -> Iterable[Problem]:
+    """Review, points and churn policies: known tiers and metrics, valid schedules."""
+    for position, tier in enumerate(model.review.instant_upgrade):
+        path = ("review", "instant_upgrade", position)
+        if tier not in tier_ids:
+            yield doc.problem(path, _unknown("tier", tier, tier_ids))
+        elif tier == tier_ids[0]:
+            yield doc.problem(path, f"{tier!r} is the lowest tier: every client is already in it or above")
+    for path, schedule in ((("review", "schedule"), model.review.schedule),
+                           (("points", "expiry_schedule"), model.points.expiry_schedule)):
+        if schedule is not None:
+            yield from (doc.problem(path + (key,), message) for key, message in schedule_problems(schedule))
+    if model.points.expiry_schedule is not None and model.points.expire_after_months is None:
+        yield doc.problem(("points", "expiry_schedule"), "an expiry schedule needs expire_after_months")
+    churn = model.churn
+    if churn.min_tier is not None and churn.min_tier not in tier_ids:
+        yield doc.problem(("churn", "min_tier"), _unknown("tier", churn.min_tier, tier_ids))
+    yield from _duplicates(doc, "churn", [signal.id for signal in churn.signals], ("churn", "signals"))
+    for position, signal in enumerate(churn.signals):
+        if signal.metric not in METRICS:
+            yield doc.problem(("churn", "signals", position, "metric"), _unknown("metric", signal.metric, METRICS))
+
+
+def schedule_problems(schedule: schema.Schedule) -> list[tuple[str, str]]:
+    """(key, message) for a cron expression or time zone the scheduler would refuse."""
+    problems = []
+    try:
+        zone = ZoneInfo(schedule.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(("timezone", f"unknown time zone {schedule.timezone!r}; expected an IANA name such as "
+                                     "UTC or Asia/Shanghai"))
+        zone = ZoneInfo("UTC")
+    try:
+        CronTrigger.from_crontab(schedule.cron, timezone=zone)
+    except ValueError as exc:
+        problems.append(("cron", f"invalid cron expression {schedule.cron!r}: {exc}"))
+    return problems
 
 
 def _thresholds(qualification: Qualification | None, path: tuple) -> Iterable[tuple[tuple, Threshold]]:
@@ -241,11 +284,11 @@ def _segment_values(model: Programme) -> list[str]:
     return list(segment.values or []) if segment is not None and segment.type == "enum" else []
 
 
-def _duplicates(doc: YamlDocument, key: str, ids: list[str]) -> Iterable[Problem]:
+def _duplicates(doc: YamlDocument, key: str, ids: list[str], key_path: tuple | None = None) -> Iterable[Problem]:
     seen: set[str] = set()
     for index, item in enumerate(ids):
         if item in seen:
-            yield doc.problem((key, index), f"{item!r} appears more than once; ids must be unique")
+            yield doc.problem((key_path or (key,)) + (index,), f"{item!r} appears more than once; ids must be unique")
         seen.add(item)
 
 

@@ -34,6 +34,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("latest_nps", "score", "the latest NPS answer in the window (no value without one)"),
     Metric("referrals", "count", "referrals converted in the window"),
     Metric("events_attended", "count", "lender events attended in the window"),
+    Metric("days_since_loan_activity", "days", "whole days since the latest drawdown or repayment, in the window "
+                                               "or before it (no value without one)"),
+    Metric("loan_volume_change", "ratio", "loan volume in the window against the window before it: -0.5 is half "
+                                          "as much (no value when the window before had none)"),
 ]}
 
 # Which attribute of each event type the metrics read: (money attribute, integer attribute, label attribute).

@@ -139,10 +139,61 @@ class Tier(Strict):
     benefits: TierBenefits = TierBenefits()
 
 
+class Schedule(Strict):
+    """When a periodic job runs: a five-field cron expression read in a time zone."""
+
+    cron: str = Field(description="minute hour day-of-month month day-of-week, e.g. '0 2 1 1,4,7,10 *'")
+    timezone: str = Field(default="UTC", description="IANA time zone the cron expression is read in")
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("a cron expression has five fields: minute hour day-of-month month day-of-week")
+        return value
+
+
+class DowngradePolicy(Strict):
+    """How far and how soon a review may move a client down."""
+
+    max_steps: int = Field(default=1, ge=1, le=20, description="most tiers a client drops in one review")
+    grace_days: int = Field(default=0, ge=0, le=3660,
+                            description="a client that stops qualifying keeps its tier this many days, and is told")
+    min_months_in_tier: int = Field(default=0, ge=0, le=120, description="no downgrade before this long in a tier")
+    new_client_months: int = Field(default=0, ge=0, le=120,
+                                   description="no downgrade in a client's first months (from onboarding)")
+
+
 class ReviewPolicy(Strict):
-    """How tier reviews measure clients."""
+    """How tier reviews measure clients, when they run and how they move them."""
 
     window_months: int = Field(default=12, ge=1, le=60, description="rolling window of the metrics")
+    schedule: Schedule | None = Field(default=None, description="when `loyalty scheduler` runs the review")
+    instant_upgrade: list[Name] = Field(
+        default=[], description="tiers a client enters as soon as an event makes it qualify, not at the next review")
+    downgrade: DowngradePolicy = DowngradePolicy()
+
+
+class PointsPolicy(Strict):
+    """How long points last."""
+
+    expire_after_months: int | None = Field(
+        default=None, ge=1, le=240, description="points expire this many months after they were earned, oldest first")
+    expiry_schedule: Schedule | None = Field(default=None, description="when `loyalty scheduler` expires points")
+
+
+class ChurnSignal(Threshold):
+    """A sign that a client may leave: a test of one metric, e.g. {id: dormant, metric: days_since_loan_activity, gte: 180}."""
+
+    id: RuleId
+    description: str = ""
+
+
+class ChurnPolicy(Strict):
+    """The early-warning signals every review evaluates."""
+
+    min_tier: Name | None = Field(default=None, description="only flag clients of this tier or higher")
+    signals: list[ChurnSignal] = []
 
 
 class Condition(Strict):
@@ -318,3 +369,5 @@ class Programme(Strict):
     rules: list[Rule] = []
     catalogue: list[CatalogueReward] = Field(default=[], description="rewards clients redeem points for")
     review: ReviewPolicy = ReviewPolicy()
+    points: PointsPolicy = PointsPolicy()
+    churn: ChurnPolicy = ChurnPolicy()

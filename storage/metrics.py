@@ -32,8 +32,10 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
     def count(*conditions) -> object:  # noqa: ANN002
         return func.sum(case((and_(recent, *conditions), 1), else_=0))
 
-    def total(type_: str) -> object:
-        return func.sum(case((and_(recent, EVENTS.c.type == type_), EVENTS.c.amount_minor), else_=0))
+    def total(type_: str, period=recent) -> object:  # noqa: ANN001 - an SQL condition
+        return func.sum(case((and_(period, EVENTS.c.type == type_), EVENTS.c.amount_minor), else_=0))
+
+    previous = and_(EVENTS.c.occurred_at > months_before(window_start, window_months), EVENTS.c.occurred_at <= window_start)
 
     is_type = EVENTS.c.type.__eq__
     aggregates = select(
@@ -48,6 +50,8 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
         count(is_type("event.attended")).label("events_attended"),
         func.min(case((is_type(ONBOARDING_EVENT), EVENTS.c.occurred_at))).label("onboarded_at"),
         func.min(EVENTS.c.occurred_at).label("first_event_at"),
+        total("loan.drawn", previous).label("previous_loan_volume"),
+        func.max(case((EVENTS.c.type.in_(("loan.drawn", "repayment.made")), EVENTS.c.occurred_at))).label("last_loan_activity"),
     ).where(live).group_by(EVENTS.c.client_id)
 
     ranked = select(EVENTS.c.client_id, EVENTS.c.number, func.row_number().over(
@@ -81,5 +85,23 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
             "latest_nps": Decimal(latest_nps[row.client_id]) if row.client_id in latest_nps else None,
             "referrals": Decimal(row.referrals or 0),
             "events_attended": Decimal(row.events_attended or 0),
+            "days_since_loan_activity": Decimal((as_of - as_utc(row.last_loan_activity)).days)
+            if row.last_loan_activity else None,
+            "loan_volume_change": Decimal(row.loan_volume or 0) / Decimal(row.previous_loan_volume) - 1
+            if row.previous_loan_volume else None,
         }
     return metrics
+
+
+def volume_by_product(conn: Connection, client_ids: list[str], start: datetime, end: datetime) -> dict[str, dict[str, int]]:
+    """Per client and loan product, the drawdowns in (start, end] that were not reversed, in minor units."""
+    if not client_ids:
+        return {}
+    query = select(EVENTS.c.client_id, EVENTS.c.label, func.sum(EVENTS.c.amount_minor)).where(
+        EVENTS.c.client_id.in_(client_ids), EVENTS.c.type == "loan.drawn", EVENTS.c.occurred_at > start,
+        EVENTS.c.occurred_at <= end, EVENTS.c.event_id.not_in(select(REVERSAL.c.event_id))) \
+        .group_by(EVENTS.c.client_id, EVENTS.c.label)
+    volumes: dict[str, dict[str, int]] = {}
+    for client_id, product, total in conn.execute(query):
+        volumes.setdefault(client_id, {})[product] = int(total or 0)
+    return volumes
