@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Answer(BaseModel):
@@ -132,6 +132,8 @@ class ReversalAnswer(_Answer):
     status: Literal["reversed", "already_reversed"]
     entries: list[int]
     skipped: list[SkippedEntitlement]
+    points_written_off: int = Field(description="points the client had already spent or lost to expiry: "
+                                                "written off so the balance stops at zero")
 
 
 class LedgerEntryAnswer(_Answer):
@@ -176,6 +178,45 @@ class TierChange(_Answer):
     reasons: list[Any]
 
 
+class GraceAnswer(_Answer):
+    """An open grace period."""
+
+    tier: str
+    started_at: str
+    until: str
+    review_id: str
+
+
+class PinAnswer(_Answer):
+    """A manual tier override."""
+
+    tier: str
+    valid_from: str
+    until: str
+    reason: str
+    author: str
+
+
+class ChurnSignalAnswer(_Answer):
+    """A churn signal that fired, with the client's value."""
+
+    id: str
+    description: str
+    metric: str
+    operator: str
+    threshold: str
+    value: str | None
+
+
+class ChurnFlagAnswer(_Answer):
+    """An open churn flag."""
+
+    raised_at: str
+    raised_by: str
+    last_seen_at: str
+    signals: list[ChurnSignalAnswer]
+
+
 class ProfileAnswer(_Answer):
     """Profile, tier, tier history with reasons, and the metrics a review would see."""
 
@@ -192,6 +233,10 @@ class ProfileAnswer(_Answer):
     metrics: dict[str, str | None]
     window_months: int
     tier_history: list[TierChange]
+    grace: GraceAnswer | None = Field(description="the client no longer qualifies for its tier and keeps it until then")
+    pin: PinAnswer | None = Field(description="a manual override in force")
+    pins: list[PinAnswer] = Field(description="every pin, oldest first")
+    churn_flag: ChurnFlagAnswer | None = Field(description="open early warning, with the signals last seen")
 
 
 class RewardAnswer(_Answer):

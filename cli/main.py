@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,8 +17,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from rich.markup import escape
 
-from cli import views
-from cli.output import console, emit_json, fail, progress_bar
+from cli import reviews, views
+from cli.review_view import print_review
+from cli.output import console, emit_json, fail, parse_moment, progress_bar
 from demo.generator import DEFAULT_END
 from demo.generator import generate as generate_portfolio
 from demo.run import run_demo
@@ -27,8 +28,7 @@ from engine.loader import load_programmes
 from engine.programme import ProgrammeSet
 from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
-from service.clock import utc_now
-from service.errors import InputError, NotFoundError
+from service.errors import ConflictError, InputError, NotFoundError
 from service.ingest import Ingestor, IngestReport
 from service.profile import client_profile
 from service.reversal import reverse_event
@@ -47,6 +47,9 @@ rules_app = typer.Typer(help="Check rule files before they go live.", no_args_is
 app.add_typer(rules_app, name="rules")
 apikey_app = typer.Typer(help="API keys for `loyalty serve`: create (shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(reviews.tier_app, name="tier")
+app.add_typer(reviews.points_app, name="points")
+app.command("churn")(reviews.churn)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ClientArg = Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")]
@@ -207,21 +210,6 @@ def _ingest_file(ingestor: Ingestor, path: Path, show_progress: bool) -> IngestR
             return ingestor.ingest_lines(handle, progress=advance)
 
 
-def _parse_moment(text: str | None, as_json: bool, option: str = "--at") -> datetime:
-    if text is None:
-        return utc_now()
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise fail(f"{option} {text!r} is not a timestamp; use ISO 8601 with a zone, e.g. 2026-03-01T10:00:00Z",
-                   as_json=as_json) from None
-    if moment.tzinfo is None:
-        raise fail(f"{option} {text!r} has no time zone; add Z for UTC, e.g. {text}Z", as_json=as_json)
-    if not 1900 <= moment.year <= 2999:
-        raise fail(f"{option} {text!r} is outside the years 1900-2999", as_json=as_json)
-    return moment
-
-
 @app.command()
 def benefits(
     ctx: typer.Context,
@@ -240,7 +228,7 @@ def benefits(
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
     try:
-        answer = client_benefits(engine, programmes, client_id, _parse_moment(at, as_json), product, amount)
+        answer = client_benefits(engine, programmes, client_id, parse_moment(at, as_json), product, amount)
     except (NotFoundError, InputError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
@@ -255,28 +243,42 @@ def review(
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Moment of the review (ISO 8601 with zone). "
                                                                  "Default: now.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print, write nothing.")] = False,
-    show: Annotated[int, typer.Option(min=0, help="How many changes to list (all with --json).")] = 20,
+    report_dir: Annotated[Optional[Path], typer.Option(
+        "--report", help="Also write the report to this folder: CSV files and report.html with charts.")] = None,
+    review_id: Annotated[Optional[str], typer.Option(
+        "--id", help="Finish an interrupted review: run it again under its id (see `loyalty review` output).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Tier review: place every client in the highest tier it qualifies for over the review window.
+    """Tier review: place every client under the review policy, flag churn risk, expire points, report.
 
-    Each move is recorded with its reasons (every metric against its threshold) and moves standing
-    benefits through the ledger: the old tier's are revoked, the new tier's granted. Running the same
-    review again changes nothing. `--dry-run` writes nothing and shows what would change.
+    Each client goes to the highest tier it qualifies for over the review window, as the policy in
+    the rule file allows (instant upgrades, at most N steps down, grace period, minimum time in a
+    tier, new-client protection, pins set with `loyalty tier set`). Each move is recorded with its
+    reasons and moves standing benefits through the ledger. Running the same review again changes
+    nothing; an interrupted one is finished with `--id`. `--dry-run` writes nothing and shows what
+    would change. `--report DIR` saves the report as CSV files and a self-contained HTML page.
     """
     settings: Settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
-    moment = _parse_moment(as_of, as_json, "--as-of")
+    moment = parse_moment(as_of, as_json, "--as-of")
     try:
-        with progress_bar("writing tier changes", "clients", enabled=not as_json) as advance:
-            report = run_review(engine, programmes, moment, dry_run=dry_run, progress=advance)
-    except InputError as exc:
+        with progress_bar("reviewing clients", "clients", enabled=not as_json) as advance:
+            report = run_review(engine, programmes, moment, dry_run=dry_run, progress=advance, review_id=review_id)
+    except (InputError, ConflictError) as exc:
         raise fail(str(exc), as_json=as_json) from None
+    result = report.as_dict()
+    written: list[Path] = []
+    if report_dir:
+        from service.review_files import write_report  # matplotlib takes most of a second to import: only here
+
+        written = write_report(result, report_dir)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json({**result, "report_files": [str(path) for path in written]} if report_dir else result)
         return
-    views.print_review(report.as_dict(), show)
+    print_review(result, console)
+    if written:
+        console.print(f"report written to {escape(str(report_dir))}: {', '.join(path.name for path in written)}")
 
 
 @app.command()
@@ -291,7 +293,7 @@ def client(
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
     try:
-        profile = client_profile(engine, programmes, client_id, _parse_moment(at, as_json))
+        profile = client_profile(engine, programmes, client_id, parse_moment(at, as_json))
     except (NotFoundError, InputError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
@@ -310,7 +312,7 @@ def generate(
                                                     "Default: 2026-10-31T18:00:00Z.")] = None,
 ) -> None:
     """Write a synthetic portfolio's events as NDJSON on stdout, e.g. `loyalty generate > events.jsonl`."""
-    moment = _parse_moment(end, False, "--end") if end else DEFAULT_END
+    moment = parse_moment(end, False, "--end") if end else DEFAULT_END
     for event in generate_portfolio(clients, months, seed, moment):
         sys.stdout.write(json.dumps(event) + "\n")
 
@@ -351,7 +353,7 @@ def ledger_command(
     limit: Annotated[int, typer.Option(min=1, help="Most entries to list.")] = 100,
     as_json: JsonFlag = False,
 ) -> None:
-    """List a client's ledger entries, or `ledger verify`: recompute balances and entitlements from the entries.
+    """List a client's ledger entries, or `ledger verify`: recompute balances, entitlements and points lots.
 
     `verify` exits 1 on any mismatch and lists each one.
     """
@@ -402,6 +404,9 @@ def reverse(
     console.print(f"reversed {escape(event_id)}: {count} compensating {'entry' if count == 1 else 'entries'} {result['entries']}")
     for item in result["skipped"]:
         console.print(f"  entitlement {item['entitlement_id']} not reversed: it is already {item['status']}")
+    if result["points_written_off"]:
+        console.print(f"  {result['points_written_off']:,} points were already spent or expired: written off, "
+                      "so the balance stops at zero")
 
 
 @app.command()
@@ -412,12 +417,15 @@ def serve(
     hold_seconds: Annotated[int, typer.Option(
         min=1, max=7 * 24 * 3600, help="How long a quote holds its single-use entitlements.")] = 900,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    with_scheduler: Annotated[bool, typer.Option(
+        "--scheduler", help="Also run the review and expiry jobs in this process (see `loyalty scheduler`).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Announce the address as one JSON line on stdout.")] = False,
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
     Callers authenticate with keys from `loyalty apikey create`. Uses the same database and rules as
-    the other commands; stop with Ctrl-C.
+    the other commands; stop with Ctrl-C. With `--scheduler`, every replica may run the jobs: one
+    review still runs at a time.
     """
     import uvicorn  # imported here: the other commands do not need the web stack
 
@@ -438,7 +446,58 @@ def serve(
     # garbage collector's view keeps its full collections (pauses in the tail latency) short.
     gc.collect()
     gc.freeze()
-    uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False)
+    scheduler = _start_scheduler(settings, background=True) if with_scheduler else None
+    try:
+        uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+
+@app.command()
+def scheduler(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Log each job's outcome as one JSON line on stdout.")] = False,
+) -> None:
+    """Run the tier review and points expiry on the rule file's schedules, until stopped (Ctrl-C).
+
+    Schedules: `review.schedule` and `points.expiry_schedule` (cron and time zone). Jobs are kept in
+    the database. Run it on as many machines as you like: one review runs at a time, and a review
+    that was missed, or cut off half-way, is run or finished once by whichever scheduler is up.
+    """
+    settings: Settings = ctx.obj
+    model = settings.programmes(as_json).current.model
+    settings.engine(as_json)  # fail now, with the reason, if the database is not there
+    if model.review.schedule is None and model.points.expiry_schedule is None:
+        raise fail("the rule file schedules nothing: add review.schedule or points.expiry_schedule", as_json=as_json)
+    _start_scheduler(settings, background=False, as_json=as_json)
+
+
+def _start_scheduler(settings: Settings, background: bool, as_json: bool = False):  # noqa: ANN202 - a scheduler
+    """Build and start the scheduler; a blocking one returns once stopped (Ctrl-C)."""
+    import logging
+
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    from service.scheduler import build_scheduler
+
+    handler = logging.StreamHandler(sys.stdout if as_json else sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if as_json else "%(asctime)s %(name)s %(message)s"))
+    logger = logging.getLogger("loyalty.scheduler")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    if background:
+        runner = build_scheduler(settings.db_url, settings.rules)
+    else:
+        runner = build_scheduler(settings.db_url, settings.rules, scheduler_class=BlockingScheduler)
+        if not as_json:
+            for job in runner.get_jobs():
+                console.print(f"job {job.id}: {escape(str(job.trigger))}", highlight=False)
+    try:
+        runner.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    return runner
 
 
 @apikey_app.command("create")

@@ -6,13 +6,16 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+import re
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from service.clock import utc_now
 
 # soft_wrap: long messages stay on one line, so they can be grepped and copied whole. Piped output
 # gets wide tables rather than rich's 80-column default (COLUMNS still wins when set).
@@ -55,3 +58,35 @@ def progress_bar(label: str, unit: str, total: int | None = None,
     with Progress(*columns, console=errors, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def parse_moment(text: str | None, as_json: bool, option: str = "--at", allow_date: bool = False) -> datetime:
+    """An aware moment from ISO 8601 text (now when None); with `allow_date`, a plain date means 00:00 UTC.
+
+    Exits with a message naming `option` when the text is not a moment with a zone.
+    """
+    if text is None:
+        return utc_now()
+    if allow_date and re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        text = f"{text}T00:00:00Z"
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise fail(f"{option} {text!r} is not a timestamp; use ISO 8601 with a zone, e.g. 2026-03-01T10:00:00Z",
+                   as_json=as_json) from None
+    if moment.tzinfo is None:
+        raise fail(f"{option} {text!r} has no time zone; add Z for UTC, e.g. {text}Z", as_json=as_json)
+    if not 1900 <= moment.year <= 2999:
+        raise fail(f"{option} {text!r} is outside the years 1900-2999", as_json=as_json)
+    return moment
+
+
+_DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+def parse_duration(text: str, as_json: bool, option: str) -> timedelta:
+    """A duration such as 30d, 12h or 2w; exits with a message naming `option` otherwise."""
+    match = re.fullmatch(r"(\d{1,5})([hdw])", text.strip())
+    if match is None:
+        raise fail(f"{option} {text!r} is not a duration; use a number and h, d or w, e.g. 30d", as_json=as_json)
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]

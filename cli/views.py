@@ -65,27 +65,6 @@ def print_benefits(answer: dict) -> None:
         console.print(table)
 
 
-def print_review(result: dict, show: int) -> None:
-    """`review`: the counts, the migration matrix and the first changes with their checks."""
-    mode = "dry run, nothing written" if result["dry_run"] else f"review {result['review_id']}"
-    console.print(f"[bold]Tier review as of {escape(result['as_of'])}[/] ({escape(mode)}), programme "
-                  f"{escape(result['programme_version'])}: {result['clients']} clients, "
-                  f"{result['upgrades']} up, {result['downgrades']} down")
-    tiers = list(result["tiers_before"])  # programme order, lowest first
-    matrix = Table("from \\ to", *tiers, "before", title="Tier migration")
-    for before in tiers:
-        row = result["migration"].get(before, {})
-        add_row(matrix, before, *(str(row.get(after, "")) for after in tiers), str(result["tiers_before"].get(before, 0)))
-    add_row(matrix, "after", *(str(result["tiers_after"].get(t, 0)) for t in tiers), str(result["clients"]))
-    console.print(matrix)
-    for change in result["changes"][:show]:
-        why = _checks(change["reasons"], (change["to"], change["from"]))
-        console.print(f"  {escape(change['client_id'])}: {change['from']} → {change['to']}  ({escape(why)})",
-                      highlight=False)
-    if len(result["changes"]) > show:
-        console.print(f"  … and {len(result['changes']) - show} more (--show N, or --json for all)")
-
-
 def print_profile(profile: dict) -> None:
     """`client`: profile, tier, metrics and tier history with the checks behind each move."""
     client_id = profile["client_id"]
@@ -93,6 +72,18 @@ def print_profile(profile: dict) -> None:
                   f"{escape(profile['segment'] or '-')}  industry {escape(profile['industry'] or '-')}")
     console.print(f"tier [bold]{escape(profile['tier'])}[/] (metrics qualify for {escape(profile['qualifies_for'])})"
                   f"  points {profile['points_balance']:,}  (as of {escape(profile['as_of'])})")
+    if profile["pin"]:
+        pin = profile["pin"]
+        console.print(f"pinned to {escape(pin['tier'])} until {pin['until'][:10]} by {escape(pin['author'])}: "
+                      f"{escape(pin['reason'])}", highlight=False)
+    if profile["grace"]:
+        grace = profile["grace"]
+        console.print(f"[yellow]grace period[/]: no longer qualifies for {escape(grace['tier'])}, keeps it until "
+                      f"{grace['until'][:10]} (since review {escape(grace['review_id'])})", highlight=False)
+    if profile["churn_flag"]:
+        flag = profile["churn_flag"]
+        signals = "; ".join(f"{s['id']} ({s['metric']} {s['value']})" for s in flag["signals"])
+        console.print(f"[red]churn risk[/] since {flag['raised_at'][:10]}: {escape(signals)}", highlight=False)
     metrics = Table("metric", "value", title=f"Metrics over {profile['window_months']} months")
     for name, value in profile["metrics"].items():
         add_row(metrics, name, "-" if value is None else value)

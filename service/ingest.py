@@ -3,7 +3,8 @@
 Events from before the programme began are applied as history: they count for the profile and tier
 metrics (loan volume, tenure) and earn nothing, since no rule was in force then.
 
-Events are applied in batches, one transaction a batch: the processed-event records, the ledger
+Clients that qualify for an instant-upgrade tier move there at the end of their batch
+(service/instant_upgrades.py). Events are applied in batches, one transaction a batch: the processed-event records, the ledger
 entries and their projections are written together or not at all. A batch that collides with a
 concurrent writer (same event or new client inserted meanwhile) is rolled back and decided again, so
 each event is applied exactly once however many processes ingest the same file.
@@ -30,6 +31,7 @@ from rewards.caps import CapUsage, allowed, period_bounds, usage_between
 from rewards.kinds import Reason
 from rewards.tiers import tier_grants
 from service.clock import MAX_CLOCK_SKEW, Clock, utc_now
+from service.instant_upgrades import apply_instant_upgrades
 from service.retry import with_retry
 from storage import clients as client_store
 from storage import ledger
@@ -170,6 +172,7 @@ class _BatchWriter:
         self.new_clients: dict[str, ClientRecord] = {}
         self.changed_profiles: dict[str, ClientRecord] = {}
         self.cap_cache: dict[tuple, CapUsage] = {}
+        self.earning: list[_Pending] = []  # applied events under a programme in force: they may upgrade at once
 
     def apply(self, batch: list[_Pending]) -> list[tuple[str, str | None]]:
         """(status, error) for each event of the batch, in order; the writes happen at the end."""
@@ -215,6 +218,8 @@ class _BatchWriter:
         # May raise: nothing has been recorded for this event yet.
         outcomes = evaluate(programme, event, context) if item.earns else []
         self.onboardings[event.client_id] = onboardings
+        if item.earns:
+            self.earning.append(item)
         if existing is None:
             self._create_client(record, programme)
         elif record is not existing:
@@ -303,6 +308,10 @@ class _BatchWriter:
         client_store.insert_tier_assignments(self.conn, self.tier_rows)
         client_store.insert_processed(self.conn, self.processed)
         ledger.append(self.conn, self.entries)
+        if self.earning:
+            last = max(self.earning, key=lambda item: item.event.occurred_at)
+            apply_instant_upgrades(self.conn, last.programme, sorted({i.event.client_id for i in self.earning}),
+                                   last.event.occurred_at, self.now)
 
 
 def _repeat(event_id: str, same_content: bool) -> tuple[str, str | None]:

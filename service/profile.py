@@ -1,4 +1,5 @@
-"""A client's profile for people: who it is, its tier and why, its tier history and metric values."""
+"""A client's profile for people: who it is, its tier and why, its tier history and metric values, and
+what the reviews keep about it: a grace period (the client is told until when), pins, a churn flag."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from engine.metrics import METRICS, display, place
 from engine.programme import ProgrammeSet
 from rewards.caps import months_before
 from service.errors import NotFoundError
+from storage import standing
 from storage.db import read_snapshot
 from service.benefits import require_utc
 from storage.metrics import client_metrics
@@ -31,6 +33,10 @@ def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at:
             select(tiers).where(tiers.c.client_id == client_id).order_by(tiers.c.valid_from, tiers.c.id))]
         values = client_metrics(conn, at, months_before(at, window), window, programme.currency,
                                 [client_id]).get(client_id, dict.fromkeys(METRICS))
+        grace = standing.grace_of(conn, client_id)
+        pins = standing.pin_history(conn, client_id)
+        flags = standing.flags(conn, client_id=client_id)
+    started = [row for row in pins if row["valid_from"] <= at]  # the latest pin started by then holds, until it ends
     current = tier_at([(row["valid_from"], row["tier"]) for row in history], at, programme.lowest_tier.id)
     placement = place(programme.model.tiers, values)
     return {
@@ -49,4 +55,16 @@ def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at:
             "reason": row["reason"], "review_id": row["review_id"],
             "reasons": json.loads(row["details"]) if row["details"] else [],
         } for row in history],
+        "grace": {"tier": grace["tier"], "started_at": grace["started_at"].isoformat(),
+                  "until": grace["until"].isoformat(), "review_id": grace["review_id"]} if grace else None,
+        "pin": _pin_view(started[-1]) if started and started[-1]["until"] > at else None,
+        "pins": [_pin_view(row) for row in pins],
+        "churn_flag": {"raised_at": flags[0]["raised_at"].isoformat(), "raised_by": flags[0]["raised_by"],
+                       "last_seen_at": flags[0]["last_seen_at"].isoformat(), "signals": flags[0]["signals"]}
+        if flags else None,
     }
+
+
+def _pin_view(row: dict) -> dict:
+    return {"tier": row["tier"], "valid_from": row["valid_from"].isoformat(), "until": row["until"].isoformat(),
+            "reason": row["reason"], "author": row["author"]}

@@ -1,8 +1,7 @@
 """Redemptions: spend points on a reward from the programme's catalogue.
 
 The points entry and the reward's grant are written in one transaction, under the client's lock, so
-a balance is never spent twice. A balance can be below zero only after a reversal of points already
-spent; it then earns its way back before anything more is redeemed.
+a balance is never spent twice. The points come out of the oldest lots first (see rewards/lots.py).
 """
 from __future__ import annotations
 

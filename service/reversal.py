@@ -1,7 +1,7 @@
 """Reverse an event: compensating entries for everything it produced, each pointing to what it cancels."""
 from __future__ import annotations
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from rewards.kinds import Reason, Status
 from service.clock import Clock, utc_now
@@ -10,7 +10,9 @@ from service.retry import with_retry
 from storage import clients as client_store
 from storage import ledger
 from storage.db import write_transaction
-from storage.models import Entitlement, EventReversal, ProcessedEvent
+from storage.ledger import Provenance
+from storage.lots import WRITE_OFF
+from storage.models import Client, Entitlement, EventReversal, ProcessedEvent
 
 
 def reverse_event(engine: Engine, event_id: str, reason: str = "", clock: Clock = utc_now) -> dict:
@@ -27,7 +29,8 @@ def _reverse(engine: Engine, event_id: str, reason: str, clock: Clock) -> dict:
             raise NotFoundError(f"no processed event {event_id!r}")
         client_store.lock_clients(conn, [event.client_id])  # serialise with ingest for this client
         if conn.execute(select(reversals.c.event_id).where(reversals.c.event_id == event_id)).first():
-            return {"event_id": event_id, "status": "already_reversed", "entries": [], "skipped": []}
+            return {"event_id": event_id, "status": "already_reversed", "entries": [], "skipped": [],
+                    "points_written_off": 0}
         now = clock()
         conn.execute(insert(reversals).values(event_id=event_id, reversed_at=now, reason=reason))
         originals = [row for row in ledger.event_entries(conn, event_id)
@@ -41,6 +44,24 @@ def _reverse(engine: Engine, event_id: str, reason: str, clock: Clock) -> dict:
         skipped_ids = {item["entitlement_id"] for item in skipped}
         rows = [ledger.compensating_entry(row, Reason.REVERSE, now, event_id) for row in originals
                 if row["id"] not in skipped_ids]
+        written_off = _shortfall(conn, event.client_id, rows)
+        if written_off:
+            # The points were already spent or expired: taking them back would leave the client owing
+            # points. The reversal still cancels its entries exactly; this credit, recorded beside it,
+            # stops the balance at zero.
+            source = Provenance(rows[0]["programme_id"], rows[0]["programme_version"], event_id)
+            rows.append(ledger.points_entry(event.client_id, WRITE_OFF, written_off, Reason.ADJUST, now, source, now,
+                                            detail={"written_off": written_off,
+                                                    "why": "reversed points were already spent or expired"}))
         ledger.append(conn, rows)
-        ids = [row["id"] for row in ledger.event_entries(conn, event_id) if row["reason"] == Reason.REVERSE]
-        return {"event_id": event_id, "status": "reversed", "entries": ids, "skipped": skipped}
+        ids = [row["id"] for row in ledger.event_entries(conn, event_id)
+               if row["reason"] in (Reason.REVERSE, Reason.ADJUST)]
+        return {"event_id": event_id, "status": "reversed", "entries": ids, "skipped": skipped,
+                "points_written_off": written_off}
+
+
+def _shortfall(conn: Connection, client_id: str, rows: list[dict]) -> int:
+    """Points the compensating `rows` would take beyond the client's balance."""
+    balance = conn.execute(select(Client.__table__.c.points_balance)
+                           .where(Client.__table__.c.client_id == client_id)).scalar_one()
+    return max(0, -(balance + sum(row["points"] for row in rows)))

@@ -1,46 +1,68 @@
-"""The tier review: measure every client over the window, place it in the highest tier it qualifies
-for, and move it there through the ledger (revoke the old tier's standing benefits, grant the new).
+"""The tier review: measure every client over the window, decide under the programme's review policy
+(rewards/tier_policy.py), move clients through the ledger, raise and clear churn flags, expire points,
+and report.
 
-A move takes effect at the review moment, or, for a client whose later activity was already
-applied, just after that activity: no applied event is ever left evaluated under a tier the client
-did not have then. Running the same review again changes nothing: a client already in the tier its
-metrics earn is left alone, one already decided at that moment is skipped with the reason, and one
-assignment per client and moment is a unique key. `dry_run` decides and writes nothing.
+Clients are reviewed a page at a time (memory stays bounded whatever the portfolio's size): each
+page is read in one snapshot, decided, then written in one transaction that re-checks each tier
+change under the clients' locks. A move takes effect at the review moment, or, for a client whose
+later activity was already applied, just after that activity (service/tier_moves.py), so no applied
+event is ever left evaluated under a tier the client did not have then.
+
+One review runs at a time: a lease in the database keeps replicas (and people) from running two.
+A review interrupted half-way is finished by running it again under the same id: clients it already
+moved are skipped, grace periods and churn flags it recorded are found, and expiry takes only what
+is left. `dry_run` decides and writes nothing.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from sqlalchemy import Engine, insert, select, update
 
+from engine.churn import fired_signals
+from engine.events import minor_unit_exponent
 from engine.metrics import METRICS, Placement, place
 from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.caps import months_before
-from rewards.tiers import TIER_RULE_PREFIX, tier_grants
+from rewards.tier_policy import (
+    DOWNGRADE,
+    HOLD,
+    PINNED,
+    UPGRADE,
+    Decision,
+    Standing,
+    decide,
+)
+from rewards.tiers import TIER_RULE_PREFIX
 from service.clock import MAX_CLOCK_SKEW, Clock, utc_now
-from service.errors import InputError
+from service.errors import ConflictError, InputError
+from service.expiry import expire_points
 from service.retry import with_retry
+from service.tier_moves import TierMove, effective_moment, move_rows
 from storage import clients as client_store
-from storage import ledger
-from storage.db import read_snapshot, write_transaction
+from storage import leases, ledger, standing
 from storage.clients import TierInForce
-from storage.ledger import Provenance
-from storage.metrics import client_metrics
-from storage.models import TierReview
+from storage.db import read_snapshot, write_transaction
+from storage.metrics import client_metrics, volume_by_product
+from storage.models import Client, TierReview
 
-WRITE_CHUNK = 500
-INSTANT = timedelta(microseconds=1)
+PAGE = 2000
+LEASE = "tier-review"
+LEASE_TTL = timedelta(minutes=10)  # renewed after every page; a holder silent this long is presumed dead
 REVIEWS = TierReview.__table__
+CLIENTS = Client.__table__
 
 
 @dataclass(frozen=True)
 class TierChange:
-    """A client moving between tiers, with the checks that decided it."""
+    """A client moving between tiers, with the checks that decided it and the policy that shaped it."""
 
     client_id: str
     from_tier: str
@@ -48,12 +70,13 @@ class TierChange:
     direction: str  # upgrade or downgrade
     reasons: list[dict]
     effective_from: datetime
+    policy: str = "review"
 
     def as_dict(self) -> dict:
         """JSON form."""
         return {"client_id": self.client_id, "from": self.from_tier, "to": self.to_tier,
                 "direction": self.direction, "effective_from": self.effective_from.isoformat(),
-                "reasons": self.reasons}
+                "policy": self.policy, "reasons": self.reasons}
 
 
 @dataclass
@@ -64,28 +87,59 @@ class ReviewReport:
     as_of: datetime
     programme_version: str
     dry_run: bool
+    tiers: list[str]
+    currency: str
+    trigger: str = "manual"
+    resumed: bool = False
     clients: int = 0
     tiers_before: dict[str, int] = field(default_factory=dict)
     tiers_after: dict[str, int] = field(default_factory=dict)
     migration: dict[str, dict[str, int]] = field(default_factory=dict)
     changes: list[TierChange] = field(default_factory=list)
+    held: list[dict] = field(default_factory=list)
+    pins: list[dict] = field(default_factory=list)
+    churn_flagged: list[dict] = field(default_factory=list)
+    churn_cleared: list[dict] = field(default_factory=list)
+    points_expired: dict = field(default_factory=lambda: {"points": 0, "lots": 0, "clients": 0})
+    discount_change: Decimal = Decimal(0)
+    discount_clients: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     unfinished_reviews: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        """The `--json` form."""
+        """The `--json` form (also what the report files are written from)."""
+        flagged = sorted(self.churn_flagged, key=lambda flag: (-Decimal(flag["loan_volume"]), flag["client_id"]))
         return {"review_id": self.review_id, "as_of": self.as_of.isoformat(),
-                "programme_version": self.programme_version, "dry_run": self.dry_run, "clients": self.clients,
-                "upgrades": sum(c.direction == "upgrade" for c in self.changes),
-                "downgrades": sum(c.direction == "downgrade" for c in self.changes),
+                "programme_version": self.programme_version, "trigger": self.trigger, "dry_run": self.dry_run,
+                "resumed": self.resumed, "currency": self.currency, "tiers": self.tiers, "clients": self.clients,
+                "upgrades": sum(c.direction == UPGRADE for c in self.changes),
+                "downgrades": sum(c.direction == DOWNGRADE for c in self.changes),
                 "tiers_before": self.tiers_before, "tiers_after": self.tiers_after,
                 "migration": self.migration, "changes": [c.as_dict() for c in self.changes],
+                "held": self.held, "pins": self.pins,
+                "churn": {"flagged": flagged, "cleared": self.churn_cleared},
+                "points_expired": self.points_expired,
+                "standing_discounts": {"change_per_year": str(self._money(self.discount_change)),
+                                       "clients": self.discount_clients},
                 "skipped": self.skipped, "unfinished_reviews": self.unfinished_reviews}
+
+    def _money(self, amount: Decimal) -> Decimal:
+        return amount.quantize(Decimal(1).scaleb(-minor_unit_exponent(self.currency)), rounding=ROUND_HALF_EVEN)
+
+
+def scheduled_review_id(moment: datetime) -> str:
+    """The id of the scheduled review at `moment`: the same on every replica."""
+    return f"review-{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-scheduled"
 
 
 def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_run: bool = False,
-               clock: Clock = utc_now, progress: Callable[[int], None] | None = None) -> ReviewReport:
-    """Review every client as of `as_of`; write the tier changes unless `dry_run`."""
+               clock: Clock = utc_now, progress: Callable[[int], None] | None = None, trigger: str = "manual",
+               review_id: str | None = None) -> ReviewReport:
+    """Review every client as of `as_of` under the review policy; write the outcome unless `dry_run`.
+
+    `review_id` names the review (a scheduled one is named by its moment); an unfinished review of
+    that id is resumed. ConflictError if another review is running or this one already finished.
+    """
     if as_of.tzinfo is None:
         raise InputError("the review moment has no time zone; give UTC, e.g. 2026-03-31T00:00:00Z")
     as_of = as_of.astimezone(UTC)
@@ -94,36 +148,186 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_ru
     programme = programmes.at(as_of)
     if programme is None:
         raise InputError(f"no programme version is in force at {as_of.isoformat()}")
-    window = programme.model.review.window_months
-    with read_snapshot(engine) as conn:
-        metrics = client_metrics(conn, as_of, months_before(as_of, window), window, programme.currency)
-        current = client_store.tiers_as_of(conn, as_of)
-        latest = client_store.last_activity(conn)
-        unfinished = list(conn.execute(select(REVIEWS.c.id).where(REVIEWS.c.finished_at.is_(None))
-                                       .order_by(REVIEWS.c.started_at)).scalars())
-    report = ReviewReport(None if dry_run else _review_id(as_of), as_of, programme.version, dry_run,
+    report = ReviewReport(None if dry_run else review_id or _new_review_id(as_of), as_of, programme.version, dry_run,
+                          programme.tier_ids, programme.currency, trigger,
                           tiers_before=dict.fromkeys(programme.tier_ids, 0),
-                          tiers_after=dict.fromkeys(programme.tier_ids, 0), unfinished_reviews=unfinished)
-    order = {tier: rank for rank, tier in enumerate(programme.tier_ids)}
-    empty = dict.fromkeys(METRICS)
-    for client_id, in_force in sorted(current.items()):
-        if in_force.tier is None:
-            continue  # not a client yet at that moment
-        placement = place(programme.model.tiers, metrics.get(client_id, empty))
-        skip = _skip_reason(in_force, as_of) if placement.tier != in_force.tier or in_force.decided_later else None
-        if skip:
-            report.skipped.append({"client_id": client_id, "reason": skip})
-            continue
-        _count(report, in_force.tier, placement.tier)
-        if placement.tier != in_force.tier:
-            effective = _effective_moment(as_of, in_force, latest.get(client_id))
-            report.changes.append(_change(client_id, in_force.tier, placement, order, effective))
-    if not dry_run:
-        _write(engine, programme, report, clock, progress)
+                          tiers_after=dict.fromkeys(programme.tier_ids, 0))
+    if dry_run:
+        _review_pages(engine, programme, report, clock, progress)
+        report.points_expired = expire_points(engine, programmes, as_of, True, clock).as_dict()
+        return report
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not leases.acquire(engine, LEASE, holder, LEASE_TTL, clock()):
+        lease = leases.current(engine, LEASE)
+        running = f" ({lease[0]}, lease until {lease[1].isoformat()})" if lease else ""
+        raise ConflictError(f"another tier review is running{running}; run it again once that one is done",
+                            "review-running")
+    try:
+        _start(engine, programme, report, clock())
+        _review_pages(engine, programme, report, clock, progress,
+                      renew=lambda: leases.acquire(engine, LEASE, holder, LEASE_TTL, clock()))
+        report.points_expired = expire_points(engine, programmes, as_of, False, clock).as_dict()
+        _finish(engine, report, clock())
+    finally:
+        leases.release(engine, LEASE, holder)
     return report
 
 
-def _skip_reason(in_force: TierInForce, as_of: datetime) -> str | None:
+def _start(engine: Engine, programme: CompiledProgramme, report: ReviewReport, now: datetime) -> None:
+    """Record the review, or find the unfinished run of it to resume."""
+    with write_transaction(engine) as conn:
+        existing = conn.execute(select(REVIEWS).where(REVIEWS.c.id == report.review_id)).first()
+        if existing is not None and existing.finished_at is not None:
+            raise ConflictError(f"review {report.review_id} already finished at {existing.finished_at.isoformat()}",
+                                "review-finished", finished_at=existing.finished_at.isoformat())
+        if existing is None:
+            conn.execute(insert(REVIEWS).values(
+                id=report.review_id, trigger=report.trigger, as_of=report.as_of, programme_id=programme.id,
+                programme_version=programme.version, started_at=now))
+        report.resumed = existing is not None
+        report.unfinished_reviews = list(conn.execute(
+            select(REVIEWS.c.id).where(REVIEWS.c.finished_at.is_(None), REVIEWS.c.id != report.review_id)
+            .order_by(REVIEWS.c.started_at)).scalars())
+
+
+def _finish(engine: Engine, report: ReviewReport, now: datetime) -> None:
+    summary = report.as_dict()
+    with write_transaction(engine) as conn:
+        conn.execute(update(REVIEWS).where(REVIEWS.c.id == report.review_id).values(
+            finished_at=now, clients=report.clients, upgrades=summary["upgrades"],
+            downgrades=summary["downgrades"], points_expired=report.points_expired["points"],
+            churn_flagged=len(report.churn_flagged)))
+
+
+def _new_review_id(as_of: datetime) -> str:
+    return f"review-{as_of:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+# --- deciding ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Page:
+    """One page's decisions: what to write and what to report."""
+
+    changes: list[TierChange] = field(default_factory=list)
+    grace_opens: list[dict] = field(default_factory=list)
+    grace_closes: list[dict] = field(default_factory=list)
+    flags_raised: list[dict] = field(default_factory=list)
+    flags_seen: list[dict] = field(default_factory=list)
+    flags_cleared: list[str] = field(default_factory=list)
+    volumes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def client_ids(self) -> list[str]:
+        """Every client the page writes something for."""
+        ids = {c.client_id for c in self.changes} | {row["client_id"] for row in self.grace_opens}
+        ids |= {row["client_id"] for row in self.grace_closes + self.flags_raised + self.flags_seen}
+        return sorted(ids | set(self.flags_cleared))
+
+
+def _review_pages(engine: Engine, programme: CompiledProgramme, report: ReviewReport, clock: Clock,
+                  progress: Callable[[int], None] | None, renew: Callable[[], bool] | None = None) -> None:
+    with read_snapshot(engine) as conn:
+        client_ids = list(conn.execute(select(CLIENTS.c.client_id).order_by(CLIENTS.c.client_id)).scalars())
+    for start in range(0, len(client_ids), PAGE):
+        ids = client_ids[start:start + PAGE]
+        page = _decide_page(engine, programme, report, ids)
+        if not report.dry_run:
+            applied, skipped = with_retry(lambda p=page: _write_page(engine, programme, report, p, clock()))
+            _account_for(report, programme, page, applied, skipped)
+            if renew is not None and not renew():
+                raise ConflictError(f"review {report.review_id} lost its lease to another replica; run it again "
+                                    "to finish it", "review-lease-lost")
+        else:
+            _account_for(report, programme, page, page.changes, [])
+        if progress:
+            progress(len(ids))
+
+
+def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewReport, ids: list[str]) -> _Page:
+    """Read one page of clients in a snapshot and decide each (nothing is written here)."""
+    as_of, window = report.as_of, programme.model.review.window_months
+    window_start = months_before(as_of, window)
+    with read_snapshot(engine) as conn:
+        metrics = client_metrics(conn, as_of, window_start, window, programme.currency, ids)
+        current = client_store.tiers_as_of(conn, as_of, ids)
+        latest = client_store.last_activity(conn, ids)
+        pins = standing.pins_in_force(conn, as_of, ids)
+        graces = standing.open_graces(conn, ids)
+        flags = standing.open_flags(conn, ids)
+        tenure = standing.tenure_starts(conn, ids)
+        page = _Page()
+        for client_id in ids:
+            in_force = current.get(client_id)
+            if in_force is None or in_force.tier is None:
+                continue  # not a client yet at that moment
+            values = metrics.get(client_id, dict.fromkeys(METRICS))
+            placement = place(programme.model.tiers, values)
+            tier_after = _decide_client(programme, report, page, client_id, in_force, placement, latest.get(client_id),
+                                        Standing(in_force.tier, in_force.since, tenure[client_id],
+                                                 graces.get(client_id), pins.get(client_id)))
+            _churn(programme, report, page, client_id, tier_after, values, flags.get(client_id))
+        changed = [change.client_id for change in page.changes]
+        page.volumes = volume_by_product(conn, changed, window_start, as_of)
+    return page
+
+
+def _decide_client(programme: CompiledProgramme, report: ReviewReport, page: _Page, client_id: str,
+                   in_force: TierInForce, placement: Placement, latest_event: datetime | None,
+                   client: Standing) -> str:
+    """Decide one client; returns its tier after the review."""
+    decision = decide(client, placement.tier, programme.tier_ids, programme.model.review.downgrade, report.as_of)
+    resumed = report.review_id is not None and in_force.review_id == report.review_id
+    skip = _skip_reason(in_force, report.as_of, report.review_id) if resumed or decision.tier != in_force.tier else None
+    if skip:
+        report.skipped.append({"client_id": client_id, "reason": skip})
+        return in_force.tier  # its churn signals are still read: the flag does not depend on the move
+    if decision.close_grace:
+        page.grace_closes.append({"client_id": client_id, "ended_at": report.as_of, "ended_by": report.review_id,
+                                  "outcome": decision.close_grace})
+    if decision.open_grace is not None:
+        page.grace_opens.append({"client_id": client_id, "tier": decision.tier, "started_at": report.as_of,
+                                 "until": decision.open_grace, "review_id": report.review_id})
+    if decision.action == PINNED:
+        report.pins.append({"client_id": client_id, "tier": decision.tier, "qualifies_for": placement.tier,
+                            "until": decision.until.isoformat(), "reason": client.pin.reason,  # type: ignore[union-attr]
+                            "author": client.pin.author})  # type: ignore[union-attr]
+    elif decision.action == HOLD:
+        report.held.append({"client_id": client_id, "tier": decision.tier, "qualifies_for": placement.tier,
+                            "hold": decision.hold, "detail": decision.policy,
+                            "until": decision.until.isoformat() if decision.until else None})
+    if decision.tier == in_force.tier:
+        _count(report, in_force.tier, in_force.tier)  # a move is counted once it is written
+    else:
+        effective = effective_moment(report.as_of, latest_event, in_force.since)
+        page.changes.append(_change(client_id, in_force.tier, decision, placement, programme.tier_ids, effective))
+    return decision.tier
+
+
+def _churn(programme: CompiledProgramme, report: ReviewReport, page: _Page, client_id: str, tier: str,
+           values: dict, open_flag: dict | None) -> None:
+    signals = fired_signals(programme.model.churn, values, tier, programme.tier_ids)
+    if not signals:
+        if open_flag is not None:
+            page.flags_cleared.append(client_id)
+            report.churn_cleared.append({"client_id": client_id, "tier": tier,
+                                         "raised_at": open_flag["raised_at"].isoformat()})
+        return
+    volume = values.get("loan_volume") or Decimal(0)
+    value = int(volume.scaleb(minor_unit_exponent(programme.currency)))
+    report.churn_flagged.append({"client_id": client_id, "tier": tier, "loan_volume": str(volume),
+                                 "new": open_flag is None, "signals": signals})
+    row = {"client_id": client_id, "tier": tier, "signals": json.dumps(signals), "value": value}
+    if open_flag is None:
+        page.flags_raised.append({**row, "raised_at": report.as_of, "raised_by": report.review_id,
+                                  "last_seen_at": report.as_of, "last_review_id": report.review_id})
+    else:
+        page.flags_seen.append({**row, "seen_at": report.as_of, "review_id": report.review_id})
+
+
+def _skip_reason(in_force: TierInForce, as_of: datetime, review_id: str | None) -> str | None:
+    if review_id is not None and in_force.review_id == review_id:
+        return f"already moved by this review ({review_id})"
     if in_force.decided_later:
         return "a later tier decision exists"
     if in_force.review_id is not None and in_force.since == as_of:
@@ -131,14 +335,72 @@ def _skip_reason(in_force: TierInForce, as_of: datetime) -> str | None:
     return None
 
 
-def _effective_moment(as_of: datetime, in_force: TierInForce, latest_event: datetime | None) -> datetime:
-    """The review moment, or just after activity already applied beyond it (or after the tier row
-    it would collide with), so history never contradicts an applied event."""
-    moment = as_of
-    for later in (latest_event, in_force.since):
-        if later is not None and later >= moment:
-            moment = later + INSTANT
-    return moment
+def _change(client_id: str, tier: str, decision: Decision, placement: Placement, tiers: list[str],
+            effective: datetime) -> TierChange:
+    # The old tier's verdict says why the client left it; the new tier's why it arrived; for an
+    # upgrade the next tier up says why it did not go higher.
+    order = {name: rank for rank, name in enumerate(tiers)}
+    target = decision.tier
+    above = [name for name, rank in order.items() if rank == order[target] + 1]
+    reasons = placement.reasons(tier, target, *above) if tier in order else placement.reasons(target, *above)
+    direction = UPGRADE if order.get(target, 0) > order.get(tier, 0) else DOWNGRADE
+    return TierChange(client_id, tier, target, direction, reasons, effective, decision.policy or "review")
+
+
+# --- writing and counting ------------------------------------------------------------------------------
+
+def _write_page(engine: Engine, programme: CompiledProgramme, report: ReviewReport, page: _Page,
+                now: datetime) -> tuple[list[TierChange], list[tuple[TierChange, str]]]:
+    """One transaction for a page: re-check each tier change under the clients' locks, then write the
+    tier rows, revocations and grants, grace periods and churn flags. Returns what was applied and
+    what was skipped, with why."""
+    applied: list[TierChange] = []
+    skipped: list[tuple[TierChange, str]] = []
+    with write_transaction(engine) as conn:
+        ids = page.client_ids
+        client_store.lock_clients(conn, ids)
+        moved = [change.client_id for change in page.changes]
+        in_force = client_store.tiers_as_of(conn, report.as_of, moved)
+        latest = client_store.last_activity(conn, moved)
+        held = ledger.active_entitlements_by_rule_prefix(conn, moved, TIER_RULE_PREFIX)
+        entries, tier_rows = [], []
+        for change in page.changes:
+            now_in_force = in_force[change.client_id]
+            reason = _skip_reason(now_in_force, report.as_of, report.review_id)
+            if reason is None and now_in_force.tier != change.from_tier:
+                reason = f"moved to {now_in_force.tier} meanwhile"
+            if reason:
+                skipped.append((change, reason))
+                continue
+            effective = effective_moment(report.as_of, latest.get(change.client_id), now_in_force.since)
+            change = replace(change, effective_from=effective)
+            applied.append(change)
+            tier_row, move_entries = move_rows(programme, TierMove(
+                change.client_id, change.from_tier, change.to_tier, effective,
+                f"{change.direction} by review ({change.policy})", change.reasons, report.review_id),
+                held[change.client_id], now)
+            tier_rows.append(tier_row)
+            entries.extend(move_entries)
+        client_store.insert_tier_assignments(conn, tier_rows)
+        ledger.append(conn, entries)
+        not_moved = {change.client_id for change, _ in skipped}
+        standing.close_graces(conn, [row for row in page.grace_closes if row["client_id"] not in not_moved])
+        standing.open_grace_rows(conn, [row for row in page.grace_opens if row["client_id"] not in not_moved])
+        standing.raise_flags(conn, page.flags_raised)
+        standing.refresh_flags(conn, page.flags_seen)
+        standing.clear_flags(conn, page.flags_cleared, report.as_of, report.review_id)  # type: ignore[arg-type]
+    return applied, skipped
+
+
+def _account_for(report: ReviewReport, programme: CompiledProgramme, page: _Page, applied: list[TierChange],
+                 skipped: list[tuple[TierChange, str]]) -> None:
+    """Count the moves that were written, with the change in standing discounts; report those skipped."""
+    for change, reason in skipped:
+        report.skipped.append({"client_id": change.client_id, "reason": reason})
+    for change in applied:
+        _count(report, change.from_tier, change.to_tier)
+        report.changes.append(change)
+        _discount(report, programme, change, page.volumes.get(change.client_id, {}))
 
 
 def _count(report: ReviewReport, before: str, after: str) -> None:
@@ -149,86 +411,14 @@ def _count(report: ReviewReport, before: str, after: str) -> None:
     row[after] = row.get(after, 0) + 1
 
 
-def _change(client_id: str, tier: str, placement: Placement, order: dict[str, int],
-            effective: datetime) -> TierChange:
-    # The old tier's verdict says why the client left it; the new tier's why it arrived; for an
-    # upgrade the next tier up says why it did not go higher.
-    target = placement.tier
-    upward = order.get(target, 0) > order.get(tier, 0)
-    above = [t for t, rank in order.items() if rank == order[target] + 1]
-    reasons = placement.reasons(tier, target, *above) if tier in order else placement.reasons(target, *above)
-    return TierChange(client_id, tier, target, "upgrade" if upward else "downgrade", reasons, effective)
-
-
-def _review_id(as_of: datetime) -> str:
-    return f"review-{as_of.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
-
-
-def _write(engine: Engine, programme: CompiledProgramme, report: ReviewReport, clock: Clock,
-           progress: Callable[[int], None] | None) -> None:
-    with write_transaction(engine) as conn:
-        conn.execute(insert(REVIEWS).values(
-            id=report.review_id, as_of=report.as_of, programme_id=programme.id,
-            programme_version=programme.version, started_at=clock(), clients=report.clients))
-    decided, applied = list(report.changes), []
-    for start in range(0, len(decided), WRITE_CHUNK):
-        chunk = decided[start:start + WRITE_CHUNK]
-        done, skipped = with_retry(lambda c=chunk: _apply_changes(engine, programme, report, c, clock()))
-        applied.extend(done)
-        for change, reason in skipped:
-            _uncount(report, change)
-            report.skipped.append({"client_id": change.client_id, "reason": reason})
-        if progress:
-            progress(len(chunk))
-    report.changes = applied  # what was written, not what was decided before the locks were taken
-    counts = Counter(change.direction for change in applied)
-    with write_transaction(engine) as conn:
-        conn.execute(update(REVIEWS).where(REVIEWS.c.id == report.review_id).values(
-            finished_at=clock(), clients=report.clients, upgrades=counts["upgrade"], downgrades=counts["downgrade"]))
-
-
-def _uncount(report: ReviewReport, change: TierChange) -> None:
-    """Take a client skipped at write time out of the counts, as a client skipped earlier never entered them."""
-    report.clients -= 1
-    report.tiers_before[change.from_tier] -= 1
-    report.tiers_after[change.to_tier] -= 1
-    report.migration[change.from_tier][change.to_tier] -= 1
-
-
-def _apply_changes(engine: Engine, programme: CompiledProgramme, report: ReviewReport, changes: list[TierChange],
-                   now: datetime) -> tuple[list[TierChange], list[tuple[TierChange, str]]]:
-    """One transaction for a chunk of clients: re-check each under its lock, then write the tier rows,
-    revocations and grants. Returns what was applied and what was skipped, with why."""
-    source = Provenance(programme.id, programme.version, None)
-    applied: list[TierChange] = []
-    skipped: list[tuple[TierChange, str]] = []
-    with write_transaction(engine) as conn:
-        ids = [change.client_id for change in changes]
-        client_store.lock_clients(conn, ids)
-        in_force = client_store.tiers_as_of(conn, report.as_of, ids)
-        latest = client_store.last_activity(conn, ids)
-        standing = ledger.active_entitlements_by_rule_prefix(conn, ids, TIER_RULE_PREFIX)
-        entries, tier_rows = [], []
-        for change in changes:
-            now_in_force = in_force[change.client_id]
-            reason = _skip_reason(now_in_force, report.as_of)
-            if reason is None and now_in_force.tier != change.from_tier:
-                reason = f"moved to {now_in_force.tier} by another review meanwhile"
-            if reason:
-                skipped.append((change, reason))
-                continue
-            effective = _effective_moment(report.as_of, now_in_force, latest.get(change.client_id))
-            change = replace(change, effective_from=effective)
-            applied.append(change)
-            tier_rows.append({
-                "client_id": change.client_id, "tier": change.to_tier, "previous_tier": change.from_tier,
-                "valid_from": effective, "reason": f"{change.direction} by review",
-                "details": json.dumps(change.reasons), "review_id": report.review_id,
-                "programme_id": programme.id, "programme_version": programme.version, "created_at": now})
-            # Whatever standing tier benefits the client holds end here; the new tier's start.
-            entries.extend(ledger.revoke_entry(row, source, effective, now) for row in standing[change.client_id])
-            entries.extend(ledger.grant_entry(change.client_id, grant, source, now)
-                           for grant in tier_grants(programme.tier(change.to_tier), effective))
-        client_store.insert_tier_assignments(conn, tier_rows)
-        ledger.append(conn, entries)
-    return applied, skipped
+def _discount(report: ReviewReport, programme: CompiledProgramme, change: TierChange, volumes: dict[str, int]) -> None:
+    """The yearly interest the move gives up (positive) or takes back, at the window's drawdowns per product."""
+    before = programme.tier(change.from_tier).benefits.rate_discount_bps
+    after = programme.tier(change.to_tier).benefits.rate_discount_bps
+    scale = Decimal(1).scaleb(-minor_unit_exponent(programme.currency))
+    amount = sum((Decimal(volume) * scale * (after.get(product, 0) - before.get(product, 0)) / 10_000
+                  for product, volume in volumes.items()), Decimal(0))
+    report.discount_change += amount
+    report.discount_clients.append({"client_id": change.client_id, "from": change.from_tier, "to": change.to_tier,
+                                    "loan_volume": str(Decimal(sum(volumes.values())) * scale),
+                                    "change_per_year": str(report._money(amount))})

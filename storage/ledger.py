@@ -13,6 +13,7 @@ from sqlalchemy import Connection, and_, bindparam, case, func, insert, select, 
 from rewards.kinds import Grant, Kind, Reason, Status, Use
 from rewards.stacking import Entitlement
 from rewards.tiers import TIER_RULE_PREFIX, tier_rule_id
+from storage import lots
 from storage.types import UTCDateTime
 from storage.models import Client, Entitlement as EntitlementRow, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
@@ -101,7 +102,8 @@ def compensating_entry(original: dict, reason: Reason, created_at: datetime, eve
 
 
 def append(conn: Connection, rows: list[dict]) -> list[int]:
-    """Insert entries and their projections (entitlements, points balances) in the caller's transaction.
+    """Insert entries and their projections (entitlements, points balances, points lots) in the caller's
+    transaction; NegativeBalanceError if the points entries would take a balance below zero.
 
     Entries get ids in the order of `rows`. Returns the ids of the grant entries (the entitlements
     they create), in order.
@@ -122,6 +124,7 @@ def append(conn: Connection, rows: list[dict]) -> list[int]:
     if entitlements:
         conn.execute(insert(ENTITLEMENT), entitlements)
     _apply_points(conn, rows)
+    lots.record(conn, rows)
     for row in rows:
         status = _status_after(row["reason"])
         if row["entitlement_id"] is None or status is None:
@@ -295,6 +298,7 @@ def verify(conn: Connection) -> list[str]:
     for entitlement_id in rows:
         problems.append(f"entitlement {entitlement_id} has no grant entry")
     problems.extend(_standing_benefit_problems(conn))
+    problems.extend(lots.verify(conn))
     return problems
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Text, text
 from sqlmodel import Field, SQLModel
 
 from storage.types import UTCDateTime
@@ -18,7 +18,12 @@ def _ts(**kwargs) -> Field:  # type: ignore[valid-type]
 
 
 class Client(SQLModel, table=True):
-    """An enterprise client: profile from `client.onboarded`, and its points balance (a projection)."""
+    """An enterprise client: profile from `client.onboarded`, and its points balance (a projection).
+
+    The database refuses a negative balance, whatever the code does.
+    """
+
+    __table_args__ = (CheckConstraint("points_balance >= 0", name="ck_client_balance_not_negative"),)
 
     client_id: str = Field(primary_key=True, max_length=64)
     name: str | None = None
@@ -55,11 +60,13 @@ class TierAssignment(SQLModel, table=True):
 
 
 class TierReview(SQLModel, table=True):
-    """One run of the tier review (dry runs are not recorded)."""
+    """One run of the tier review (dry runs are not recorded). A scheduled review's id comes from its
+    scheduled moment, so every replica that fires it names the same review and it runs once."""
 
     __tablename__ = "tier_review"
 
     id: str = Field(primary_key=True, max_length=64)
+    trigger: str = Field(default="manual", max_length=16)  # manual or scheduled
     as_of: datetime = _ts()  # a run with no change is recorded too: the audit shows every review
     programme_id: str
     programme_version: str
@@ -68,6 +75,102 @@ class TierReview(SQLModel, table=True):
     clients: int = 0
     upgrades: int = 0
     downgrades: int = 0
+    points_expired: int = Field(default=0, sa_type=BigInteger)
+    churn_flagged: int = 0
+
+
+class TierPin(SQLModel, table=True):
+    """A manual override: the client stays in `tier` from `valid_from` until `until`, whatever reviews find.
+
+    Pins are never edited; a later pin of the same client replaces an earlier one from its own start.
+    """
+
+    __tablename__ = "tier_pin"
+    __table_args__ = (Index("ix_tier_pin_client", "client_id", "valid_from"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: str = Field(foreign_key="client.client_id", max_length=64)
+    tier: str = Field(max_length=64)
+    valid_from: datetime = _ts()
+    until: datetime = _ts()
+    reason: str
+    author: str = Field(max_length=200)
+    created_at: datetime = _ts()
+
+
+class TierGrace(SQLModel, table=True):
+    """A grace period: a review found the client no longer qualifies for `tier` and lets it keep the tier
+    until `until`. It ends when the client qualifies again, is moved down, or is pinned."""
+
+    __tablename__ = "tier_grace"
+    __table_args__ = (Index("ux_tier_grace_open", "client_id", unique=True,
+                            sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: str = Field(foreign_key="client.client_id", max_length=64)
+    tier: str = Field(max_length=64)
+    started_at: datetime = _ts()
+    until: datetime = _ts()
+    review_id: str = Field(max_length=64)
+    ended_at: datetime | None = _ts(default=None)
+    ended_by: str | None = Field(default=None, max_length=64)  # the review that ended it
+    outcome: str | None = Field(default=None, max_length=16)  # recovered, downgraded, moved, pinned
+
+
+class ChurnFlag(SQLModel, table=True):
+    """An early warning: from the review that raised it until the review that found the client recovered.
+
+    `signals` holds the signals that fired with their values, as last seen; cleared flags stay as history.
+    """
+
+    __tablename__ = "churn_flag"
+    __table_args__ = (Index("ux_churn_flag_open", "client_id", unique=True,
+                            sqlite_where=text("cleared_at IS NULL"), postgresql_where=text("cleared_at IS NULL")),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: str = Field(foreign_key="client.client_id", max_length=64)
+    tier: str = Field(max_length=64)
+    raised_at: datetime = _ts()
+    raised_by: str = Field(max_length=64)
+    signals: str = Field(sa_column=Column(Text, nullable=False))
+    value: int = Field(default=0, sa_type=BigInteger)  # loan volume in the window, minor units: the sort key
+    last_seen_at: datetime = _ts()
+    last_review_id: str = Field(max_length=64)
+    cleared_at: datetime | None = _ts(default=None)
+    cleared_by: str | None = Field(default=None, max_length=64)
+
+
+class PointsLot(SQLModel, table=True):
+    """Points earned by one rule for one event (a projection of its `earn` entry) and how many are left.
+
+    Debits (redemptions, reversals) take the oldest lots first; expiry takes what is left of a lot.
+    `ledger verify` replays the entries and compares.
+    """
+
+    __tablename__ = "points_lot"
+    __table_args__ = (Index("ux_points_lot_source", "event_id", "rule_id", unique=True),
+                      Index("ix_points_lot_client", "client_id", "earned_at"),
+                      Index("ix_points_lot_open", "earned_at", sqlite_where=text("remaining > 0"),
+                            postgresql_where=text("remaining > 0")),
+                      CheckConstraint("remaining >= 0 AND remaining <= points", name="ck_points_lot_remaining"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: str = Field(max_length=64)
+    event_id: str = Field(max_length=128)
+    rule_id: str = Field(max_length=96)
+    earned_at: datetime = _ts()
+    points: int = Field(sa_type=BigInteger)
+    remaining: int = Field(sa_type=BigInteger)
+
+
+class JobLease(SQLModel, table=True):
+    """Who is running a job (the review, expiry) until when: replicas take turns through this row."""
+
+    __tablename__ = "job_lease"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: datetime = _ts()
 
 
 class ProcessedEvent(SQLModel, table=True):
@@ -229,5 +332,5 @@ class SchemaInfo(SQLModel, table=True):
     value: str
 
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 APPEND_ONLY_TABLES = ("ledger_entry", "processed_event", "event_reversal")

@@ -77,6 +77,28 @@ def programmes():
     return load_programmes(RULES)
 
 
+PLAIN_POLICY = """  instant_upgrade: []
+  downgrade: {max_steps: 3, grace_days: 0, min_months_in_tier: 0, new_client_months: 0}
+"""
+
+
+@pytest.fixture(scope="session")
+def plain_programmes(tmp_path_factory):
+    """The shipped programme with a plain review policy: no instant upgrades, every downgrade at once."""
+    return load_programmes(programme_variant(tmp_path_factory.mktemp("plain"), review_policy=PLAIN_POLICY))
+
+
+def programme_variant(folder: Path, review_policy: str) -> Path:
+    """A copy of the shipped rule file in `folder` whose review policy (instant upgrades, downgrade rules)
+    is replaced by `review_policy` (YAML lines indented under `review:`)."""
+    text = (RULES / "corporate_lending.yaml").read_text()
+    start = text.index("  instant_upgrade:")
+    end = text.index("\n\n", start) + 1
+    path = folder / "corporate_lending.yaml"
+    path.write_text(text[:start] + review_policy + text[end:])
+    return path
+
+
 def run_cli(*args: str, db_url: str | None = None, stdin: str | None = None, cwd: Path | None = None,
             rules: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed `loyalty` command as a user would, in a subprocess."""

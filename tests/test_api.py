@@ -119,7 +119,8 @@ def test_reversal_writes_compensating_entries_once(api):
     first = api.client.post("/v1/events/C-1-ref/reversal", json={"reason": "referral fell through"})
     assert first.status_code == 200 and first.json()["status"] == "reversed" and first.json()["entries"]
     again = api.client.post("/v1/events/C-1-ref/reversal", json={"reason": "referral fell through"})
-    assert again.json() == {"event_id": "C-1-ref", "status": "already_reversed", "entries": [], "skipped": []}
+    assert again.json() == {"event_id": "C-1-ref", "status": "already_reversed", "entries": [], "skipped": [],
+                            "points_written_off": 0}
     assert api.client.get("/v1/clients/C-1/benefits").json()["points_balance"] == 6000
     assert_problem(api.client.post("/v1/events/nope/reversal"), 404, "not-found")
 

@@ -28,17 +28,20 @@ def test_operator_session(db_url):
     answer = cli_json("benefits", "C-1001", "--product", "working_capital", "--at", AT, db_url=db_url)
     for field in ("client_id", "tier", "points_balance", "rate_discount_bps", "fast_track_sla_hours", "entitlements"):
         assert field in answer
-    assert (answer["tier"], answer["points_balance"]) == ("standard", 20457)
-    # 10 bps (large drawdown, single use) is larger than 5 bps (referral, single use): one applies.
-    assert answer["rate_discount_bps"] == 10
+    # Its drawdowns qualify it for diamond, an instant-upgrade tier: it moved at the end of the file's batch.
+    assert (answer["tier"], answer["points_balance"]) == ("diamond", 20457)
+    # Diamond's standing 20 bps, plus 10 bps (large drawdown, single use), which beats the referral's 5 bps:
+    # one single-use discount applies.
+    assert answer["rate_discount_bps"] == 30
     for entitlement in answer["entitlements"]:
         assert {"kind", "rule_id", "programme_version", "valid_from", "valid_to"} <= entitlement.keys()
 
     entries = cli_json("ledger", "C-1001", db_url=db_url)
     assert [e["id"] for e in entries] == sorted((e["id"] for e in entries), reverse=True)  # newest first
     assert sum(e["points"] for e in entries) == 20457
-    for entry in entries:
-        assert entry["rule_id"] and entry["programme_version"] == "2026.1" and entry["event_id"].startswith("evt-")
+    for entry in entries:  # events earn; tier moves (here the instant upgrade) grant and revoke standing benefits
+        assert entry["rule_id"] and entry["programme_version"] == "2026.1"
+        assert entry["event_id"].startswith("evt-") if entry["event_id"] else entry["rule_id"].startswith("tier:")
 
     assert cli_json("ledger", "verify", db_url=db_url) == {"ok": True, "problems": []}
 

@@ -193,7 +193,7 @@ def test_reversal_compensates_everything_once(engine, programmes):
     first = reverse_event(engine, "ref", "referred client withdrew", clock=lambda: NOW)
     assert first["status"] == "reversed" and len(first["entries"]) == 2
     again = reverse_event(engine, "ref", clock=lambda: NOW)
-    assert again == {"event_id": "ref", "status": "already_reversed", "entries": [], "skipped": []}
+    assert again == {"event_id": "ref", "status": "already_reversed", "entries": [], "skipped": [], "points_written_off": 0}
     assert balance(engine, "C-1") == 1000
     with engine.connect() as conn:
         entries = ledger.client_entries(conn, "C-1")

@@ -116,15 +116,25 @@ def test_metrics_are_exact_and_respect_the_window(engine, programmes):
 def test_a_client_moves_up_and_down_with_matching_grants_and_revokes(engine, programmes):
     ingest(engine, programmes, drawn("d1", "C-1", "2025-03-01T00:00:00Z", "40000000"),
            repaid("r1", "C-1", "2025-04-01T00:00:00Z"))
+    # The shipped policy upgrades to gold instantly: with the repayment that made the client qualify.
+    history = client_profile(engine, programmes, "C-1", at("2025-05-01T00:00:00Z"))["tier_history"]
+    assert [(h["tier"], h["valid_from"], h["reason"]) for h in history][-1] == \
+        ("gold", "2025-04-01T00:00:00.000001+00:00", "instant upgrade: qualifies for gold")
     first = run_review(engine, programmes, at("2025-06-30T00:00:00Z"), clock=lambda: NOW)
-    assert [(c.client_id, c.from_tier, c.to_tier) for c in first.changes] == [("C-1", "standard", "gold")]
+    assert first.changes == [] and first.tiers_after["gold"] == 1
     gold = client_benefits(engine, programmes, "C-1", at("2025-07-01T00:00:00Z"), "working_capital")
     assert (gold["tier"], gold["rate_discount_bps"], gold["fast_track_sla_hours"]) == ("gold", 10, 72)
 
     ingest(engine, programmes, drawn("d2", "C-1", "2026-02-01T00:00:00Z", "12000000"))
     second = run_review(engine, programmes, at("2026-06-30T00:00:00Z"), clock=lambda: NOW)
-    [change] = second.changes
-    assert (change.from_tier, change.to_tier, change.direction) == ("gold", "silver", "downgrade")
+    # The shipped policy's 30-day grace: the client keeps gold, and is told until when.
+    assert second.changes == []
+    assert [(h["client_id"], h["tier"], h["qualifies_for"], h["hold"], h["until"]) for h in second.held] == \
+        [("C-1", "gold", "silver", "grace", "2026-07-30T00:00:00+00:00")]
+    third = run_review(engine, programmes, at("2026-07-31T00:00:00Z"), clock=lambda: NOW)
+    [change] = third.changes
+    assert (change.from_tier, change.to_tier, change.direction, change.policy) == \
+        ("gold", "silver", "downgrade", "grace ended")
     gold_reason = next(r for r in change.reasons if r["tier"] == "gold")
     assert gold_reason["qualifies"] is False
     assert {"metric": "loan_volume", "operator": "gte", "threshold": "30000000", "value": "12000000",
@@ -137,7 +147,7 @@ def test_a_client_moves_up_and_down_with_matching_grants_and_revokes(engine, pro
     revoked = [e for e in entries if e["reason"] == "revoke"]
     assert sorted(e["entitlement_id"] for e in revoked) == sorted(granted)
     assert all(e["bps"] == -granted[e["entitlement_id"]]["bps"] for e in revoked)
-    silver = client_benefits(engine, programmes, "C-1", at("2026-07-01T00:00:00Z"), "working_capital")
+    silver = client_benefits(engine, programmes, "C-1", at("2026-08-01T00:00:00Z"), "working_capital")
     assert (silver["tier"], silver["rate_discount_bps"], silver["fast_track_sla_hours"]) == ("silver", 5, 120)
     assert {e["rule_id"] for e in silver["entitlements"]} == {"tier:silver"}
     # The past is unchanged: while gold, the client held gold's benefits.
@@ -146,7 +156,8 @@ def test_a_client_moves_up_and_down_with_matching_grants_and_revokes(engine, pro
     assert {e["rule_id"] for e in then["entitlements"]} == {"tier:gold"}
 
 
-def test_events_after_an_upgrade_earn_at_the_new_tier(engine, programmes):
+def test_events_after_an_upgrade_earn_at_the_new_tier(engine, plain_programmes):
+    programmes = plain_programmes  # review mechanics, without the shipped policy's holds
     ingest(engine, programmes, drawn("d1", "C-1", "2025-03-01T00:00:00Z", "150000000"),
            repaid("r1", "C-1", "2025-04-01T00:00:00Z"))
     run_review(engine, programmes, at("2025-06-30T00:00:00Z"), clock=lambda: NOW)
@@ -174,7 +185,8 @@ def test_review_twice_changes_nothing_and_dry_run_writes_nothing(engine, program
     assert counts(engine) == after_first
 
 
-def test_a_move_takes_effect_after_activity_already_applied_beyond_the_review_moment(engine, programmes):
+def test_a_move_takes_effect_after_activity_already_applied_beyond_the_review_moment(engine, plain_programmes):
+    programmes = plain_programmes  # review mechanics, without the shipped policy's holds
     ingest(engine, programmes, drawn("d1", "C-1", "2025-03-01T00:00:00Z", "150000000"),
            repaid("r1", "C-1", "2025-04-01T00:00:00Z"),
            drawn("late", "C-1", "2025-07-01T00:00:00Z", "100000"))  # applied before the review runs

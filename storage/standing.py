@@ -1,0 +1,120 @@
+"""What reviews keep about clients besides tiers: pins, grace periods and churn flags (reads and writes, in bulk)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
+
+from rewards.tier_policy import Grace, Pin
+from storage.models import ChurnFlag, Client, TierGrace, TierPin
+
+PIN = TierPin.__table__
+GRACE = TierGrace.__table__
+FLAG = ChurnFlag.__table__
+CLIENT = Client.__table__
+
+
+def pins_in_force(conn: Connection, at: datetime, client_ids: list[str] | None = None) -> dict[str, Pin]:
+    """Per client, the pin in force at `at` (the latest one started by then, if it has not ended)."""
+    query = select(PIN).where(PIN.c.valid_from <= at).order_by(PIN.c.client_id, PIN.c.valid_from, PIN.c.id)
+    if client_ids is not None:
+        query = query.where(PIN.c.client_id.in_(client_ids))
+    latest: dict[str, dict] = {}
+    for row in conn.execute(query):
+        latest[row.client_id] = dict(row._mapping)
+    return {client_id: Pin(row["tier"], row["until"], row["reason"], row["author"])
+            for client_id, row in latest.items() if row["until"] > at}
+
+
+def pin_history(conn: Connection, client_id: str) -> list[dict]:
+    """Every pin of a client, oldest first."""
+    query = select(PIN).where(PIN.c.client_id == client_id).order_by(PIN.c.valid_from, PIN.c.id)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def insert_pin(conn: Connection, row: dict) -> None:
+    """Record a pin."""
+    conn.execute(insert(PIN).values(**row))
+
+
+def open_graces(conn: Connection, client_ids: list[str]) -> dict[str, Grace]:
+    """Per client, its open grace period."""
+    query = select(GRACE.c.client_id, GRACE.c.tier, GRACE.c.until).where(
+        GRACE.c.client_id.in_(client_ids), GRACE.c.ended_at.is_(None))
+    return {row.client_id: Grace(row.tier, row.until) for row in conn.execute(query)}
+
+
+def grace_of(conn: Connection, client_id: str) -> dict | None:
+    """A client's open grace period, as a row."""
+    row = conn.execute(select(GRACE).where(GRACE.c.client_id == client_id, GRACE.c.ended_at.is_(None))).first()
+    return dict(row._mapping) if row else None
+
+
+def close_graces(conn: Connection, endings: list[dict]) -> None:
+    """End open grace periods: dicts of client_id, ended_at, ended_by, outcome."""
+    if endings:
+        conn.execute(update(GRACE).where(GRACE.c.client_id == bindparam("cid"), GRACE.c.ended_at.is_(None))
+                     .values(ended_at=bindparam("p_ended_at"), ended_by=bindparam("p_ended_by"),
+                             outcome=bindparam("p_outcome")),
+                     [{"cid": e["client_id"], "p_ended_at": e["ended_at"], "p_ended_by": e["ended_by"],
+                       "p_outcome": e["outcome"]} for e in endings])
+
+
+def open_grace_rows(conn: Connection, rows: list[dict]) -> None:
+    """Start grace periods (client_id, tier, started_at, until, review_id)."""
+    if rows:
+        conn.execute(insert(GRACE), rows)
+
+
+def open_flags(conn: Connection, client_ids: list[str]) -> dict[str, dict]:
+    """Per client, its open churn flag as a row."""
+    query = select(FLAG).where(FLAG.c.client_id.in_(client_ids), FLAG.c.cleared_at.is_(None))
+    return {row.client_id: dict(row._mapping) for row in conn.execute(query)}
+
+
+def raise_flags(conn: Connection, rows: list[dict]) -> None:
+    """Open churn flags."""
+    if rows:
+        conn.execute(insert(FLAG), rows)
+
+
+def refresh_flags(conn: Connection, rows: list[dict]) -> None:
+    """Record what a later review saw on open flags: dicts of client_id, tier, signals, value, seen_at, review_id."""
+    if rows:
+        conn.execute(update(FLAG).where(FLAG.c.client_id == bindparam("cid"), FLAG.c.cleared_at.is_(None))
+                     .values(tier=bindparam("p_tier"), signals=bindparam("p_signals"), value=bindparam("p_value"),
+                             last_seen_at=bindparam("p_seen_at"), last_review_id=bindparam("p_review_id")),
+                     [{"cid": r["client_id"], "p_tier": r["tier"], "p_signals": r["signals"], "p_value": r["value"],
+                       "p_seen_at": r["seen_at"], "p_review_id": r["review_id"]} for r in rows])
+
+
+def clear_flags(conn: Connection, client_ids: list[str], at: datetime, review_id: str) -> None:
+    """Close the open flags of clients that recovered; the rows stay as history."""
+    if client_ids:
+        conn.execute(update(FLAG).where(FLAG.c.client_id.in_(client_ids), FLAG.c.cleared_at.is_(None))
+                     .values(cleared_at=at, cleared_by=review_id))
+
+
+def flags(conn: Connection, tier: str | None = None, history: bool = False, client_id: str | None = None) -> list[dict]:
+    """Churn flags, most valuable first: open ones, or every one with `history`; signals decoded."""
+    query = select(FLAG, CLIENT.c.name).join(CLIENT, CLIENT.c.client_id == FLAG.c.client_id) \
+        .order_by(FLAG.c.value.desc(), FLAG.c.client_id, FLAG.c.raised_at)
+    conditions = []
+    if not history:
+        conditions.append(FLAG.c.cleared_at.is_(None))
+    if tier is not None:
+        conditions.append(FLAG.c.tier == tier)
+    if client_id is not None:
+        conditions.append(FLAG.c.client_id == client_id)
+    if conditions:
+        query = query.where(and_(*conditions))
+    return [{**row._mapping, "signals": json.loads(row.signals)} for row in conn.execute(query)]
+
+
+def tenure_starts(conn: Connection, client_ids: list[str]) -> dict[str, datetime]:
+    """Per client, when its tenure began: onboarding, or its first event."""
+    query = select(CLIENT.c.client_id, CLIENT.c.onboarded_at, CLIENT.c.first_seen_at).where(
+        CLIENT.c.client_id.in_(client_ids))
+    return {row.client_id: row.onboarded_at or row.first_seen_at for row in conn.execute(query)}
+
