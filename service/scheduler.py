@@ -1,0 +1,124 @@
+"""The review and expiry jobs on the rule file's schedules (APScheduler 3, jobs kept in the database).
+
+Jobs live in APScheduler's SQLAlchemy job store, in the loyalty database itself, and are stored as
+references to the functions below with plain arguments (database URL, rules path): any replica can
+load and run them. `coalesce` and an unlimited misfire grace make a scheduler that fell behind (a
+suspended machine, a long job) run a job once, not once per missed moment; and a missed review is
+always the latest scheduled one, so catching up after downtime is one review.
+
+Replicas each run the jobs, and the work stays single: a scheduled review is named by its scheduled
+moment, so every replica that fires it names the same review; the review's lease lets one run it
+and the others find it running or finished. A catch-up job, every few minutes and at start, runs
+the latest scheduled review if it has not finished: after downtime, or when the replica running it
+died half-way (its lease lapses and the review resumes where it stopped). Expiry is idempotent under
+the clients' locks, so two replicas expiring at once expire each lot once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from engine.loader import load_programmes
+from engine.schema import Schedule
+from service.clock import utc_now
+from service.errors import ConflictError
+from service.expiry import expire_points
+from service.review import run_review, scheduled_review_id
+from storage.db import make_engine
+
+log = logging.getLogger("loyalty.scheduler")
+
+REVIEW_JOB, EXPIRY_JOB, CATCH_UP_JOB = "tier-review", "points-expiry", "review-catch-up"
+CATCH_UP_EVERY = timedelta(minutes=5)
+JOB_TABLE = "apscheduler_jobs"
+_LOOK_BACK = timedelta(days=800)  # a schedule fires at least once in two years, or it is not a schedule
+
+_engines: dict[str, Engine] = {}  # one engine per database for this process's jobs
+
+
+def build_scheduler(database_url: str, rules: Path, scheduler_class: type[BaseScheduler] = BackgroundScheduler,
+                    catch_up_every: timedelta = CATCH_UP_EVERY) -> BaseScheduler:
+    """A scheduler (not started) holding the jobs the programme's schedules ask for, stored in the database."""
+    model = load_programmes(rules).current.model
+    store = SQLAlchemyJobStore(engine=_engine(database_url), tablename=JOB_TABLE)
+    scheduler = scheduler_class(jobstores={"default": store}, timezone=UTC,
+                                job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1})
+    args = [database_url, str(rules)]
+    jobs = {REVIEW_JOB: (model.review.schedule, scheduled_review), EXPIRY_JOB: (model.points.expiry_schedule,
+                                                                                scheduled_expiry)}
+    for job_id, (schedule, function) in jobs.items():
+        if schedule is None:
+            continue
+        # Re-added at every start, so an edited schedule takes effect. Runs missed while no scheduler
+        # was up are not lost: the catch-up job runs the latest review at start, and each expiry takes
+        # everything due by then.
+        scheduler.add_job(function, cron_trigger(schedule), id=job_id, name=job_id, args=args, replace_existing=True)
+    if model.review.schedule is not None:
+        scheduler.add_job(scheduled_review, IntervalTrigger(seconds=catch_up_every.total_seconds()),
+                          id=CATCH_UP_JOB, name=CATCH_UP_JOB, args=args, replace_existing=True,
+                          next_run_time=utc_now())
+    return scheduler
+
+
+def cron_trigger(schedule: Schedule) -> CronTrigger:
+    """The APScheduler trigger of a rule file's schedule."""
+    return CronTrigger.from_crontab(schedule.cron, timezone=ZoneInfo(schedule.timezone))
+
+
+def latest_moment(schedule: Schedule, now: datetime) -> datetime | None:
+    """The latest moment at or before `now` that `schedule` fires, in UTC (None if none in two years)."""
+    trigger = cron_trigger(schedule)
+    latest = None
+    moment = trigger.get_next_fire_time(None, now - _LOOK_BACK)
+    while moment is not None and moment <= now:
+        latest = moment
+        moment = trigger.get_next_fire_time(moment, moment + timedelta(seconds=1))
+    return latest.astimezone(UTC) if latest is not None else None
+
+
+def scheduled_review(database_url: str, rules: str) -> dict | None:
+    """Run (or finish) the review of the latest scheduled moment, unless it has finished or is running."""
+    programmes = load_programmes(Path(rules))
+    schedule = programmes.current.model.review.schedule
+    moment = latest_moment(schedule, utc_now()) if schedule else None
+    if moment is None:
+        return None
+    review_id = scheduled_review_id(moment)
+    try:
+        report = run_review(_engine(database_url), programmes, moment, trigger="scheduled", review_id=review_id)
+    except ConflictError as exc:
+        if exc.code not in ("review-finished", "review-running"):
+            raise
+        log.debug("review %s not run: %s", review_id, exc)
+        return None
+    summary = report.as_dict()
+    outcome = {"job": REVIEW_JOB, "review_id": review_id, "as_of": summary["as_of"], "resumed": summary["resumed"],
+               "clients": summary["clients"], "upgrades": summary["upgrades"], "downgrades": summary["downgrades"],
+               "held": len(summary["held"]), "pins": len(summary["pins"]),
+               "churn_flagged": len(summary["churn"]["flagged"]), "points_expired": summary["points_expired"]["points"]}
+    log.info(json.dumps(outcome))
+    return outcome
+
+
+def scheduled_expiry(database_url: str, rules: str) -> dict:
+    """Expire the points that have expired by now."""
+    report = expire_points(_engine(database_url), load_programmes(Path(rules)), utc_now())
+    outcome = {"job": EXPIRY_JOB, **report.as_dict()}
+    log.info(json.dumps(outcome))
+    return outcome
+
+
+def _engine(database_url: str) -> Engine:
+    if database_url not in _engines:
+        _engines[database_url] = make_engine(database_url)
+    return _engines[database_url]

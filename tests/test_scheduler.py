@@ -1,0 +1,113 @@
+"""The scheduler on both databases: schedules read from the rule file, one review however many
+schedulers run, one catch-up review after downtime. The clock is moved with time-machine, never waited for."""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import time_machine
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+from sqlalchemy import func, select
+
+from engine.schema import Schedule
+from service.ingest import Ingestor
+from service.scheduler import CATCH_UP_JOB, EXPIRY_JOB, REVIEW_JOB, build_scheduler, latest_moment, scheduled_review
+from storage.db import read_snapshot
+from storage.models import TierAssignment, TierReview
+from tests.conftest import RULES, event, ndjson
+
+QUARTERLY = Schedule(cron="0 2 1 1,4,7,10 *", timezone="Asia/Shanghai")  # as the shipped rule file says
+
+
+def test_the_latest_scheduled_moment_is_read_in_the_schedule_time_zone():
+    # 02:00 in Shanghai on 1 October is 18:00 UTC on 30 September.
+    assert latest_moment(QUARTERLY, datetime(2026, 11, 23, tzinfo=UTC)) == datetime(2026, 9, 30, 18, tzinfo=UTC)
+    assert latest_moment(QUARTERLY, datetime(2026, 9, 30, 18, tzinfo=UTC)) == datetime(2026, 9, 30, 18, tzinfo=UTC)
+    assert latest_moment(QUARTERLY, datetime(2026, 9, 30, 17, 59, tzinfo=UTC)) == datetime(2026, 6, 30, 18, tzinfo=UTC)
+
+
+def seed(engine, programmes) -> None:
+    """Clients that the review will move: four borrowers of 20M (silver) and one of 1M (standard)."""
+    events = [event(f"d{i}", f"C-{i}", "loan.drawn", "2026-03-01T00:00:00Z", loan_id=f"L{i}", product="term_loan",
+                    amount="20000000" if i < 4 else "1000000", currency="CNY", term_months=12) for i in range(5)]
+    report = Ingestor(engine, programmes, clock=lambda: datetime(2026, 6, 1, tzinfo=UTC)).ingest_lines(
+        ndjson(*events).splitlines())
+    assert report.applied == 5
+
+
+def reviews(engine) -> list[tuple]:
+    table = TierReview.__table__
+    with read_snapshot(engine) as conn:
+        return [tuple(row) for row in conn.execute(select(table.c.id, table.c.trigger, table.c.as_of,
+                                                          table.c.finished_at.is_not(None)))]
+
+
+def moves_by(engine, review_id: str) -> int:
+    table = TierAssignment.__table__
+    with read_snapshot(engine) as conn:
+        return conn.execute(select(func.count()).select_from(table).where(table.c.review_id == review_id)).scalar()
+
+
+def test_two_schedulers_on_one_database_run_one_review(engine, db_url, programmes):
+    seed(engine, programmes)
+    runs: list[tuple[str, object]] = []
+    lock = threading.Lock()
+
+    def record(job_event) -> None:
+        with lock:
+            runs.append((job_event.job_id, getattr(job_event, "retval", None) or getattr(job_event, "exception", None)))
+
+    with time_machine.travel(datetime(2026, 10, 2, 9, tzinfo=UTC), tick=True):
+        schedulers = [build_scheduler(db_url, RULES) for _ in range(2)]
+        for scheduler in schedulers:
+            scheduler.add_listener(record, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        try:
+            for scheduler in schedulers:
+                scheduler.start()
+            jobs = {job.id: job for job in schedulers[0].get_jobs()}
+            assert set(jobs) == {REVIEW_JOB, EXPIRY_JOB, CATCH_UP_JOB}
+            assert (jobs[REVIEW_JOB].coalesce, jobs[REVIEW_JOB].misfire_grace_time) == (True, None)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(done for *_, done in reviews(engine)):
+                time.sleep(0.1)
+            time.sleep(1)  # give the other scheduler time to fire too, if it were going to review again
+        finally:
+            for scheduler in schedulers:
+                scheduler.shutdown(wait=True)
+    assert reviews(engine) == [("review-20260930T180000Z-scheduled", "scheduled",
+                                datetime(2026, 9, 30, 18, tzinfo=UTC), True)]
+    assert moves_by(engine, "review-20260930T180000Z-scheduled") == 4
+    assert not [outcome for _, outcome in runs if isinstance(outcome, BaseException)], runs
+
+
+def test_concurrent_runs_of_the_review_job_make_one_review(engine, db_url, programmes):
+    seed(engine, programmes)
+    results: list[dict | None] = []
+    start = threading.Barrier(3)
+
+    def job() -> None:
+        start.wait()
+        results.append(scheduled_review(db_url, str(RULES)))
+
+    with time_machine.travel(datetime(2026, 10, 2, 9, tzinfo=UTC), tick=True):
+        threads = [threading.Thread(target=job) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    ran = [result for result in results if result is not None]
+    assert len(results) == 3 and len(ran) == 1  # the others found it running or finished
+    assert (ran[0]["review_id"], ran[0]["upgrades"]) == ("review-20260930T180000Z-scheduled", 4)
+    assert len(reviews(engine)) == 1 and moves_by(engine, ran[0]["review_id"]) == 4
+
+
+def test_after_downtime_one_catch_up_review_runs_as_of_the_latest_missed_moment(engine, db_url, programmes):
+    seed(engine, programmes)
+    # Down from June 2026 to May 2027: the October, January and April reviews were missed.
+    with time_machine.travel(datetime(2027, 5, 3, tzinfo=UTC), tick=True):
+        first = scheduled_review(db_url, str(RULES))
+        second = scheduled_review(db_url, str(RULES))
+    assert first is not None and first["as_of"] == "2027-03-31T18:00:00+00:00"
+    assert second is None
+    assert [review_id for review_id, *_ in reviews(engine)] == ["review-20270331T180000Z-scheduled"]
