@@ -17,6 +17,11 @@ def _ts(**kwargs) -> Field:  # type: ignore[valid-type]
     return Field(sa_type=UTCDateTime, **kwargs)
 
 
+def _partial_index(name: str, column: str, where: str, unique: bool = True) -> Index:
+    """An index over the rows where `where` holds, on both databases."""
+    return Index(name, column, unique=unique, sqlite_where=text(where), postgresql_where=text(where))
+
+
 class Client(SQLModel, table=True):
     """An enterprise client: profile from `client.onboarded`, and its points balance (a projection).
 
@@ -103,8 +108,7 @@ class TierGrace(SQLModel, table=True):
     until `until`. It ends when the client qualifies again, is moved down, or is pinned."""
 
     __tablename__ = "tier_grace"
-    __table_args__ = (Index("ux_tier_grace_open", "client_id", unique=True,
-                            sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),)
+    __table_args__ = (_partial_index("ux_tier_grace_open", "client_id", "ended_at IS NULL"),)
 
     id: int | None = Field(default=None, primary_key=True)
     client_id: str = Field(foreign_key="client.client_id", max_length=64)
@@ -124,8 +128,7 @@ class ChurnFlag(SQLModel, table=True):
     """
 
     __tablename__ = "churn_flag"
-    __table_args__ = (Index("ux_churn_flag_open", "client_id", unique=True,
-                            sqlite_where=text("cleared_at IS NULL"), postgresql_where=text("cleared_at IS NULL")),)
+    __table_args__ = (_partial_index("ux_churn_flag_open", "client_id", "cleared_at IS NULL"),)
 
     id: int | None = Field(default=None, primary_key=True)
     client_id: str = Field(foreign_key="client.client_id", max_length=64)
@@ -150,8 +153,7 @@ class PointsLot(SQLModel, table=True):
     __tablename__ = "points_lot"
     __table_args__ = (Index("ux_points_lot_source", "event_id", "rule_id", unique=True),
                       Index("ix_points_lot_client", "client_id", "earned_at"),
-                      Index("ix_points_lot_open", "earned_at", sqlite_where=text("remaining > 0"),
-                            postgresql_where=text("remaining > 0")),
+                      _partial_index("ix_points_lot_open", "earned_at", "remaining > 0", unique=False),
                       CheckConstraint("remaining >= 0 AND remaining <= points", name="ck_points_lot_remaining"))
 
     id: int | None = Field(default=None, primary_key=True)
@@ -218,8 +220,7 @@ class LedgerEntry(SQLModel, table=True):
         Index("ix_ledger_client_id", "client_id", "id"),
         Index("ix_ledger_cap_usage", "client_id", "rule_id", "valid_from"),
         # The database itself refuses a second consumption of an entitlement, whatever the code does.
-        Index("ux_ledger_one_consumption", "entitlement_id", unique=True,
-              sqlite_where=text("reason = 'consume'"), postgresql_where=text("reason = 'consume'")),
+        _partial_index("ux_ledger_one_consumption", "entitlement_id", "reason = 'consume'"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -2,20 +2,27 @@
 schedulers run, one catch-up review after downtime. The clock is moved with time-machine, never waited for."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 import time_machine
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from sqlalchemy import func, select
 
 from engine.schema import Schedule
 from service.ingest import Ingestor
+from service.review import scheduled_review_id
 from service.scheduler import CATCH_UP_JOB, EXPIRY_JOB, REVIEW_JOB, build_scheduler, latest_moment, scheduled_review
 from storage.db import read_snapshot
 from storage.models import TierAssignment, TierReview
-from tests.conftest import RULES, event, ndjson
+from tests.conftest import ROOT, RULES, event, ndjson, run_cli
+from tests.test_api_server import free_port
 
 QUARTERLY = Schedule(cron="0 2 1 1,4,7,10 *", timezone="Asia/Shanghai")  # as the shipped rule file says
 
@@ -111,3 +118,38 @@ def test_after_downtime_one_catch_up_review_runs_as_of_the_latest_missed_moment(
     assert first is not None and first["as_of"] == "2027-03-31T18:00:00+00:00"
     assert second is None
     assert [review_id for review_id, *_ in reviews(engine)] == ["review-20270331T180000Z-scheduled"]
+
+
+def wait_for_review(engine, seconds: float = 60) -> list[tuple]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = [row for row in reviews(engine) if row[3]]
+        if found:
+            return found
+        time.sleep(0.2)
+    return []
+
+
+@pytest.mark.parametrize("command", [["scheduler", "--json"], ["serve", "--scheduler", "--port", "PORT"]])
+def test_the_scheduler_runs_from_the_command_line_alone_or_inside_the_server(engine, db_url, tmp_path, command):
+    when = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    source = tmp_path / "events.jsonl"
+    source.write_text(ndjson(event("d1", "C-1", "loan.drawn", when, loan_id="L1", product="term_loan",
+                                   amount="20000000", currency="CNY", term_months=12)))
+    assert run_cli("ingest", str(source), db_url=db_url).returncode == 0
+    script = Path(sys.executable).parent / "loyalty"
+    log = tmp_path / "out.log"
+    command = [str(free_port()) if part == "PORT" else part for part in command]
+    with log.open("w") as sink:
+        process = subprocess.Popen([str(script), "--db", db_url, *command], stdout=sink, stderr=subprocess.STDOUT,
+                                   cwd=ROOT)
+    try:
+        found = wait_for_review(engine)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    expected = scheduled_review_id(latest_moment(QUARTERLY, datetime.now(UTC)))
+    assert [row[:2] for row in found] == [(expected, "scheduled")], log.read_text()
+    if command[0] == "scheduler":  # --json: one line per job outcome
+        outcomes = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        assert outcomes[0]["review_id"] == expected and outcomes[0]["job"] == "tier-review"
