@@ -1,9 +1,11 @@
 """Points lots: every earning is a lot; debits take the oldest lots first (FIFO), expiry takes what is left.
 
 Pure bookkeeping, shared by the ledger's write path (which keeps the `points_lot` projection) and by
-`ledger verify` (which replays the entries and compares). A debit larger than the open lots leaves a
-shortfall; the only credit that is not a lot, a write-off, pays a shortfall back. A shortfall left at
-the end of a transaction would be a negative balance, which the ledger refuses.
+`ledger verify` (which replays the entries and compares). A reversal takes back its own lot first:
+what expired from that lot is gone already (a shortfall), what was spent comes from the oldest lots.
+A debit larger than the open lots leaves a shortfall too; the only credit that is not a lot, a
+write-off, pays a shortfall back. A shortfall left at the end of a transaction would be a negative
+balance, which the ledger refuses.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rewards.caps import months_before
+from rewards.kinds import Reason
 
 
 @dataclass
@@ -23,6 +26,7 @@ class Lot:
     earned_at: datetime
     points: int
     remaining: int
+    expired: int = 0
     id: int | None = None  # the projection row's id, once stored
 
     @property
@@ -59,12 +63,41 @@ class Account:
 
     def expire(self, source: tuple[str, str], points: int) -> Lot:
         """Take `points` from the lot earned by `source`; ValueError if it does not have them."""
-        lot = next((item for item in self.lots if item.source == source), None)
+        lot = self._lot(source)
         if lot is None or lot.remaining < points:
             left = 0 if lot is None else lot.remaining
             raise ValueError(f"cannot expire {points} points of lot {source}: {left} left")
         lot.remaining -= points
+        lot.expired += points
         return lot
+
+    def reverse(self, source: tuple[str, str], points: int) -> list[tuple[Lot, int]]:
+        """Take back `points` earned by `source`: from its own lot, then (for what was spent) the oldest lots."""
+        lot = self._lot(source)
+        taken: list[tuple[Lot, int]] = []
+        if lot is not None:
+            own = min(lot.remaining, points)
+            if own:
+                lot.remaining -= own
+                taken.append((lot, own))
+            gone = min(points - own, lot.expired)  # never used: nothing to take back for them
+            self.shortfall += gone
+            points -= own + gone
+        return taken + self.debit(points)
+
+    def book(self, reason: str, points: int, source: tuple[str, str]) -> list[Lot]:
+        """Book one points entry other than an earning; returns the lots it changed."""
+        if reason == Reason.EXPIRE:
+            return [self.expire(source, -points)]
+        if reason == Reason.REVERSE and points < 0:
+            return [lot for lot, _ in self.reverse(source, -points)]
+        if points < 0:
+            return [lot for lot, _ in self.debit(-points)]
+        self.write_off(points)
+        return []
+
+    def _lot(self, source: tuple[str, str]) -> Lot | None:
+        return next((item for item in self.lots if item.source == source), None)
 
     def write_off(self, points: int) -> None:
         """A credit that pays a shortfall back (a reversal of points already spent); ValueError beyond it."""

@@ -1,7 +1,7 @@
 """Reverse an event: compensating entries for everything it produced, each pointing to what it cancels."""
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Engine, insert, select
 
 from rewards.kinds import Reason, Status
 from service.clock import Clock, utc_now
@@ -11,8 +11,9 @@ from storage import clients as client_store
 from storage import ledger
 from storage.db import write_transaction
 from storage.ledger import Provenance
+from storage import lots
 from storage.lots import WRITE_OFF
-from storage.models import Client, Entitlement, EventReversal, ProcessedEvent
+from storage.models import Entitlement, EventReversal, ProcessedEvent
 
 
 def reverse_event(engine: Engine, event_id: str, reason: str = "", clock: Clock = utc_now) -> dict:
@@ -44,11 +45,11 @@ def _reverse(engine: Engine, event_id: str, reason: str, clock: Clock) -> dict:
         skipped_ids = {item["entitlement_id"] for item in skipped}
         rows = [ledger.compensating_entry(row, Reason.REVERSE, now, event_id) for row in originals
                 if row["id"] not in skipped_ids]
-        written_off = _shortfall(conn, event.client_id, rows)
+        written_off = lots.shortfall(conn, event.client_id, rows)
         if written_off:
-            # The points were already spent or expired: taking them back would leave the client owing
-            # points. The reversal still cancels its entries exactly; this credit, recorded beside it,
-            # stops the balance at zero.
+            # Points already expired, or spent with nothing left to take them from: taking them back would
+            # leave the client owing points. The reversal still cancels its entries exactly; this
+            # credit, recorded beside it, gives back what cannot be taken.
             source = Provenance(rows[0]["programme_id"], rows[0]["programme_version"], event_id)
             rows.append(ledger.points_entry(event.client_id, WRITE_OFF, written_off, Reason.ADJUST, now, source, now,
                                             detail={"written_off": written_off,
@@ -59,9 +60,3 @@ def _reverse(engine: Engine, event_id: str, reason: str, clock: Clock) -> dict:
         return {"event_id": event_id, "status": "reversed", "entries": ids, "skipped": skipped,
                 "points_written_off": written_off}
 
-
-def _shortfall(conn: Connection, client_id: str, rows: list[dict]) -> int:
-    """Points the compensating `rows` would take beyond the client's balance."""
-    balance = conn.execute(select(Client.__table__.c.points_balance)
-                           .where(Client.__table__.c.client_id == client_id)).scalar_one()
-    return max(0, -(balance + sum(row["points"] for row in rows)))

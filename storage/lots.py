@@ -24,47 +24,66 @@ class NegativeBalanceError(ValueError):
 def record(conn: Connection, rows: list[dict]) -> None:
     """Keep the lots in step with the points entries `rows`, in the caller's transaction.
 
-    Earnings open lots; debits take the oldest lots; expiries take from their own lot; write-offs
-    pay back a shortfall. Raises NegativeBalanceError if a client's debits outrun its lots.
+    Earnings open lots; the other entries are booked as rewards.lots says. Raises
+    NegativeBalanceError if a client's debits outrun its lots and write-offs.
     """
-    earned = [row for row in rows if row["reason"] == Reason.EARN and row["points"] > 0]
+    earned = [row for row in rows if _is_earning(row)]
     if earned:
         conn.execute(insert(LOT), [{"client_id": row["client_id"], "event_id": row["event_id"],
                                     "rule_id": row["rule_id"], "earned_at": row["valid_from"],
                                     "points": row["points"], "remaining": row["points"]} for row in earned])
-    others = [row for row in rows if row["points"] and not (row["reason"] == Reason.EARN and row["points"] > 0)]
+    others = [row for row in rows if row["points"] and not _is_earning(row)]
     if not others:
         return
-    accounts = open_accounts(conn, sorted({row["client_id"] for row in others}))
+    accounts = _accounts_for(conn, others)
     touched: dict[int, Lot] = {}
     for row in others:
-        account = accounts[row["client_id"]]
-        if row["reason"] == Reason.EXPIRE:
-            lot = account.expire((row["event_id"], row["rule_id"]), -row["points"])
-            touched[lot.id] = lot  # type: ignore[index]
-        elif row["points"] < 0:
-            touched.update((lot.id, lot) for lot, _ in account.debit(-row["points"]))
-        else:
-            try:
-                account.write_off(row["points"])
-            except ValueError as exc:
-                raise NegativeBalanceError(f"client {row['client_id']}: a credit of {row['points']} points that "
-                                           f"is not an earning must pay back a shortfall: {exc}") from None
+        try:
+            changed = accounts[row["client_id"]].book(row["reason"], row["points"], (row["event_id"], row["rule_id"]))
+        except ValueError as exc:
+            raise NegativeBalanceError(f"client {row['client_id']}: {exc}") from None
+        touched.update((lot.id, lot) for lot in changed)  # type: ignore[misc]
     for client_id, account in accounts.items():
         if account.shortfall:
             raise NegativeBalanceError(f"client {client_id} would have {account.shortfall:,} points fewer than none")
     if touched:
-        conn.execute(update(LOT).where(LOT.c.id == bindparam("lot_id")).values(remaining=bindparam("left")),
-                     [{"lot_id": lot_id, "left": lot.remaining} for lot_id, lot in touched.items()])
+        conn.execute(update(LOT).where(LOT.c.id == bindparam("lot_id"))
+                     .values(remaining=bindparam("left"), expired=bindparam("gone")),
+                     [{"lot_id": lot_id, "left": lot.remaining, "gone": lot.expired} for lot_id, lot in touched.items()])
 
 
-def open_accounts(conn: Connection, client_ids: list[str]) -> dict[str, Account]:
-    """Each client's lots with points left, oldest first."""
+def shortfall(conn: Connection, client_id: str, rows: list[dict]) -> int:
+    """The points that `rows` (debits about to be written for one client) would leave uncovered: what a
+    write-off entry must give back so the balance stops at zero."""
+    debits = [row for row in rows if row["points"] and not _is_earning(row)]
+    if not debits:
+        return 0
+    account = _accounts_for(conn, debits)[client_id]
+    for row in debits:
+        account.book(row["reason"], row["points"], (row["event_id"], row["rule_id"]))
+    return account.shortfall
+
+
+def _is_earning(row: dict) -> bool:
+    return row["reason"] == Reason.EARN and row["points"] > 0
+
+
+def _accounts_for(conn: Connection, rows: list[dict]) -> dict[str, Account]:
+    """The open lots of the clients of `rows`, with the lots the rows name (spent or not)."""
+    named = {(row["event_id"], row["rule_id"]) for row in rows if row["reason"] in (Reason.EXPIRE, Reason.REVERSE)}
+    return open_accounts(conn, sorted({row["client_id"] for row in rows}), named)
+
+
+def open_accounts(conn: Connection, client_ids: list[str], named: set[tuple[str, str]] = frozenset()) -> dict[str, Account]:
+    """Each client's lots with points left, oldest first, and the lots `named` by (event, rule) even if empty."""
     accounts = {client_id: Account([]) for client_id in client_ids}
-    query = select(LOT).where(LOT.c.client_id.in_(client_ids), LOT.c.remaining > 0) \
-        .order_by(LOT.c.client_id, LOT.c.earned_at, LOT.c.id)
+    wanted = LOT.c.remaining > 0
+    if named:
+        wanted = wanted | LOT.c.event_id.in_(sorted({event_id for event_id, _ in named}))
+    query = select(LOT).where(LOT.c.client_id.in_(client_ids), wanted).order_by(LOT.c.client_id, LOT.c.earned_at, LOT.c.id)
     for row in conn.execute(query):
-        accounts[row.client_id].lots.append(_lot(row))
+        if row.remaining > 0 or (row.event_id, row.rule_id) in named:
+            accounts[row.client_id].lots.append(_lot(row))
     return accounts
 
 
@@ -84,7 +103,8 @@ def lot_clients(conn: Connection, latest: datetime) -> list[str]:
 
 
 def _lot(row) -> Lot:  # noqa: ANN001 - a result row
-    return Lot(row.client_id, row.event_id, row.rule_id, row.earned_at, row.points, row.remaining, row.id)
+    return Lot(row.client_id, row.event_id, row.rule_id, row.earned_at, row.points, row.remaining, row.expired,
+               row.id)
 
 
 def verify(conn: Connection) -> list[str]:
@@ -102,12 +122,8 @@ def verify(conn: Connection) -> list[str]:
         try:
             if row.reason == Reason.EARN and row.points > 0:
                 account.earn(Lot(row.client_id, row.event_id, row.rule_id, row.valid_from, row.points, row.points))
-            elif row.reason == Reason.EXPIRE:
-                account.expire((row.event_id, row.rule_id), -row.points)
-            elif row.points < 0:
-                account.debit(-row.points)
             else:
-                account.write_off(row.points)
+                account.book(row.reason, row.points, (row.event_id, row.rule_id))
         except ValueError as exc:
             problems.append(f"entry {row.id} (client {row.client_id}): {exc}")
     for client_id, account in accounts.items():
@@ -120,10 +136,11 @@ def verify(conn: Connection) -> list[str]:
             row = stored.pop(lot.source, None)
             if row is None:
                 problems.append(f"client {client_id}: no lot for the points of event {lot.event_id} rule {lot.rule_id}")
-            elif (row["client_id"], row["points"], row["remaining"], row["earned_at"]) != \
-                    (client_id, lot.points, lot.remaining, lot.earned_at):
+            elif (row["client_id"], row["points"], row["remaining"], row["expired"], row["earned_at"]) != \
+                    (client_id, lot.points, lot.remaining, lot.expired, lot.earned_at):
                 problems.append(f"lot {row['id']} (event {lot.event_id} rule {lot.rule_id}): {row['remaining']} of "
-                                f"{row['points']} left, but the entries say {lot.remaining} of {lot.points}")
+                                f"{row['points']} left and {row['expired']} expired, but the entries say "
+                                f"{lot.remaining} left and {lot.expired} expired")
     for client_id, balance in balances.items():
         if balance < 0:
             problems.append(f"client {client_id}: negative points balance {balance:,}")

@@ -144,17 +144,17 @@ class ChurnFlag(SQLModel, table=True):
 
 
 class PointsLot(SQLModel, table=True):
-    """Points earned by one rule for one event (a projection of its `earn` entry) and how many are left.
-
-    Debits (redemptions, reversals) take the oldest lots first; expiry takes what is left of a lot.
-    `ledger verify` replays the entries and compares.
+    """Points earned by one rule for one event (a projection of its `earn` entry): how many are left, and
+    how many expired. Debits take the oldest lots first, a reversal its own lot first (rewards/lots.py);
+    expiry takes what is left of a lot. `ledger verify` replays the entries and compares.
     """
 
     __tablename__ = "points_lot"
     __table_args__ = (Index("ux_points_lot_source", "event_id", "rule_id", unique=True),
                       Index("ix_points_lot_client", "client_id", "earned_at"),
                       _partial_index("ix_points_lot_open", "earned_at", "remaining > 0", unique=False),
-                      CheckConstraint("remaining >= 0 AND remaining <= points", name="ck_points_lot_remaining"))
+                      CheckConstraint("remaining >= 0 AND expired >= 0 AND remaining + expired <= points",
+                                      name="ck_points_lot_remaining"))
 
     id: int | None = Field(default=None, primary_key=True)
     client_id: str = Field(max_length=64)
@@ -163,6 +163,7 @@ class PointsLot(SQLModel, table=True):
     earned_at: datetime = _ts()
     points: int = Field(sa_type=BigInteger)
     remaining: int = Field(sa_type=BigInteger)
+    expired: int = Field(default=0, sa_type=BigInteger)
 
 
 class JobLease(SQLModel, table=True):

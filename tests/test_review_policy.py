@@ -170,6 +170,18 @@ def test_reversing_points_already_spent_writes_them_off_and_the_balance_stops_at
     verified(engine)
 
 
+def test_a_reversal_takes_back_its_own_lot_and_writes_off_what_already_expired(engine, programmes):
+    five_lots(engine, programmes)
+    reverse_event(engine, "p4", clock=lambda: NOW)  # the newest earning: its own lot, not the oldest
+    assert lots_left(engine) == {"p0": 2000, "p1": 2000, "p2": 2000, "p3": 2000, "p4": 0}
+    expire_points(engine, programmes, at("2027-01-10T00:00:00Z"), clock=lambda: NOW)  # p0 expires
+    reversed_ = reverse_event(engine, "p0", clock=lambda: NOW)
+    # The expired points were never used: nothing is taken from the client's other points for them.
+    assert reversed_["points_written_off"] == 2000
+    assert lots_left(engine) == {"p0": 0, "p1": 2000, "p2": 2000, "p3": 2000, "p4": 0}
+    verified(engine)
+
+
 # --- running reviews --------------------------------------------------------------------------------------
 
 def test_one_review_at_a_time_and_an_interrupted_review_resumes_without_double_effects(engine, programmes,
