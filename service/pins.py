@@ -56,10 +56,12 @@ def _pin(engine: Engine, programmes: ProgrammeSet, client_id: str, tier: str, un
         standing.insert_pin(conn, {"client_id": client_id, "tier": tier, "valid_from": start, "until": until,
                                    "reason": reason, "author": author, "created_at": now})
         moved = in_force.tier != tier
+        held = ledger.active_entitlements_by_rule_prefix(conn, [client_id], TIER_RULE_PREFIX)[client_id] if moved else []
+        tier_row, entries = move_rows(programme, TierMove(client_id, in_force.tier, tier, start, text), held, now)
+        # Recorded even when the tier stays: reviews and instant upgrades then see a decision at the pin's
+        # start, and never move the client over it from an earlier moment.
+        client_store.insert_tier_assignments(conn, [tier_row])
         if moved:
-            held = ledger.active_entitlements_by_rule_prefix(conn, [client_id], TIER_RULE_PREFIX)[client_id]
-            tier_row, entries = move_rows(programme, TierMove(client_id, in_force.tier, tier, start, text), held, now)
-            client_store.insert_tier_assignments(conn, [tier_row])
             ledger.append(conn, entries)
         standing.close_graces(conn, [{"client_id": client_id, "ended_at": start, "ended_by": None,
                                       "outcome": "pinned"}])

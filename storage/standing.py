@@ -4,15 +4,26 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
+from engine.context import ONBOARDING_EVENT
 from rewards.tier_policy import Grace, Pin
-from storage.models import ChurnFlag, Client, TierGrace, TierPin
+from storage.models import (
+    ChurnFlag,
+    Client,
+    EventReversal,
+    ProcessedEvent,
+    TierGrace,
+    TierPin,
+)
+from storage.types import as_utc
 
 PIN = TierPin.__table__
 GRACE = TierGrace.__table__
 FLAG = ChurnFlag.__table__
 CLIENT = Client.__table__
+EVENTS = ProcessedEvent.__table__
+REVERSAL = EventReversal.__table__
 
 
 def pins_in_force(conn: Connection, at: datetime, client_ids: list[str] | None = None) -> dict[str, Pin]:
@@ -112,9 +123,12 @@ def flags(conn: Connection, tier: str | None = None, history: bool = False, clie
     return [{**row._mapping, "signals": json.loads(row.signals)} for row in conn.execute(query)]
 
 
-def tenure_starts(conn: Connection, client_ids: list[str]) -> dict[str, datetime]:
-    """Per client, when its tenure began: onboarding, or its first event."""
-    query = select(CLIENT.c.client_id, CLIENT.c.onboarded_at, CLIENT.c.first_seen_at).where(
-        CLIENT.c.client_id.in_(client_ids))
-    return {row.client_id: row.onboarded_at or row.first_seen_at for row in conn.execute(query)}
-
+def tenure_starts(conn: Connection, client_ids: list[str], at: datetime) -> dict[str, datetime]:
+    """Per client, when its tenure began as of `at`: its first onboarding by then that was not reversed,
+    or its first event (as the tenure_months metric counts)."""
+    onboarded = select(EVENTS.c.client_id, func.min(EVENTS.c.occurred_at).label("first")).where(
+        EVENTS.c.client_id.in_(client_ids), EVENTS.c.type == ONBOARDING_EVENT, EVENTS.c.occurred_at <= at,
+        EVENTS.c.event_id.not_in(select(REVERSAL.c.event_id))).group_by(EVENTS.c.client_id)
+    starts = {row.client_id: as_utc(row.first) for row in conn.execute(onboarded)}
+    query = select(CLIENT.c.client_id, CLIENT.c.first_seen_at).where(CLIENT.c.client_id.in_(client_ids))
+    return {row.client_id: starts.get(row.client_id, row.first_seen_at) for row in conn.execute(query)}

@@ -22,7 +22,8 @@ from service.review import run_review
 from storage import leases, ledger
 from storage.db import read_snapshot
 from storage.models import LedgerEntry, PointsLot, TierAssignment, TierReview
-from tests.conftest import cli_json, event, ndjson, run_cli
+from engine.loader import load_programmes
+from tests.conftest import cli_json, event, ndjson, programme_variant, run_cli
 
 NOW = datetime(2027, 6, 1, tzinfo=UTC)
 
@@ -279,3 +280,34 @@ def test_the_loop_from_the_command_line(db_url, tmp_path):
 
 def Path_name(text: str) -> str:  # noqa: N802 - reads like the attribute it stands for
     return text.rsplit("/", 1)[-1]
+
+
+def test_a_pin_to_the_tier_the_client_has_still_stops_an_earlier_dated_review(engine, plain_programmes):
+    programmes = plain_programmes  # downgrades at once: without the pin, the late review would move the client
+    ingest(engine, programmes, drawn("d1", "C-1", "2025-02-01T00:00:00Z", "20000000"))
+    assert run_review(engine, programmes, at("2025-04-01T00:00:00Z"), clock=lambda: NOW).changes  # silver
+    pin_tier(engine, programmes, "C-1", "silver", at("2026-12-31T00:00:00Z"), "keep silver", "ana",
+             clock=lambda: at("2026-03-05T00:00:00Z"))
+    # A review as of a moment before the pin (a late catch-up) would have downgraded it: the pin stands.
+    late = run_review(engine, programmes, at("2026-03-01T00:00:00Z"), clock=lambda: NOW)
+    assert late.changes == [] and [s["reason"] for s in late.skipped] == ["a later tier decision exists"]
+    assert client_profile(engine, programmes, "C-1", at("2026-08-01T00:00:00Z"))["tier"] == "silver"
+
+
+def test_new_client_protection_counts_from_the_first_onboarding(engine, plain_programmes, tmp_path):
+    onboarded = [event(f"o{i}", "C-1", "client.onboarded", when, name="Acme", segment=segment)
+                 for i, (when, segment) in enumerate([("2023-01-10T00:00:00Z", "transactional"),
+                                                      ("2026-05-01T00:00:00Z", "strategic")])]
+    ingest(engine, plain_programmes, *onboarded, drawn("d1", "C-1", "2025-06-01T00:00:00Z", "20000000"))
+    run_review(engine, plain_programmes, at("2025-07-01T00:00:00Z"), clock=lambda: NOW)
+    programmes = load_programmes(programme_variant(tmp_path, "  downgrade: {new_client_months: 6}\n"))
+    later = run_review(engine, programmes, at("2026-06-30T00:00:00Z"), clock=lambda: NOW)
+    # A re-onboarding (segment change) in May 2026 does not make it a new client again.
+    assert [(c.from_tier, c.to_tier) for c in later.changes] == [("silver", "standard")] and later.held == []
+
+
+def test_a_review_in_the_future_is_refused_before_anything_is_written(engine, programmes):
+    with pytest.raises(ValueError, match="cannot look into the future"):
+        run_review(engine, programmes, NOW + timedelta(minutes=5), clock=lambda: NOW)
+    with read_snapshot(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(TierReview.__table__)).scalar() == 0
