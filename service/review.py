@@ -162,11 +162,17 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_ru
         running = f" ({lease[0]}, lease until {lease[1].isoformat()})" if lease else ""
         raise ConflictError(f"another tier review is running{running}; run it again once that one is done",
                             "review-running")
+
+    def keep_lease(*_: object) -> None:
+        if not leases.acquire(engine, LEASE, holder, LEASE_TTL, clock()):
+            raise ConflictError(f"review {report.review_id} lost its lease to another replica, which will finish it",
+                                "review-lease-lost")
+
     try:
         _start(engine, programme, report, clock())
-        _review_pages(engine, programme, report, clock, progress,
-                      renew=lambda: leases.acquire(engine, LEASE, holder, LEASE_TTL, clock()))
-        report.points_expired = expire_points(engine, programmes, as_of, False, clock).as_dict()
+        _review_pages(engine, programme, report, clock, progress, renew=keep_lease)
+        report.points_expired = expire_points(engine, programmes, as_of, False, clock, progress=keep_lease).as_dict()
+        keep_lease()
         _finish(engine, report, clock())
     finally:
         leases.release(engine, LEASE, holder)
@@ -193,7 +199,7 @@ def _start(engine: Engine, programme: CompiledProgramme, report: ReviewReport, n
 def _finish(engine: Engine, report: ReviewReport, now: datetime) -> None:
     summary = report.as_dict()
     with write_transaction(engine) as conn:
-        conn.execute(update(REVIEWS).where(REVIEWS.c.id == report.review_id).values(
+        conn.execute(update(REVIEWS).where(REVIEWS.c.id == report.review_id, REVIEWS.c.finished_at.is_(None)).values(
             finished_at=now, clients=report.clients, upgrades=summary["upgrades"],
             downgrades=summary["downgrades"], points_expired=report.points_expired["points"],
             churn_flagged=len(report.churn_flagged)))
@@ -216,6 +222,14 @@ class _Page:
     flags_seen: list[dict] = field(default_factory=list)
     flags_cleared: list[str] = field(default_factory=list)
     volumes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # What the report gets once the page is written (a retried page is decided afresh).
+    stayed: list[str] = field(default_factory=list)  # the tier of each client reviewed and not moved
+    already_moved: list[TierChange] = field(default_factory=list)  # by this review, before it was resumed
+    skipped: list[dict] = field(default_factory=list)
+    held: list[dict] = field(default_factory=list)
+    pins: list[dict] = field(default_factory=list)
+    churn_flagged: list[dict] = field(default_factory=list)
+    churn_cleared: list[dict] = field(default_factory=list)
 
     @property
     def client_ids(self) -> list[str]:
@@ -226,20 +240,23 @@ class _Page:
 
 
 def _review_pages(engine: Engine, programme: CompiledProgramme, report: ReviewReport, clock: Clock,
-                  progress: Callable[[int], None] | None, renew: Callable[[], bool] | None = None) -> None:
+                  progress: Callable[[int], None] | None, renew: Callable[[], None] | None = None) -> None:
     with read_snapshot(engine) as conn:
         client_ids = list(conn.execute(select(CLIENTS.c.client_id).order_by(CLIENTS.c.client_id)).scalars())
     for start in range(0, len(client_ids), PAGE):
         ids = client_ids[start:start + PAGE]
-        page = _decide_page(engine, programme, report, ids)
-        if not report.dry_run:
-            applied, skipped = with_retry(lambda p=page: _write_page(engine, programme, report, p, clock()))
-            _account_for(report, programme, page, applied, skipped)
-            if renew is not None and not renew():
-                raise ConflictError(f"review {report.review_id} lost its lease to another replica; run it again "
-                                    "to finish it", "review-lease-lost")
-        else:
-            _account_for(report, programme, page, page.changes, [])
+
+        def review_page(ids: list[str] = ids) -> tuple[_Page, list[TierChange], list[tuple[TierChange, str]]]:
+            page = _decide_page(engine, programme, report, ids)
+            if report.dry_run:
+                return page, page.changes, []
+            if renew is not None:
+                renew()  # before writing: a holder that lost its lease writes nothing more
+            return page, *_write_page(engine, programme, report, page, clock())
+
+        # A retry after a conflict decides the page again, from what the other writer left.
+        page, applied, skipped = review_page() if report.dry_run else with_retry(review_page)
+        _account_for(report, programme, page, applied, skipped)
         if progress:
             progress(len(ids))
 
@@ -267,7 +284,7 @@ def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewRep
                                         Standing(in_force.tier, in_force.since, tenure[client_id],
                                                  graces.get(client_id), pins.get(client_id)))
             _churn(programme, report, page, client_id, tier_after, values, flags.get(client_id))
-        changed = [change.client_id for change in page.changes]
+        changed = [change.client_id for change in page.changes + page.already_moved]
         page.volumes = volume_by_product(conn, changed, window_start, as_of)
     return page
 
@@ -276,11 +293,17 @@ def _decide_client(programme: CompiledProgramme, report: ReviewReport, page: _Pa
                    in_force: TierInForce, placement: Placement, latest_event: datetime | None,
                    client: Standing) -> str:
     """Decide one client; returns its tier after the review."""
+    if report.review_id is not None and in_force.review_id == report.review_id:
+        page.already_moved.append(TierChange(
+            client_id, in_force.previous_tier, in_force.tier,  # type: ignore[arg-type]
+            UPGRADE if programme.tier_ids.index(in_force.tier) > programme.tier_ids.index(in_force.previous_tier)
+            else DOWNGRADE, [], in_force.since, "written before the review was resumed"))  # type: ignore[arg-type]
+        return in_force.tier
     decision = decide(client, placement.tier, programme.tier_ids, programme.model.review.downgrade, report.as_of)
-    resumed = report.review_id is not None and in_force.review_id == report.review_id
-    skip = _skip_reason(in_force, report.as_of, report.review_id) if resumed or decision.tier != in_force.tier else None
+    skip = _skip_reason(in_force, report.as_of, report.review_id) if decision.tier != in_force.tier else None
     if skip:
-        report.skipped.append({"client_id": client_id, "reason": skip})
+        page.skipped.append({"client_id": client_id, "reason": skip})
+        page.stayed.append(in_force.tier)
         return in_force.tier  # its churn signals are still read: the flag does not depend on the move
     if decision.close_grace:
         page.grace_closes.append({"client_id": client_id, "ended_at": report.as_of, "ended_by": report.review_id,
@@ -289,16 +312,16 @@ def _decide_client(programme: CompiledProgramme, report: ReviewReport, page: _Pa
         page.grace_opens.append({"client_id": client_id, "tier": decision.tier, "started_at": report.as_of,
                                  "until": decision.open_grace, "review_id": report.review_id})
     if decision.action == PINNED:
-        report.pins.append({"client_id": client_id, "tier": decision.tier, "qualifies_for": placement.tier,
+        page.pins.append({"client_id": client_id, "tier": decision.tier, "qualifies_for": placement.tier,
                             "until": decision.until.isoformat(), "reason": client.pin.reason,  # type: ignore[union-attr]
                             "author": client.pin.author})  # type: ignore[union-attr]
     elif decision.action == HOLD:
-        report.held.append({"client_id": client_id, "tier": decision.tier, "qualifies_for": placement.tier,
+        page.held.append({"client_id": client_id, "tier": decision.tier, "qualifies_for": placement.tier,
                             "hold": decision.hold, "detail": decision.policy,
                             "until": decision.until.isoformat() if decision.until else None})
     if decision.tier == in_force.tier:
-        _count(report, in_force.tier, in_force.tier)  # a move is counted once it is written
-    else:
+        page.stayed.append(in_force.tier)
+    else:  # counted once it is written
         effective = effective_moment(report.as_of, latest_event, in_force.since)
         page.changes.append(_change(client_id, in_force.tier, decision, placement, programme.tier_ids, effective))
     return decision.tier
@@ -310,12 +333,12 @@ def _churn(programme: CompiledProgramme, report: ReviewReport, page: _Page, clie
     if not signals:
         if open_flag is not None:
             page.flags_cleared.append(client_id)
-            report.churn_cleared.append({"client_id": client_id, "tier": tier,
+            page.churn_cleared.append({"client_id": client_id, "tier": tier,
                                          "raised_at": open_flag["raised_at"].isoformat()})
         return
     volume = values.get("loan_volume") or Decimal(0)
     value = int(volume.scaleb(minor_unit_exponent(programme.currency)))
-    report.churn_flagged.append({"client_id": client_id, "tier": tier, "loan_volume": str(volume),
+    page.churn_flagged.append({"client_id": client_id, "tier": tier, "loan_volume": str(volume),
                                  "new": open_flag is None, "signals": signals})
     row = {"client_id": client_id, "tier": tier, "signals": json.dumps(signals), "value": value}
     if open_flag is None:
@@ -394,13 +417,21 @@ def _write_page(engine: Engine, programme: CompiledProgramme, report: ReviewRepo
 
 def _account_for(report: ReviewReport, programme: CompiledProgramme, page: _Page, applied: list[TierChange],
                  skipped: list[tuple[TierChange, str]]) -> None:
-    """Count the moves that were written, with the change in standing discounts; report those skipped."""
-    for change, reason in skipped:
+    """Add a written page to the report: counts, moves with the change in standing discounts, and lists."""
+    for tier in page.stayed:
+        _count(report, tier, tier)
+    for change, reason in skipped:  # not moved after all: counted where it stays
         report.skipped.append({"client_id": change.client_id, "reason": reason})
-    for change in applied:
+        _count(report, change.from_tier, change.from_tier)
+    for change in page.already_moved + applied:
         _count(report, change.from_tier, change.to_tier)
         report.changes.append(change)
         _discount(report, programme, change, page.volumes.get(change.client_id, {}))
+    report.skipped.extend(page.skipped)
+    report.held.extend(page.held)
+    report.pins.extend(page.pins)
+    report.churn_flagged.extend(page.churn_flagged)
+    report.churn_cleared.extend(page.churn_cleared)
 
 
 def _count(report: ReviewReport, before: str, after: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, func, insert, select, union_all, update
@@ -135,11 +135,12 @@ class TierInForce:
     since: datetime | None
     review_id: str | None
     decided_later: bool
+    previous_tier: str | None = None
 
 
 def tiers_as_of(conn: Connection, as_of: datetime, client_ids: list[str] | None = None) -> dict[str, TierInForce]:
     """Per client, the tier in force at `as_of`."""
-    query = select(TIER.c.client_id, TIER.c.tier, TIER.c.valid_from, TIER.c.review_id) \
+    query = select(TIER.c.client_id, TIER.c.tier, TIER.c.valid_from, TIER.c.review_id, TIER.c.previous_tier) \
         .order_by(TIER.c.client_id, TIER.c.valid_from)
     if client_ids is not None:
         query = query.where(TIER.c.client_id.in_(client_ids))
@@ -147,9 +148,9 @@ def tiers_as_of(conn: Connection, as_of: datetime, client_ids: list[str] | None 
     for row in conn.execute(query):
         known = result.get(row.client_id, TierInForce(None, None, None, False))
         if row.valid_from <= as_of:
-            result[row.client_id] = TierInForce(row.tier, row.valid_from, row.review_id, False)
+            result[row.client_id] = TierInForce(row.tier, row.valid_from, row.review_id, False, row.previous_tier)
         else:
-            result[row.client_id] = TierInForce(known.tier, known.since, known.review_id, True)
+            result[row.client_id] = replace(known, decided_later=True)
     return result
 
 

@@ -206,13 +206,15 @@ def test_one_review_at_a_time_and_an_interrupted_review_resumes_without_double_e
         run_review(engine, programmes, moment, clock=lambda: NOW, review_id="review-q2", progress=crash_after_two_pages)
     assert leases.current(engine, review_module.LEASE) is None  # released on the way out
     resumed = run_review(engine, programmes, moment, clock=lambda: NOW, review_id="review-q2")
-    assert resumed.resumed and len(resumed.changes) == 2
-    assert sorted(s["client_id"] for s in resumed.skipped) == ["C-0", "C-1"]
+    # The report and the audit row cover the whole review, the moves written before the crash included.
+    assert resumed.resumed and resumed.migration == {"standard": {"silver": 4}} and resumed.skipped == []
+    assert [c.policy for c in resumed.changes] == ["written before the review was resumed"] * 2 + ["review"] * 2
     tiers, reviews = TierAssignment.__table__, TierReview.__table__
     with read_snapshot(engine) as conn:
         moves = conn.execute(select(func.count()).select_from(tiers).where(tiers.c.review_id == "review-q2")).scalar()
-        finished = conn.execute(select(reviews.c.finished_at).where(reviews.c.id == "review-q2")).scalar()
-    assert moves == 4 and finished is not None
+        audit = conn.execute(select(reviews.c.finished_at, reviews.c.clients, reviews.c.upgrades)
+                             .where(reviews.c.id == "review-q2")).one()
+    assert moves == 4 and audit.finished_at is not None and (audit.clients, audit.upgrades) == (4, 4)
     with pytest.raises(ConflictError, match="already finished"):
         run_review(engine, programmes, moment, clock=lambda: NOW, review_id="review-q2")
     verified(engine)
