@@ -1,8 +1,7 @@
 """The review and expiry jobs on the rule file's schedules (APScheduler 3, jobs kept in the database).
 
-Jobs live in APScheduler's SQLAlchemy job store, in the loyalty database itself, and are stored as
-references to the functions below with plain arguments (database URL, rules path): any replica can
-load and run them. `coalesce` and an unlimited misfire grace make a scheduler that fell behind (a
+Jobs live in APScheduler's SQLAlchemy job store, in the loyalty database itself, stored as references
+to the functions below without arguments: any replica loads and runs them on its own configuration. `coalesce` and an unlimited misfire grace make a scheduler that fell behind (a
 suspended machine, a long job) run a job once, not once per missed moment; and a missed review is
 always the latest scheduled one, so catching up after downtime is one review.
 
@@ -22,19 +21,20 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam, inspect, text
 
-from engine.loader import load_programmes
+from engine.loader import load_programmes, rule_files
+from engine.programme import ProgrammeSet
 from engine.schema import Schedule
 from service.clock import utc_now
 from service.errors import ConflictError
 from service.expiry import expire_points
 from service.review import run_review, scheduled_review_id
-from storage.db import make_engine
+from storage.db import make_engine, write_transaction
 
 log = logging.getLogger("loyalty.scheduler")
 
@@ -44,30 +44,55 @@ JOB_TABLE = "apscheduler_jobs"
 _LOOK_BACK = timedelta(days=800)  # a schedule fires at least once in two years, or it is not a schedule
 
 _engines: dict[str, Engine] = {}  # one engine per database for this process's jobs
+_config: dict[str, str] = {}  # this process's database URL and rules, for the stored jobs
+_loaded: dict = {}  # the last programmes loaded, and which files they came from
 
 
 def build_scheduler(database_url: str, rules: Path, scheduler_class: type[BaseScheduler] = BackgroundScheduler,
                     catch_up_every: timedelta = CATCH_UP_EVERY) -> BaseScheduler:
-    """A scheduler (not started) holding the jobs the programme's schedules ask for, stored in the database."""
-    model = load_programmes(rules).current.model
-    store = SQLAlchemyJobStore(engine=_engine(database_url), tablename=JOB_TABLE)
+    """A scheduler (not started) holding the jobs the programme's schedules ask for, stored in the database.
+
+    The stored jobs carry no arguments: each replica runs them on its own database URL and rules
+    (so no password is written to the job table, and replicas installed in different places agree).
+    """
+    _config.update(database_url=database_url, rules=str(rules))
+    model = _programmes(str(rules)).current.model
+    engine = _engine(database_url)
+    store = SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)
     scheduler = scheduler_class(jobstores={"default": store}, timezone=UTC,
                                 job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1})
-    args = [database_url, str(rules)]
-    jobs = {REVIEW_JOB: (model.review.schedule, scheduled_review), EXPIRY_JOB: (model.points.expiry_schedule,
-                                                                                scheduled_expiry)}
-    for job_id, (schedule, function) in jobs.items():
-        if schedule is None:
-            continue
+    wanted = {}
+    if model.review.schedule is not None:
+        wanted[REVIEW_JOB] = (review_job, cron_trigger(model.review.schedule), {})
+        wanted[CATCH_UP_JOB] = (review_job, IntervalTrigger(seconds=catch_up_every.total_seconds()),
+                                {"next_run_time": utc_now()})
+    if model.points.expiry_schedule is not None:
+        wanted[EXPIRY_JOB] = (expiry_job, cron_trigger(model.points.expiry_schedule), {})
+    _forget_other_jobs(engine, set(wanted))
+    for job_id, (function, trigger, options) in wanted.items():
         # Re-added at every start, so an edited schedule takes effect. Runs missed while no scheduler
         # was up are not lost: the catch-up job runs the latest review at start, and each expiry takes
         # everything due by then.
-        scheduler.add_job(function, cron_trigger(schedule), id=job_id, name=job_id, args=args, replace_existing=True)
-    if model.review.schedule is not None:
-        scheduler.add_job(scheduled_review, IntervalTrigger(seconds=catch_up_every.total_seconds()),
-                          id=CATCH_UP_JOB, name=CATCH_UP_JOB, args=args, replace_existing=True,
-                          next_run_time=utc_now())
+        scheduler.add_job(function, trigger, id=job_id, name=job_id, replace_existing=True, **options)
     return scheduler
+
+
+def review_job() -> dict | None:
+    """The stored review job: the latest scheduled review, on this process's database and rules."""
+    return scheduled_review(_config["database_url"], _config["rules"])
+
+
+def expiry_job() -> dict:
+    """The stored expiry job, on this process's database and rules."""
+    return scheduled_expiry(_config["database_url"], _config["rules"])
+
+
+def _forget_other_jobs(engine: Engine, wanted: set[str]) -> None:
+    """Remove stored jobs whose schedule is no longer in the rule file."""
+    if inspect(engine).has_table(JOB_TABLE):
+        with write_transaction(engine) as conn:
+            conn.execute(text(f"DELETE FROM {JOB_TABLE} WHERE id NOT IN :wanted")  # noqa: S608 - a constant
+                         .bindparams(bindparam("wanted", expanding=True)), {"wanted": sorted(wanted) or [""]})
 
 
 def cron_trigger(schedule: Schedule) -> CronTrigger:
@@ -88,7 +113,7 @@ def latest_moment(schedule: Schedule, now: datetime) -> datetime | None:
 
 def scheduled_review(database_url: str, rules: str) -> dict | None:
     """Run (or finish) the review of the latest scheduled moment, unless it has finished or is running."""
-    programmes = load_programmes(Path(rules))
+    programmes = _programmes(rules)
     schedule = programmes.current.model.review.schedule
     moment = latest_moment(schedule, utc_now()) if schedule else None
     if moment is None:
@@ -112,10 +137,19 @@ def scheduled_review(database_url: str, rules: str) -> dict | None:
 
 def scheduled_expiry(database_url: str, rules: str) -> dict:
     """Expire the points that have expired by now."""
-    report = expire_points(_engine(database_url), load_programmes(Path(rules)), utc_now())
+    report = expire_points(_engine(database_url), _programmes(rules), utc_now())
     outcome = {"job": EXPIRY_JOB, **report.as_dict()}
     log.info(json.dumps(outcome))
     return outcome
+
+
+def _programmes(rules: str) -> ProgrammeSet:
+    """The programmes at `rules`, loaded again only when a rule file changed: durable-rules never frees a
+    compiled ruleset, so loading at every run would grow the process for good."""
+    files = tuple((str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in rule_files(Path(rules)))
+    if _loaded.get("key") != (rules, files):
+        _loaded.update(key=(rules, files), programmes=load_programmes(Path(rules)))
+    return _loaded["programmes"]
 
 
 def _engine(database_url: str) -> Engine:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import time_machine
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from engine.schema import Schedule
 from service.ingest import Ingestor
@@ -86,6 +86,9 @@ def test_two_schedulers_on_one_database_run_one_review(engine, db_url, programme
                                 datetime(2026, 9, 30, 18, tzinfo=UTC), True)]
     assert moves_by(engine, "review-20260930T180000Z-scheduled") == 4
     assert not [outcome for _, outcome in runs if isinstance(outcome, BaseException)], runs
+    with read_snapshot(engine) as conn:  # stored jobs carry no arguments: no database URL, no password
+        states = list(conn.execute(text("SELECT job_state FROM apscheduler_jobs")).scalars())
+    assert len(states) == 3 and not any(db_url.split("?")[0].encode() in bytes(state) for state in states)
 
 
 def test_concurrent_runs_of_the_review_job_make_one_review(engine, db_url, programmes):
