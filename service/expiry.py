@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.kinds import Reason
@@ -98,8 +98,17 @@ def _expire_chunk(engine: Engine, programme: CompiledProgramme, client_ids: list
                   latest: datetime, now: datetime) -> list[Lot]:
     with write_transaction(engine) as conn:
         client_store.lock_clients(conn, client_ids)  # lots are read after the lock: no debit races past us
-        due = _due(lots.open_lots_earned_by(conn, latest, client_ids), as_of, months)
-        ledger.append(conn, [expiry_entry(lot, programme, months, now) for lot in due])
+        return expire_due(conn, programme, client_ids, as_of, now)
+
+
+def expire_due(conn: Connection, programme: CompiledProgramme, client_ids: list[str], as_of: datetime,
+               now: datetime) -> list[Lot]:
+    """In the caller's transaction (the clients locked), expire their lots due by `as_of`; returns them."""
+    months = programme.model.points.expire_after_months
+    if months is None:
+        return []
+    due = _due(lots.open_lots_earned_by(conn, earned_no_later_than(as_of, months), client_ids), as_of, months)
+    ledger.append(conn, [expiry_entry(lot, programme, months, now) for lot in due])
     return due
 
 

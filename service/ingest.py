@@ -3,11 +3,11 @@
 Events from before the programme began are applied as history: they count for the profile and tier
 metrics (loan volume, tenure) and earn nothing, since no rule was in force then.
 
-Clients that qualify for an instant-upgrade tier move there at the end of their batch
-(service/instant_upgrades.py). Events are applied in batches, one transaction a batch: the processed-event records, the ledger
+Events are applied in batches, one transaction a batch: the processed-event records, the ledger
 entries and their projections are written together or not at all. A batch that collides with a
 concurrent writer (same event or new client inserted meanwhile) is rolled back and decided again, so
-each event is applied exactly once however many processes ingest the same file.
+each event is applied exactly once however many processes ingest the same file. Clients that
+qualify for an instant-upgrade tier move there at the end of their batch (service/instant_upgrades.py).
 """
 from __future__ import annotations
 

@@ -57,8 +57,9 @@ def apply_instant_upgrades(conn: Connection, programme: CompiledProgramme, clien
     done, tier_rows, entries = [], [], []
     for client_id, target, reasons in moves:
         state = in_force[client_id]
-        move = TierMove(client_id, state.tier, target, effective_moment(moment, latest.get(client_id), state.since),  # type: ignore[arg-type]
-                        f"instant upgrade: qualifies for {target}", reasons)
+        start = effective_moment(moment, latest.get(client_id), state.since)
+        move = TierMove(client_id, state.tier, target, start, f"instant upgrade: qualifies for {target}",  # type: ignore[arg-type]
+                        reasons)
         tier_row, move_entries = move_rows(programme, move, held[client_id], now)
         tier_rows.append(tier_row)
         entries.extend(move_entries)

@@ -40,8 +40,9 @@ def _pin(engine: Engine, programmes: ProgrammeSet, client_id: str, tier: str, un
         now = clock()
         programme = programmes.for_moment(now)
         if tier not in programme.tier_ids:
+            known = programme.tier_ids
             raise InputError(f"no tier {tier!r} in programme {programme.id} {programme.version}"
-                             f"{did_you_mean(tier, programme.tier_ids)}; expected one of: {', '.join(programme.tier_ids)}")
+                             f"{did_you_mean(tier, known)}; expected one of: {', '.join(known)}")
         if until <= now:
             raise InputError(f"--until {until.isoformat()} is not in the future")
         if not client_store.lock_clients(conn, [client_id]):
@@ -56,7 +57,8 @@ def _pin(engine: Engine, programmes: ProgrammeSet, client_id: str, tier: str, un
         standing.insert_pin(conn, {"client_id": client_id, "tier": tier, "valid_from": start, "until": until,
                                    "reason": reason, "author": author, "created_at": now})
         moved = in_force.tier != tier
-        held = ledger.active_entitlements_by_rule_prefix(conn, [client_id], TIER_RULE_PREFIX)[client_id] if moved else []
+        held = ledger.active_entitlements_by_rule_prefix(conn, [client_id], TIER_RULE_PREFIX)[client_id]
+        held = held if moved else []
         tier_row, entries = move_rows(programme, TierMove(client_id, in_force.tier, tier, start, text), held, now)
         # Recorded even when the tier stays: reviews and instant upgrades then see a decision at the pin's
         # start, and never move the client over it from an earlier moment.

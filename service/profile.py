@@ -55,8 +55,10 @@ def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at:
             "reason": row["reason"], "review_id": row["review_id"],
             "reasons": json.loads(row["details"]) if row["details"] else [],
         } for row in history],
+        # A grace already served (a decline still under way) has nothing left to tell.
         "grace": {"tier": grace["tier"], "started_at": grace["started_at"].isoformat(),
-                  "until": grace["until"].isoformat(), "review_id": grace["review_id"]} if grace else None,
+                  "until": grace["until"].isoformat(), "review_id": grace["review_id"]}
+        if grace and grace["until"] > at else None,
         "pin": _pin_view(started[-1]) if started and started[-1]["until"] > at else None,
         "pins": [_pin_view(row) for row in pins],
         "churn_flag": {"raised_at": flags[0]["raised_at"].isoformat(), "raised_by": flags[0]["raised_by"],

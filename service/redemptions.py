@@ -15,6 +15,7 @@ from rewards.kinds import Reason
 from service.benefits import entitlement_view
 from service.clock import Clock, utc_now
 from service.errors import ConflictError, NotFoundError
+from service.expiry import expire_due
 from service.retry import with_retry
 from storage import clients as client_store
 from storage import ledger
@@ -48,6 +49,8 @@ def _redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id:
                                 f"{did_you_mean(reward_id, rewards)}; expected one of: {', '.join(rewards) or 'none'}")
         if not client_store.lock_clients(conn, [client_id]):
             raise NotFoundError(f"no client {client_id!r}: it has no events yet")
+        # Points past their expiry are not spent, even before the expiry job has written them off.
+        expire_due(conn, programme, [client_id], now, now)
         clients = Client.__table__
         balance = conn.execute(select(clients.c.points_balance).where(clients.c.client_id == client_id)).scalar_one()
         if reward.min_tier is not None:

@@ -241,12 +241,8 @@ def _inline(svg: str, prefix: str) -> str:
 
 # -- page ---------------------------------------------------------------------------------------
 
-def render_html(report: dict) -> str:
-    """The review as one self-contained HTML page (inline CSS and SVG, user text escaped)."""
-    return _render(report, _tables(report))
-
-
 def _render(report: dict, tables: list[_Table]) -> str:
+    """The review as one self-contained HTML page (inline CSS and SVG, user text escaped)."""
     held, pins, churn, expired, discounts = _sections(report)
     currency = report.get("currency") or ""
     figures = [("clients", report["clients"]), ("upgrades", report["upgrades"]),

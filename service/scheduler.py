@@ -1,9 +1,10 @@
 """The review and expiry jobs on the rule file's schedules (APScheduler 3, jobs kept in the database).
 
 Jobs live in APScheduler's SQLAlchemy job store, in the loyalty database itself, stored as references
-to the functions below without arguments: any replica loads and runs them on its own configuration. `coalesce` and an unlimited misfire grace make a scheduler that fell behind (a
-suspended machine, a long job) run a job once, not once per missed moment; and a missed review is
-always the latest scheduled one, so catching up after downtime is one review.
+to the functions below without arguments: any replica loads and runs them on its own configuration.
+`coalesce` and an unlimited misfire grace make a scheduler that fell behind (a suspended machine, a
+long job) run a job once, not once per missed moment; and a missed review is always the latest
+scheduled one, so catching up after downtime is one review.
 
 Replicas each run the jobs, and the work stays single: a scheduled review is named by its scheduled
 moment, so every replica that fires it names the same review; the review's lease lets one run it

@@ -155,6 +155,14 @@ def test_redemptions_take_the_oldest_lots_and_expiry_takes_only_what_is_left(eng
     verified(engine)
 
 
+def test_points_past_their_expiry_cannot_be_spent_even_before_the_expiry_job_runs(engine, programmes):
+    five_lots(engine, programmes)  # p0-p2 expire by 2027-03-10, p3 and p4 later
+    with pytest.raises(ConflictError) as refused:
+        redeem(engine, programmes, "C-1", "fast-track-24h", clock=lambda: at("2027-03-15T00:00:00Z"))
+    assert (refused.value.code, refused.value.facts["balance"]) == ("insufficient-points", 4000)
+    assert lots_left(engine)["p0"] == 2000  # the refusal wrote nothing; the expiry job will write it
+
+
 def test_reversing_points_already_spent_writes_them_off_and_the_balance_stops_at_zero(engine, programmes):
     five_lots(engine, programmes)
     redeem(engine, programmes, "C-1", "fast-track-24h", clock=lambda: at("2025-06-01T00:00:00Z"))
