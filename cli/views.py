@@ -101,10 +101,13 @@ def print_demo(result, clients: int, months: int) -> None:  # noqa: ANN001 - a d
     report = result.ingest
     console.print(f"{result.events:,} events for {clients:,} clients over {months} months: applied "
                   f"{report.applied:,}, duplicates {report.duplicates:,}, rejected {report.rejected:,}")
-    reviews = Table("review as of", "clients", "up", "down", title="Quarterly tier reviews", show_edge=False)
+    reviews = Table("review as of", "clients", "up", "down", "held", "churn flags", "points expired",
+                    "standing discounts / year", title="Quarterly tier reviews", show_edge=False)
     for review_report in result.reviews:
         view = review_report.as_dict()
-        add_row(reviews, view["as_of"][:10], str(view["clients"]), str(view["upgrades"]), str(view["downgrades"]))
+        add_row(reviews, view["as_of"][:10], str(view["clients"]), str(view["upgrades"]), str(view["downgrades"]),
+                str(len(view["held"])), str(len(view["churn"]["flagged"])), f"{view['points_expired']['points']:,}",
+                view["standing_discounts"]["change_per_year"])
     console.print(reviews)
     print_summary(result.summary)
 
