@@ -125,22 +125,24 @@ def append(conn: Connection, rows: list[dict]) -> list[int]:
         conn.execute(insert(ENTITLEMENT), entitlements)
     _apply_points(conn, rows)
     lots.record(conn, rows)
-    for row in rows:
-        status = _status_after(row["reason"])
-        if row["entitlement_id"] is None or status is None:
-            continue
-        change: dict = {"status": status}
-        if status == Status.REVOKED:  # held until the revocation's moment, not erased from the past
-            change["valid_to"] = _ended_by(row["valid_from"])
-        conn.execute(update(ENTITLEMENT).where(ENTITLEMENT.c.id == row["entitlement_id"]).values(**change))
+    followers = [(row, _status_after(row["reason"])) for row in rows if row["entitlement_id"] is not None]
+    # One statement per run of equal statuses, in order (a review revokes tens of thousands at once).
+    for status, run in groupby([pair for pair in followers if pair[1] is not None], key=lambda pair: pair[1]):
+        conn.execute(_STATUS_UPDATES[status == Status.REVOKED],
+                     [{"eid": row["entitlement_id"], "new_status": str(status), "revoked_at": row["valid_from"]}
+                      for row, _ in run])
     return grant_ids
 
 
-def _ended_by(revoked_at: datetime):  # noqa: ANN202 - an SQL expression
-    """valid_to after a revocation at `revoked_at`: the earlier of the two."""
-    moment = bindparam("revoked_at", revoked_at, type_=UTCDateTime())
-    return case((and_(ENTITLEMENT.c.valid_to.is_not(None), ENTITLEMENT.c.valid_to < moment),
-                 ENTITLEMENT.c.valid_to), else_=moment)
+_REVOKED_AT = bindparam("revoked_at", type_=UTCDateTime())
+# A revoked entitlement was held until the revocation's moment (or its own end, if earlier): not erased from the past.
+_STATUS_UPDATES = {
+    False: update(ENTITLEMENT).where(ENTITLEMENT.c.id == bindparam("eid")).values(status=bindparam("new_status")),
+    True: update(ENTITLEMENT).where(ENTITLEMENT.c.id == bindparam("eid")).values(
+        status=bindparam("new_status"),
+        valid_to=case((and_(ENTITLEMENT.c.valid_to.is_not(None), ENTITLEMENT.c.valid_to < _REVOKED_AT),
+                       ENTITLEMENT.c.valid_to), else_=_REVOKED_AT)),
+}
 
 
 def _status_after(reason: str) -> str | None:
@@ -257,8 +259,10 @@ def verify(conn: Connection) -> list[str]:
         if (row.o_points, row.o_bps, row.o_client, row.o_kind, row.o_rule, expected_entitlement) != \
                 (-row.points, -row.bps, row.client_id, row.kind, row.rule_id, row.entitlement_id):
             problems.append(f"entry {row.id} does not exactly cancel entry {row.reverses_entry_id}")
+    # NOT EXISTS, not NOT IN: PostgreSQL turns a NOT IN over millions of events into a nested loop.
     orphans = select(ENTRY.c.id, ENTRY.c.event_id).where(
-        ENTRY.c.event_id.is_not(None), ENTRY.c.event_id.not_in(select(PROCESSED.c.event_id)))
+        ENTRY.c.event_id.is_not(None), ~select(PROCESSED.c.event_id).where(
+            PROCESSED.c.event_id == ENTRY.c.event_id).exists())
     for row in conn.execute(orphans):
         problems.append(f"entry {row.id} names event {row.event_id}, which was never processed")
     unrecorded = select(ENTRY.c.id, ENTRY.c.event_id).where(
