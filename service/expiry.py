@@ -61,7 +61,7 @@ def expire_points(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry
             with read_snapshot(engine) as conn:
                 due = _due(lots.open_lots_earned_by(conn, latest, chunk), as_of, months)
         else:
-            due = with_retry(lambda c=chunk: _expire_chunk(engine, programme, c, as_of, months, latest, clock()))
+            due = with_retry(lambda c=chunk: _expire_chunk(engine, programme, c, as_of, clock()))
         for lot in due:
             report.points += lot.remaining
             report.lots += 1
@@ -94,8 +94,8 @@ def _due(open_lots: list[Lot], as_of: datetime, months: int) -> list[Lot]:
     return [lot for lot in open_lots if expires_at(lot.earned_at, months) <= as_of]
 
 
-def _expire_chunk(engine: Engine, programme: CompiledProgramme, client_ids: list[str], as_of: datetime, months: int,
-                  latest: datetime, now: datetime) -> list[Lot]:
+def _expire_chunk(engine: Engine, programme: CompiledProgramme, client_ids: list[str], as_of: datetime,
+                  now: datetime) -> list[Lot]:
     with write_transaction(engine) as conn:
         client_store.lock_clients(conn, client_ids)  # lots are read after the lock: no debit races past us
         return expire_due(conn, programme, client_ids, as_of, now)
