@@ -50,6 +50,8 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import verdict  # noqa: E402
+
 from sqlalchemy import Engine, create_engine, func, insert, inspect, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
@@ -476,11 +478,6 @@ def stats_line(database: str, path: str, stats: Stats) -> str:
     return (f"{database:<11}{path:<32}{stats.per_second:>7,.0f}{stats.quantile(0.5):>10.2f}{stats.quantile(0.9):>10.2f}"
             f"{stats.quantile(0.99):>10.2f}{max(stats.latencies_ms, default=float('nan')):>10.2f}{stats.cpu_ms:>8.2f}"
             f"{stats.others:>8.2f}   {errors}")
-
-
-def verdict(met: bool) -> str:
-    """'met' or 'NOT met'."""
-    return "met" if met else "NOT met"
 
 
 def main() -> None:

@@ -62,6 +62,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import verdict  # noqa: E402
+
 from sqlalchemy import Engine, create_engine, insert, inspect, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.exc import DBAPIError  # noqa: E402
@@ -566,8 +568,8 @@ def report_seed(info: dict, reused: bool) -> None:
     print(f"  profiles: {', '.join(f'{name} {count:,}' for name, count in sorted(info['profiles'].items()))}; "
           f"starting tiers: {', '.join(f'{name} {count:,}' for name, count in sorted(info['tiers'].items()))}")
     if "verify" in info:
-        verdict = "consistent" if not info["verify"]["problems"] else f"{info['verify']['problems']:,} problems"
-        print(f"  ledger verify after seeding: {verdict} ({info['verify']['seconds']:.1f} s) {info['verify']['first'] or ''}")
+        outcome = "consistent" if not info["verify"]["problems"] else f"{info['verify']['problems']:,} problems"
+        print(f"  ledger verify after seeding: {outcome} ({info['verify']['seconds']:.1f} s) {info['verify']['first'] or ''}")
 
 
 def remove_sqlite(path: str) -> None:
@@ -766,11 +768,6 @@ def result_line(database: str, label: str, result: dict) -> str:
             f"{cell(result.get('points_expired'), 9)}{cell(result.get('skipped'), 6)}{result['seconds']:>9.2f}"
             f"{result['clients'] / result['seconds']:>10,.0f}{result['started_mib']:>7,.0f}{result['peak_mib']:>7,.0f}"
             f"{result['cpu_s']:>8.1f}{result['others']:>7.2f}")
-
-
-def verdict(met: bool) -> str:
-    """'met' or 'NOT met'."""
-    return "met" if met else "NOT met"
 
 
 def main() -> None:
