@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from rich.markup import escape
 
-from cli import reviews, views
+from cli import explain, reviews, rule_check, rule_diff, rule_tests, simulate, views
 from cli.review_view import print_review
 from cli.output import console, emit_json, fail, parse_moment, progress_bar
 from demo.generator import DEFAULT_END
@@ -50,6 +50,8 @@ app.add_typer(apikey_app, name="apikey")
 app.add_typer(reviews.tier_app, name="tier")
 app.add_typer(reviews.points_app, name="points")
 app.command("churn")(reviews.churn)
+for _module in (rule_check, rule_diff, rule_tests, simulate, explain):
+    _module.register(app, rules_app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ClientArg = Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")]
@@ -131,34 +133,6 @@ def init(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         emit_json({"database": where, "status": "ready"})
     else:
         console.print(f"Database ready: {escape(where)}")
-
-
-@rules_app.command("check")
-def rules_check(
-    ctx: typer.Context,
-    files: Annotated[Optional[list[Path]], typer.Argument(
-        help="Rule files or directories to check. Default: the active rules.")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Validate rule files: every error at once, each with file, line, key path and what was expected."""
-    settings: Settings = ctx.obj
-    targets = files or [settings.rules]
-    results = []
-    for target in targets:
-        try:
-            programmes = load_programmes(target)
-            results.append({"path": str(target), "valid": True, "problems": [],
-                            "versions": [{"file": p.source, "programme": p.id, "version": p.version,
-                                          "rules": len(p.rules)} for p in programmes.versions]})
-        except RuleFileError as exc:
-            results.append({"path": str(target), "valid": False,
-                            "problems": [p.as_dict() for p in exc.problems], "versions": []})
-    valid = all(r["valid"] for r in results)
-    if as_json:
-        emit_json({"valid": valid, "results": results})
-    else:
-        views.print_rule_check(results, valid)
-    raise typer.Exit(0 if valid else 1)
 
 
 @app.command()

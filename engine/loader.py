@@ -410,13 +410,14 @@ def load_programmes(location: Path) -> ProgrammeSet:
             loaded.append(load_programme(path))
         except RuleFileError as exc:
             problems.extend(exc.problems)
-    problems.extend(_version_problems(loaded))
+    problems.extend(version_problems(loaded))
     if problems:
         raise RuleFileError(problems)
     return ProgrammeSet(tuple(sorted(loaded, key=lambda p: p.effective_from)))
 
 
-def _version_problems(loaded: list[CompiledProgramme]) -> Iterable[Problem]:
+def version_problems(loaded: list[CompiledProgramme]) -> Iterable[Problem]:
+    """Problems between versions of one programme: mixed ids, repeated versions or starts, dropped tiers."""
     if not loaded:
         return
     ordered = sorted(loaded, key=lambda p: p.effective_from)
