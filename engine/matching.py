@@ -9,17 +9,24 @@ handled so nothing else has to know:
 - exceptions raised inside actions are stored by the engine, not raised: we check and raise them;
 - hard limits (512+ distinct equality values on one attribute hang the engine) are refused when the
   rules are compiled, with a message naming the attribute;
-- the Host subclass starts no timer threads (we never use its asynchronous dispatch).
+- the Host subclass starts no timer threads (we never use its asynchronous dispatch);
+- a ruleset is never unregistered by durable-rules itself, and its per-sid state is never freed: a
+  Matcher deletes both through the C module when it is evicted or garbage-collected. At most
+  `LOADED_RULESETS_LIMIT` rulesets are loaded at once (least recently used are evicted and rebuilt on
+  their next match), so a service that activates many programme versions keeps its memory bounded.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import threading
-from collections import defaultdict
+import weakref
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import durable.engine as _durable
+import durable_rules_engine as _core
 
 from engine.errors import EvaluationError
 
@@ -28,6 +35,9 @@ MAX_EQUALITY_VALUES_PER_ATTRIBUTE = 511
 # Observed: an event satisfying more than 64 range tests fails with error 303 although the rules
 # loaded; we refuse more than 64 range tests per event type, so no event can reach that.
 MAX_RANGE_TESTS_PER_EVENT_TYPE = 64
+
+# Loaded rulesets kept at once; each costs the C engine about 1 MB per 100 rules.
+LOADED_RULESETS_LIMIT = int(os.environ.get("LOYALTY_LOADED_RULESETS", "16"))
 
 RANGE_OPERATORS = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte"}
 
@@ -114,21 +124,39 @@ class Matcher:
 
     def __init__(self, rules: Sequence[MatchRule]):
         check_limits(rules)
+        self._rules = tuple(rules)
         self._lock = threading.Lock()
         self._fired: list[int] = []
         self._ids = itertools.count(1)
-        self._ruleset = f"programme_{next(self._names)}"
-        self._host = _QuietHost()
-        definition = {
+        self._loaded: list = []  # [host, ruleset name, C handle] while loaded; shared with the finaliser
+        weakref.finalize(self, _release, self._loaded)
+        if self._rules:
+            with self._lock:
+                self._load()  # a ruleset the core refuses fails here, when the rules are compiled
+            _LIVE.touch(self)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the ruleset is in the matching core now (it is rebuilt on demand after eviction)."""
+        return bool(self._loaded)
+
+    def _load(self) -> None:
+        name = f"programme_{next(self._names)}"
+        host = _QuietHost()
+        # durable-rules deletes `run` from the definition it is given, so build a fresh one each time.
+        host.set_rulesets({name: {
             f"r{rule.key}": {
                 "all": [{"m": {"$and": [{"type": rule.event_type}, *map(_condition, rule.tests)]}}],
                 "run": self._recorder(rule.key),
             }
-            for rule in rules
-        }
-        self._empty = not definition
-        if definition:
-            self._host.set_rulesets({self._ruleset: definition})
+            for rule in self._rules
+        }})
+        self._loaded[:] = [host, name, host.get_ruleset(name)._handle]
+
+    def unload(self) -> None:
+        """Free the ruleset in the matching core; the next match loads it again."""
+        with self._lock:
+            _release(self._loaded)
 
     def _recorder(self, key: int) -> Callable[[object], None]:
         fired = self._fired
@@ -140,26 +168,80 @@ class Matcher:
 
     def match(self, event_type: str, event: dict, client: dict) -> list[int]:
         """Keys of every rule whose conditions hold for this event and client, in firing order."""
-        if self._empty:
+        if not self._rules:
             return []
         with self._lock:
+            if not self._loaded:
+                self._load()
+            host, name, _handle = self._loaded
             fact = {"id": next(self._ids), "type": event_type, "e": event, "c": client}
             self._fired.clear()
             try:
-                state = self._host.assert_fact(self._ruleset, fact)
+                state = host.assert_fact(name, fact)
             except _durable.MessageNotHandledException:
-                return []
+                state = None
             except Exception as exc:  # the C core raises bare Exceptions with an error code
                 raise EvaluationError(f"the matching core refused this event: {exc}") from None
             finally:
-                self._retract(fact)
+                self._retract(host, name, fact)
             if isinstance(state, dict) and "exception" in state:
-                self._host.delete_state(self._ruleset, "0")
+                host.delete_state(name, "0")
                 raise EvaluationError(f"the matching core failed while firing rules: {state['exception']}")
-            return list(self._fired)
+            fired = list(self._fired)
+        _LIVE.touch(self)
+        return fired
 
-    def _retract(self, fact: dict) -> None:
+    @staticmethod
+    def _retract(host: _durable.Host, name: str, fact: dict) -> None:
         try:
-            self._host.retract_fact(self._ruleset, fact)
+            host.retract_fact(name, fact)
         except Exception:  # noqa: BLE001 - a fact that was never asserted has nothing to retract
             pass
+
+
+def _release(loaded: list) -> None:
+    """Delete a ruleset and its state from the C core (deleting the ruleset alone leaks its state)."""
+    if not loaded:
+        return
+    handle = loaded[2]
+    loaded.clear()
+    try:
+        _core.delete_state(handle, "0")
+    except Exception:  # noqa: BLE001 - a ruleset that never matched has no state to delete
+        pass
+    _core.delete_ruleset(handle)
+
+
+class _LoadedRulesets:
+    """The loaded matchers, least recently used first; past the limit the oldest are unloaded."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._order: OrderedDict[int, weakref.ref[Matcher]] = OrderedDict()
+
+    def touch(self, matcher: Matcher) -> None:
+        """Mark `matcher` as just used, and unload the least recently used beyond the limit."""
+        victims = []
+        with self._lock:
+            key = id(matcher)
+            ref = self._order.get(key)
+            if ref is None or ref() is not matcher:
+                # No weakref callback: one could run inside this lock during garbage collection.
+                self._order[key] = weakref.ref(matcher)
+            self._order.move_to_end(key)
+            while len(self._order) > max(self.limit, 1):
+                victims.append(self._order.popitem(last=False)[1]())
+        # Unloaded outside the registry lock: a matcher's own lock is never taken while holding it.
+        for victim in victims:
+            if victim is not None:
+                victim.unload()
+
+    def loaded(self) -> int:
+        """How many matchers hold a loaded ruleset now."""
+        with self._lock:
+            refs = list(self._order.values())
+        return sum(1 for ref in refs if (matcher := ref()) is not None and matcher.loaded)
+
+
+_LIVE = _LoadedRulesets(LOADED_RULESETS_LIMIT)
