@@ -270,3 +270,232 @@ class RedemptionAnswer(_Answer):
 def documented(model: type[BaseModel], status: int = 200) -> dict:
     """An operation's `responses` entry for its success answer."""
     return {status: {"model": model}}
+
+
+class MetricCheck(_Answer):
+    """One metric against one threshold of a tier's qualification."""
+
+    metric: str
+    operator: Literal["gte", "gt", "lte", "lt"]
+    threshold: str
+    value: str | None = Field(description="the client's value, cut to 4 decimals; null when it has none")
+    met: bool
+    text: str = Field(description="for people, e.g. `loan_volume 105,000,000.00 ≥ 100,000,000`")
+
+
+class TierVerdict(_Answer):
+    """Whether the client's metrics met a tier's qualification, with every check made."""
+
+    tier: str
+    qualifies: bool
+    checks: list[MetricCheck]
+
+
+class RequirementCheck(MetricCheck):
+    """A threshold of the next tier, with how far the client's value is from it."""
+
+    gap: str | None = Field(description="how much the value must rise (gte, gt) or fall (lte, lt); null when met "
+                                        "or when the client has no value")
+
+
+class Requirement(_Answer):
+    """A qualification as a tree: all or any of its checks and nested groups."""
+
+    combine: Literal["all", "any"]
+    met: bool
+    items: list[RequirementCheck | Requirement]
+
+
+class EventReversalNote(_Answer):
+    """When and why an event was reversed."""
+
+    at: str
+    reason: str
+
+
+class ExplainedEvent(_Answer):
+    """An applied event, with its attributes as stored."""
+
+    id: str
+    type: str
+    occurred_at: str
+    data: dict[str, Any]
+    programme_version: str = Field(description="the programme version it was evaluated under")
+    reversed: EventReversalNote | None
+
+
+class ReviewRef(_Answer):
+    """The tier review that decided a move."""
+
+    id: str
+    as_of: str | None
+    trigger: str | None
+
+
+class PinRef(_Answer):
+    """The pin behind a tier decision."""
+
+    author: str
+    reason: str
+    until: str
+
+
+class TierDecision(_Answer):
+    """The tier-history row that put the client in a tier, and why."""
+
+    id: int
+    how: Literal["new_client", "review", "instant_upgrade", "pin"]
+    tier: str
+    from_tier: str | None
+    valid_from: str
+    reason: str
+    programme: ProgrammeRef
+    review: ReviewRef | None
+    pin: PinRef | None
+    latest_event: ExplainedEvent | None = Field(
+        description="for an instant upgrade: the client's latest event when it was measured (instant upgrades are "
+                    "measured at the end of the ingest batch that brought the activity)")
+    reasons_source: Literal["recorded", "recomputed", "none"] = Field(
+        description="recorded with the decision, or recomputed now from the stored events (pins record none)")
+    reasons: list[TierVerdict]
+
+
+class MetricValue(_Answer):
+    """A metric's value at the moment asked about."""
+
+    value: str | None
+    unit: str
+    text: str
+
+
+class NextTier(_Answer):
+    """The tier above the client's, and what it takes."""
+
+    tier: str
+    name: str
+    qualifies: bool
+    instant_upgrade: bool = Field(description="entered with the event that makes the client qualify, "
+                                              "not at the next review")
+    requirement: Requirement | None
+
+
+class TierExplanation(_Answer):
+    """The client's tier at the moment, the decision behind it, its metrics and the next tier."""
+
+    current: str | None
+    since: str | None
+    decision: TierDecision | None
+    metrics: dict[str, MetricValue]
+    next_tier: NextTier | None
+
+
+class RulePoints(_Answer):
+    """Points a rule earned."""
+
+    rule_id: str | None
+    points: int
+    entries: int
+
+
+class RewardPoints(_Answer):
+    """Points spent on a reward (negative)."""
+
+    reward: str
+    points: int
+    entries: int
+
+
+class PointsExplanation(_Answer):
+    """The balance at the moment as the sum of its parts (signed, as in the ledger)."""
+
+    balance: int
+    earned: int
+    earned_by_rule: list[RulePoints]
+    redeemed: int
+    redeemed_by_reward: list[RewardPoints]
+    expired: int
+    reversed: int
+    adjusted: int = Field(description="write-offs that keep a balance from going below zero")
+
+
+class RuleCondition(_Answer):
+    """One condition of a rule against the value the event (or the client at its time) had."""
+
+    on: Literal["event", "client"]
+    attribute: str
+    operator: str
+    expected: str | list[str]
+    value: str | None = Field(description="null when the event had no such attribute")
+    met: bool
+    text: str = Field(description="for people, e.g. `amount 60,000,000.00 ≥ 50,000,000`")
+
+
+class ExplainedRule(_Answer):
+    """What granted an entitlement: a rule of the rule file, a tier's standing benefits or a catalogue reward."""
+
+    id: str
+    description: str | None
+    found: bool = Field(description="false when the version that granted it is no longer among the loaded rules")
+    note: str | None
+    priority: int | None
+    event_type: str | None
+    award: dict[str, Any] | None
+    cap: dict[str, Any] | None
+    conditions: list[RuleCondition]
+
+
+class RedemptionNote(_Answer):
+    """The catalogue redemption that granted an entitlement."""
+
+    reward: str
+    name: str | None
+    points: int | None = Field(description="what it cost")
+    entry_id: int | None = Field(description="the ledger entry that spent the points")
+    redeemed_at: str
+
+
+class HistoryStep(_Answer):
+    """One step in an entitlement's life; `entry_id` is the ledger entry (none for a lapse)."""
+
+    entry_id: int | None
+    at: str
+    action: str = Field(description="granted, consumed, revoked, reversed or expired")
+    text: str
+
+
+class ExplainedEntitlement(_Answer):
+    """An entitlement, why the client got it, and what became of it."""
+
+    id: int
+    kind: Literal["rate_discount", "fast_track", "relationship_manager", "fee_waiver"]
+    use: Literal["single", "standing"]
+    bps: int | None
+    products: list[str]
+    detail: dict[str, Any]
+    valid_from: str
+    valid_to: str | None
+    what: str
+    status: Literal["active", "consumed", "revoked", "reversed", "expired", "not_yet_granted"] = Field(
+        description="at the moment asked about")
+    status_since: str | None
+    source: Literal["rule", "tier", "redemption"]
+    rule_id: str
+    programme: ProgrammeRef
+    rule: ExplainedRule
+    events: list[ExplainedEvent]
+    redemption: RedemptionNote | None
+    tier_decision: TierDecision | None
+    history: list[HistoryStep]
+
+
+class ExplanationAnswer(_Answer):
+    """Why a client holds each entitlement at a moment (or one entitlement, whatever became of it)."""
+
+    client_id: str
+    name: str | None
+    as_of: str
+    programme: ProgrammeRef
+    entitlement_id: int | None = Field(description="the entitlement asked about; null when listing all held")
+    tier: TierExplanation
+    points: PointsExplanation
+    entitlements: list[ExplainedEntitlement]

@@ -7,14 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.answers import (BenefitsAnswer, EventsAnswer, LedgerPage, ProfileAnswer, QuoteAnswer, RedemptionAnswer,
-                         ReversalAnswer, RewardAnswer, documented)
+from api.answers import (BenefitsAnswer, EventsAnswer, ExplanationAnswer, LedgerPage, ProfileAnswer, QuoteAnswer,
+                         RedemptionAnswer, ReversalAnswer, RewardAnswer, documented)
 from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
 from api.problems import ProblemError, problem_schema
 from api.reads import run_read
 from api.security import authorize, credential, require
 from service.apikeys import caller_of
 from service.benefits import benefits_answer
+from service.explain import MAX_ID, explain_client
 from service.ingest import Ingestor, Outcome
 from service.ledger_page import ledger_page
 from service.profile import client_profile
@@ -106,6 +107,21 @@ def get_client(request: Request, client_id: ClientId, at: At = None) -> dict:
     """Profile, tier, tier history with reasons, and the metrics a review would see."""
     state = request.app.state
     return client_profile(state.engine, state.programmes, client_id, at or state.clock())
+
+
+@router.get("/clients/{client_id}/explanation", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
+            response_model=None,
+            responses={**documented(ExplanationAnswer), **_COMMON, **problem_schema(404)})
+def get_explanation(request: Request, client_id: ClientId,
+                    entitlement: Annotated[int | None, Query(
+                        ge=1, le=MAX_ID, description="explain only this entitlement (whatever its status), with "
+                                                     "its history; 404 if it is not the client's")] = None,
+                    at: At = None) -> dict:
+    """Why the client holds each entitlement at `at`: the rule and programme version that granted it, the rule's
+    conditions against the event's values, the tier decision (with metric values and thresholds) behind standing
+    tier benefits, and each entitlement's history. Same fields as `loyalty explain --json`."""
+    state = request.app.state
+    return explain_client(state.engine, state.programmes, client_id, at or state.clock(), entitlement)
 
 
 @router.get("/clients/{client_id}/ledger", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
