@@ -9,7 +9,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema, field_validator,
+                      model_validator)
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
@@ -277,7 +278,9 @@ class BenefitGrant(Strict):
 class Award(Strict):
     """What a rule gives: points (a CEL expression), a rate discount, a benefit, or several."""
 
-    points: str | None = Field(default=None, description="CEL expression giving whole points")
+    points: Annotated[str | None, WithJsonSchema({
+        "anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}, {"type": "null"}]})] = Field(
+        default=None, description="CEL expression giving whole points, or a whole number")
     tier_multiplier: bool = True
     rate_discount: RateDiscountGrant | None = None
     benefit: BenefitGrant | None = None
