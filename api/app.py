@@ -31,6 +31,7 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
                               "Authenticate with an API key from `loyalty apikey create`. Every POST accepts an "
                               "`Idempotency-Key` header. Errors are `application/problem+json` (RFC 9457).")
     app.state.engine, app.state.programmes, app.state.clock, app.state.hold = engine, programmes, clock, hold
+    app.state.rules_status = None  # set by `loyalty serve` when it watches the rules for new versions
     app.include_router(router)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
     _add_error_handlers(app)
@@ -38,14 +39,16 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
     @app.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:
         """Liveness and database reachability (no key needed)."""
-        programme = programmes.for_moment(clock())
+        programme = app.state.programmes.for_moment(clock())
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except OperationalError:
             return problem_response(503, "database-unavailable", "the database does not answer")
+        rules = app.state.rules_status() if app.state.rules_status else None
         return JSONResponse({"status": "ok", "database": engine.dialect.name,
-                             "programme": {"id": programme.id, "version": programme.version}})
+                             "programme": {"id": programme.id, "version": programme.version},
+                             "rules": rules.as_dict() if rules else None})
 
     return app
 

@@ -17,14 +17,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from rich.markup import escape
 
-from cli import explain, reviews, rule_check, rule_diff, rule_tests, simulate, views
+from cli import explain, reviews, rule_activate, rule_check, rule_diff, rule_schema, rule_tests, simulate, views
 from cli.review_view import print_review
 from cli.output import console, emit_json, fail, parse_moment, progress_bar
 from demo.generator import DEFAULT_END
 from demo.generator import generate as generate_portfolio
 from demo.run import run_demo
 from engine.errors import RuleFileError
-from engine.loader import load_programmes
 from engine.programme import ProgrammeSet
 from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
@@ -33,6 +32,7 @@ from service.ingest import Ingestor, IngestReport
 from service.profile import client_profile
 from service.reversal import reverse_event
 from service.review import run_review
+from service.rules_watcher import RulesWatcher
 from storage import ledger
 from storage.db import SchemaMissingError, database_url, init_schema, make_engine, read_snapshot, require_schema
 
@@ -43,14 +43,15 @@ app = typer.Typer(
          "Typical session: `loyalty init`, `loyalty ingest events.jsonl`, `loyalty benefits C-1001 "
          "--product working_capital`, `loyalty ledger C-1001`.",
     no_args_is_help=True, add_completion=False, rich_markup_mode="markdown", pretty_exceptions_show_locals=False)
-rules_app = typer.Typer(help="Check rule files before they go live.", no_args_is_help=True)
+rules_app = typer.Typer(help="Author rule files safely: check, test, diff, schema, then activate a new version.",
+                        no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 apikey_app = typer.Typer(help="API keys for `loyalty serve`: create (shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(reviews.tier_app, name="tier")
 app.add_typer(reviews.points_app, name="points")
 app.command("churn")(reviews.churn)
-for _module in (rule_check, rule_diff, rule_tests, simulate, explain):
+for _module in (rule_check, rule_schema, rule_diff, rule_tests, rule_activate, simulate, explain):
     _module.register(app, rules_app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -96,13 +97,17 @@ class Settings:
 
     def programmes(self, as_json: bool) -> ProgrammeSet:
         """The active programme versions; exits listing every problem if they do not load."""
+        return self.rules_watcher(as_json).current()
+
+    def rules_watcher(self, as_json: bool, interval: float = 1.0) -> RulesWatcher:
+        """The active rules, reloaded when a rule file changes; exits listing every problem if they do not load."""
         if not self.rules.exists():
             hint = (" (this installation has no project rules/ folder: install from a checkout with "
                     "`pip install -e .`)" if self.rules == PROJECT_RULES else "")
             raise fail(f"no rules at {self.rules}{hint}; name a rule file or folder with --rules or LOYALTY_RULES",
                        as_json=as_json)
         try:
-            return load_programmes(self.rules)
+            return RulesWatcher(self.rules, interval)
         except RuleFileError as exc:
             problems = "\n  ".join(str(p) for p in exc.problems)
             raise fail(f"the rules at {self.rules} do not load:\n  {problems}", as_json=as_json) from None
@@ -149,9 +154,9 @@ def ingest(
     same file is safe: already-applied events are counted as duplicates. Exits 1 if any line was rejected.
     """
     settings: Settings = ctx.obj
-    programmes = settings.programmes(as_json)
+    watcher = settings.rules_watcher(as_json)
     engine = settings.engine(as_json)
-    ingestor = Ingestor(engine, programmes, batch_size=batch_size)
+    ingestor = Ingestor(engine, watcher.current(), batch_size=batch_size, rules=watcher)
     if source != "-" and not Path(source).is_file():
         raise fail(f"no such file: {source}", as_json=as_json)
     try:
@@ -391,6 +396,9 @@ def serve(
     hold_seconds: Annotated[int, typer.Option(
         min=1, max=7 * 24 * 3600, help="How long a quote holds its single-use entitlements.")] = 900,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    reload_seconds: Annotated[float, typer.Option(
+        "--reload-seconds", min=0.1, max=3600,
+        help="How often to look for new or changed rule files (see `loyalty rules activate`).")] = 1.0,
     with_scheduler: Annotated[bool, typer.Option(
         "--scheduler", help="Also run the review and expiry jobs in this process (see `loyalty scheduler`).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Announce the address as one JSON line on stdout.")] = False,
@@ -398,7 +406,9 @@ def serve(
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
     Callers authenticate with keys from `loyalty apikey create`. Uses the same database and rules as
-    the other commands; stop with Ctrl-C. With `--scheduler`, every replica may run the jobs: one
+    the other commands; stop with Ctrl-C. A version installed with `loyalty rules activate` is picked
+    up without a restart; a rule file that does not load is refused and the last good rules are kept
+    (see /healthz). With `--scheduler`, every replica may run the jobs: one
     review still runs at a time.
     """
     import uvicorn  # imported here: the other commands do not need the web stack
@@ -406,9 +416,13 @@ def serve(
     from api.app import create_app
 
     settings: Settings = ctx.obj
-    programmes = settings.programmes(as_json)
+    watcher = settings.rules_watcher(as_json, interval=reload_seconds)
     engine = settings.engine(as_json)
-    application = create_app(engine, programmes, hold=timedelta(seconds=hold_seconds))
+    application = create_app(engine, watcher.current(), hold=timedelta(seconds=hold_seconds))
+    # A new version installed by `loyalty rules activate` replaces the set whole; each request keeps
+    # the set it started with.
+    watcher.on_install = lambda programmes: setattr(application.state, "programmes", programmes)
+    application.state.rules_status = watcher.status
     where = engine.url.render_as_string(hide_password=True)
     if as_json:
         emit_json({"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/docs", "database": where,
@@ -421,9 +435,11 @@ def serve(
     gc.collect()
     gc.freeze()
     scheduler = _start_scheduler(settings, background=True) if with_scheduler else None
+    watcher.start()
     try:
         uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False)
     finally:
+        watcher.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
 

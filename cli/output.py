@@ -81,12 +81,14 @@ def parse_moment(text: str | None, as_json: bool, option: str = "--at", allow_da
     return moment
 
 
-_DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+_DURATION_UNITS = {"s": timedelta(seconds=1), "m": timedelta(minutes=1), "h": timedelta(hours=1),
+                   "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
 def parse_duration(text: str, as_json: bool, option: str) -> timedelta:
-    """A duration such as 30d, 12h or 2w; exits with a message naming `option` otherwise."""
-    match = re.fullmatch(r"(\d{1,5})([hdw])", text.strip())
+    """A duration such as 30d, 12h, 2w, 15m or 90s; exits with a message naming `option` otherwise."""
+    match = re.fullmatch(r"(\d{1,5})([smhdw])", text.strip())
     if match is None:
-        raise fail(f"{option} {text!r} is not a duration; use a number and h, d or w, e.g. 30d", as_json=as_json)
+        raise fail(f"{option} {text!r} is not a duration; use a number and s, m, h, d or w, e.g. 30d",
+                   as_json=as_json)
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]

@@ -33,6 +33,7 @@ from rewards.tiers import tier_grants
 from service.clock import MAX_CLOCK_SKEW, Clock, utc_now
 from service.instant_upgrades import apply_instant_upgrades
 from service.retry import with_retry
+from service.rules_watcher import RulesWatcher
 from storage import clients as client_store
 from storage import ledger
 from storage.clients import ClientRecord
@@ -88,11 +89,13 @@ class _Pending:
 class Ingestor:
     """Applies events to the ledger under the programme version in force at each event's time."""
 
-    def __init__(self, engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now, batch_size: int = 2000):
+    def __init__(self, engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now, batch_size: int = 2000,
+                 rules: RulesWatcher | None = None):
         self.engine = engine
         self.programmes = programmes
         self.clock = clock
         self.batch_size = batch_size
+        self.rules = rules  # when given, a newly activated version is picked up between batches
 
     def ingest_lines(self, lines: Iterable[str | bytes],
                      progress: Callable[[int], None] | None = None) -> IngestReport:
@@ -102,6 +105,8 @@ class Ingestor:
         """
         report = IngestReport()
         for chunk in _chunks(enumerate(lines, start=1), self.batch_size):
+            if self.rules is not None and self.rules.refresh():
+                self.programmes = self.rules.current()
             raw_items = []
             for number, line in chunk:
                 try:

@@ -28,13 +28,13 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, bindparam, inspect, text
 
-from engine.loader import load_programmes, rule_files
 from engine.programme import ProgrammeSet
 from engine.schema import Schedule
 from service.clock import utc_now
 from service.errors import ConflictError
 from service.expiry import expire_points
 from service.review import run_review, scheduled_review_id
+from service.rules_watcher import RulesWatcher
 from storage.db import make_engine, write_transaction
 
 log = logging.getLogger("loyalty.scheduler")
@@ -46,7 +46,7 @@ _LOOK_BACK = timedelta(days=800)  # a schedule fires at least once in two years,
 
 _engines: dict[str, Engine] = {}  # one engine per database for this process's jobs
 _config: dict[str, str] = {}  # this process's database URL and rules, for the stored jobs
-_loaded: dict = {}  # the last programmes loaded, and which files they came from
+_watchers: dict[str, RulesWatcher] = {}  # one per rules location, for the life of the process
 
 
 def build_scheduler(database_url: str, rules: Path, scheduler_class: type[BaseScheduler] = BackgroundScheduler,
@@ -145,12 +145,12 @@ def scheduled_expiry(database_url: str, rules: str) -> dict:
 
 
 def _programmes(rules: str) -> ProgrammeSet:
-    """The programmes at `rules`, loaded again only when a rule file changed: durable-rules never frees a
-    compiled ruleset, so loading at every run would grow the process for good."""
-    files = tuple((str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in rule_files(Path(rules)))
-    if _loaded.get("key") != (rules, files):
-        _loaded.update(key=(rules, files), programmes=load_programmes(Path(rules)))
-    return _loaded["programmes"]
+    """The programmes at `rules`, reloaded only when a rule file changed (compiling at every run would
+    grow the process); a change that does not load is refused and the last good set is used."""
+    if rules not in _watchers:
+        _watchers[rules] = RulesWatcher(Path(rules))
+    _watchers[rules].refresh()
+    return _watchers[rules].current()
 
 
 def _engine(database_url: str) -> Engine:

@@ -1,0 +1,148 @@
+"""`loyalty rules activate`: check, test and install a new programme version."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy.exc import OperationalError
+
+from cli.output import console, emit_json, fail, parse_duration
+from engine.errors import RuleFileError
+from service import activation
+from service.clock import utc_now
+from service.errors import ConflictError, InputError
+from service.rule_tests import only_version, run_rule_tests
+from storage.db import SchemaMissingError, make_engine, require_schema
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def register(app: typer.Typer, rules_app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    rules_app.command("activate")(rules_activate)
+    rules_app.command("versions")(rules_versions)
+
+
+def rules_versions(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List the installed versions of the programme, oldest first, and which one is in force now.
+
+    Every version stays installed: ledger entries name the version that produced them, and an event
+    is evaluated under the version in force when it occurred (late events included).
+    """
+    programmes = ctx.obj.programmes(as_json)
+    now = utc_now()
+    in_force = programmes.at(now)
+    rows = [{"programme": v.id, "version": v.version, "effective_from": v.effective_from.isoformat(),
+             "file": v.source, "rules": len(v.rules),
+             "state": "in force" if v is in_force else ("scheduled" if v.effective_from > now else "superseded")}
+            for v in programmes.versions]
+    if as_json:
+        emit_json({"as_of": now.isoformat(), "versions": rows})
+        return
+    table = Table("version", "effective from", "state", "rules", "file")
+    for row in rows:
+        table.add_row(escape(row["version"]), row["effective_from"], row["state"], str(row["rules"]), escape(row["file"]))
+    console.print(table)
+
+
+def rules_activate(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The new version's rule file.", exists=True, dir_okay=False)],
+    lead: Annotated[str, typer.Option(
+        help="How far ahead the version must start, at least: the clock-skew allowance for events (15 min) "
+             "plus the time services take to notice the file. Shorten it only where no service is running.")]
+        = "16m",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Run every check and the rule tests; install nothing.")]
+        = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Install a new programme version: validate it, run the rule tests, then put it in the rules directory.
+
+    Refused (exit 1, nothing installed) when the file has errors, contradicts the installed versions
+    (another programme, a version label or start used twice, a tier dropped), starts before events
+    already applied or sooner than `--lead`, or fails a case in the rules directory's tests/ folder
+    (run under the new version alone). A running `loyalty serve` picks the version up within a
+    second, without a restart; events are evaluated under the version in force at their time.
+
+    Example: `loyalty rules activate corporate_lending-2027.1.yaml`
+    """
+    rules_dir: Path = ctx.obj.rules
+    minimum_lead = parse_duration(lead, as_json, "--lead")
+    try:
+        candidate = activation.check_candidate(rules_dir, file)
+        latest, checked_against = _latest_event(ctx.obj.db_url)
+        activation.check_start(candidate, utc_now(), latest, minimum_lead)
+    except RuleFileError as exc:
+        _refuse("the version does not load or contradicts the installed versions",
+                [str(problem) for problem in exc.problems], as_json)
+    except ConflictError as exc:
+        _refuse(str(exc), [], as_json, code=exc.code)
+    except InputError as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    tests = _rule_tests(rules_dir, candidate)
+    if tests["failed"]:
+        _refuse(f"{tests['failed']} rule test case(s) fail under the new version (run `loyalty rules test "
+                f"--programme {file}` for the differences)", tests["failures"], as_json, code="rule-tests-fail")
+    if not dry_run:
+        activation.install(candidate)
+    programme = candidate.programme
+    result = {"activated": not dry_run and not candidate.installed, "already_installed": candidate.installed,
+              "programme": programme.id, "version": programme.version,
+              "effective_from": programme.effective_from.isoformat(), "file": str(candidate.target),
+              "tests": {"passed": tests["passed"], "failed": 0, "cases": tests["cases"]}, "checked_against_events_until":
+              latest.isoformat() if latest else None, "database_checked": checked_against}
+    if as_json:
+        emit_json(result)
+        return
+    what = ("already installed: nothing to do" if candidate.installed else
+            "checks passed (dry run: nothing installed)" if dry_run else f"installed as {candidate.target}")
+    console.print(f"[green]ok[/] {escape(programme.id)} {escape(programme.version)} from "
+                  f"{programme.effective_from.isoformat()}: {escape(what)}", highlight=False)
+    if tests["cases"]:
+        console.print(f"rule tests: {tests['passed']} passed", highlight=False)
+    else:
+        console.print(f"[yellow]note[/]: no rule tests in {escape(str(rules_dir / 'tests'))}: nothing showed the "
+                      "version does what was meant (see `loyalty rules test --help`)", highlight=False)
+    if not checked_against:
+        console.print("[yellow]note[/]: no database with applied events here, so the start was checked "
+                      "against the clock only", highlight=False)
+
+
+def _latest_event(db_url: str) -> tuple[datetime | None, bool]:
+    """The latest applied event's moment, and whether a database was there to ask."""
+    engine = make_engine(db_url)
+    try:
+        require_schema(engine)
+        return activation.latest_event_moment(engine), True
+    except (SchemaMissingError, OperationalError):
+        return None, False
+    finally:
+        engine.dispose()
+
+
+def _rule_tests(rules_dir: Path, candidate: activation.Candidate) -> dict:
+    """Run the rules directory's test cases under the candidate version alone: passed, failed, why."""
+    cases = sorted((rules_dir / "tests").glob("*.yaml"))
+    try:
+        report = run_rule_tests(only_version(candidate.programme), cases)
+    except RuleFileError as exc:  # a case that no longer fits the programme (a rule or tier it names is gone)
+        return {"passed": 0, "failed": len(exc.problems), "cases": None,
+                "failures": [str(problem) for problem in exc.problems]}
+    failures = [f"{result.file}:{result.line}: {result.name}: " + (result.error or "; ".join(
+        f"{d.field} expected {d.expected!r}, got {d.actual!r}" for d in result.differences))
+        for result in report.cases if not result.passed]
+    return {"passed": report.passed, "failed": report.failed, "cases": len(report.cases), "failures": failures}
+
+
+def _refuse(reason: str, details: list[str], as_json: bool, code: str = "invalid-version") -> None:
+    if as_json:
+        emit_json({"activated": False, "code": code, "reason": reason, "details": details})
+    else:
+        console.print(f"[red]refused[/]: {escape(reason)}", highlight=False)
+        for line in details:
+            console.print(f"  {escape(line)}", highlight=False)
+    raise typer.Exit(1)
