@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from cli.output import console, emit_json
-from engine.file_schema import render, rule_file_schema
+from engine.file_schema import case_file_schema, render, rule_file_schema
 
 
 def register(app: typer.Typer, rules_app: typer.Typer) -> None:
@@ -21,6 +21,8 @@ def rules_schema(
         "--output", "-o", help="Write the schema to this file instead of standard output.")] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="Exit 1 if --output differs from the schema of this version (for CI).")] = False,
+    cases: Annotated[bool, typer.Option(
+        "--cases", help="The schema of rule-test case files instead (kept as rules/tests/schema.json).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --output or --check: report as JSON.")] = False,
 ) -> None:
     """Print the rule-file format as a JSON Schema, generated from the models the loader validates with.
@@ -29,8 +31,9 @@ def rules_schema(
     file names it on its first line, `# yaml-language-server: $schema=schema.json`, so editors with the
     YAML language server (VS Code's YAML extension, Neovim, IntelliJ) complete keys and underline errors
     as you type. `rules check` still has the last word: the schema cannot see cross-references.
+    `--cases` gives the same for rule-test case files (`loyalty rules schema --cases -o rules/tests/schema.json`).
     """
-    text = render(rule_file_schema())
+    text = render(case_file_schema() if cases else rule_file_schema())
     if output is None:
         if check:
             raise typer.BadParameter("--check needs --output, the file to compare", param_hint="--check")

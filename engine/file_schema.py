@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from engine.rule_cases import Case
 from engine.schema import Programme
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -24,6 +25,19 @@ def json_schema(model: type[BaseModel], title: str) -> dict:
 def rule_file_schema() -> dict:
     """The JSON Schema of a rule file."""
     return json_schema(Programme, "Loyalty programme rule file (format 1)")
+
+
+class _CaseFile(BaseModel):
+    """A rule-test case file as editors see it (the loader validates its cases one by one instead)."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    cases: list[Case] = Field(min_length=1)
+
+
+def case_file_schema() -> dict:
+    """The JSON Schema of a rule-test case file (rules/tests/*.yaml)."""
+    return json_schema(_CaseFile, "Loyalty programme rule-test cases")
 
 
 def render(schema: dict) -> str:

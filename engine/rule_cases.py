@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -162,7 +163,9 @@ class Case(Strict):
     description: str = ""
     given: Given = Given()
     events: list[CaseEvent] = []
-    review: list[Moment] = Field(default=[], description="tier reviews to run, each after the events up to its moment")
+    review: Annotated[list[Moment], WithJsonSchema({  # one moment or a list, as the validator below accepts
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})] = Field(
+        default=[], description="tier reviews to run, each after the events up to its moment")
     expect: Expect
 
     @field_validator("review", mode="before")

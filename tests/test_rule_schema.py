@@ -66,3 +66,18 @@ def test_the_schema_catches_what_an_editor_should_underline():
     # Descriptions from the models reach the editor's hover text.
     schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     assert "CEL expression" in schema["$defs"]["Award"]["properties"]["points"]["description"]
+
+
+def test_the_case_file_schema_is_in_sync_and_the_shipped_cases_satisfy_it():
+    case_schema = RULES / "tests" / "schema.json"
+    assert cli_json("rules", "schema", "--cases", "-o", str(case_schema), "--check")["in_sync"] is True
+    validator = jsonschema.Draft202012Validator(json.loads(case_schema.read_text(encoding="utf-8")))
+    files = sorted((RULES / "tests").glob("*.yaml"))
+    assert files
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert text.splitlines()[0] == "# yaml-language-server: $schema=schema.json", path
+        document = yaml.load(text, Loader=_PlainTimes)
+        assert [error.message for error in validator.iter_errors(document)] == [], path
+    document["cases"][0]["expekt"] = {}
+    assert any("'expekt' was unexpected" in error.message for error in validator.iter_errors(document))
