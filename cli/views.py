@@ -19,21 +19,36 @@ def _checks(reasons: list[dict], tiers: tuple) -> str:
                      for verdict in reasons if verdict["tier"] in tiers for c in verdict["checks"])
 
 
-def print_rule_check(results: list[dict], valid: bool) -> None:
-    """`rules check`: ok per version, or every problem with its place."""
-    for result in results:
-        if result["valid"]:
-            for v in result["versions"]:
-                console.print(f"[green]ok[/] {escape(v['file'])}: {escape(v['programme'])} {escape(v['version'])}, "
-                              f"{v['rules']} rules")
-        else:
-            for problem in result["problems"]:
-                where = f"{problem['file']}:{problem['line']}" if problem["line"] else problem["file"]
-                console.print(f"[red]{escape(where)}[/]: {escape(problem['path'] or '<top>')}: {escape(problem['message'])}",
-                              highlight=False)
-    if not valid:
-        count = sum(len(r["problems"]) for r in results)
-        console.print(f"[bold red]{count} problem(s)[/] in {len([r for r in results if not r['valid']])} location(s)")
+def print_rule_check(report: dict) -> None:
+    """`rules check`: each file with its version or its problems (sorted by line), then the counts."""
+    for result in report["results"]:
+        loaded = {version["file"]: version for version in result["versions"]}
+        by_file: dict[str, list[dict]] = {file: [] for file in loaded}
+        for problem in result["problems"]:
+            by_file.setdefault(problem["file"], []).append(problem)
+        for file, problems in by_file.items():
+            version = loaded.get(file)
+            about = (f"{version['programme']} {version['version']}, {version['rules']} rules" if version
+                     else "does not load")
+            counts = _problem_counts(sum(p["severity"] == "error" for p in problems),
+                                     sum(p["severity"] == "warning" for p in problems))
+            status = f"[yellow]{counts}[/]" if problems else "[green]ok[/]"
+            console.print(f"[bold]{escape(file)}[/]: {escape(about)}: {status}", highlight=False)
+            for problem in problems:
+                where = problem["file"]
+                if problem["line"]:
+                    where += f":{problem['line']}" + (f":{problem['column']}" if problem["column"] else "")
+                colour = "red" if problem["severity"] == "error" else "yellow"
+                console.print(f"  {escape(where)}: [{colour}]{problem['severity']}[/]: "
+                              f"{escape(problem['path'] or '<top>')}: {escape(problem['message'])}", highlight=False)
+    verdict = "[green]passed[/]" if report["valid"] else "[bold red]failed[/]"
+    rule = "warnings fail with --strict" if report["strict"] else "warnings pass; --strict fails on them"
+    console.print(f"{report['files']} file(s) checked: {_problem_counts(report['errors'], report['warnings'])}: "
+                  f"{verdict} ({rule})", highlight=False)
+
+
+def _problem_counts(errors: int, warnings: int) -> str:
+    return f"{errors} error{'' if errors == 1 else 's'}, {warnings} warning{'' if warnings == 1 else 's'}"
 
 
 def print_benefits(answer: dict) -> None:

@@ -1,12 +1,15 @@
-"""Load rule files: YAML → pydantic schema → cross-reference checks → CEL and matcher compilation.
+"""Load rule files: YAML → pydantic schema → cross-reference and semantic checks → CEL and matcher compilation.
 
 A file either loads completely or not at all; every problem found is reported at once, each with
-its file, line and key path.
+its file, line, column and key path. `check_programmes` (for `loyalty rules check`) also lints the
+files: warnings (engine/lint.py) never keep a file from loading.
 """
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -21,9 +24,9 @@ from engine.events import matching_value, minor_unit_exponent, parse_day
 from engine.expressions import ExpressionError, compile_points
 from engine.matching import RANGE_OPERATORS, AttributeTest, Matcher, MatcherLimitError, MatchRule
 from engine.programme import CompiledProgramme, CompiledRule, ProgrammeSet
-from engine import schema
+from engine import lint, schema
 from engine.metrics import METRIC_INPUTS, METRICS
-from engine.schema import AttributeSpec, Condition, Programme, Qualification, Rule, Threshold
+from engine.schema import AttributeSpec, Condition, Programme, Rule
 from engine.yaml_source import YamlDocument, load_yaml
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
@@ -39,30 +42,47 @@ def rule_files(location: Path) -> list[Path]:
 
 def load_programme(path: Path) -> CompiledProgramme:
     """Load, check and compile one rule file, or raise RuleFileError listing every problem."""
+    return compile_document(_read_document(path))
+
+
+def _read_document(path: Path) -> YamlDocument:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise RuleFileError([Problem(str(path), None, "", f"cannot read the file: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
-        raise RuleFileError([Problem(str(path), line, "", "not UTF-8 text; save the file as UTF-8")]) from None
-    return compile_document(load_yaml(str(path), text))
+        column = exc.start - (exc.object.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RuleFileError([Problem(str(path), line, "", "not UTF-8 text; save the file as UTF-8", column)]) from None
+    return load_yaml(str(path), text)
 
 
 def compile_document(doc: YamlDocument) -> CompiledProgramme:
     """Validate a parsed YAML document and compile it."""
+    return _compile(doc, _validate(doc))
+
+
+def _validate(doc: YamlDocument) -> Programme:
     try:
-        model = Programme.model_validate(doc.data)
+        return Programme.model_validate(doc.data)
     except ValidationError as exc:
         raise RuleFileError(_schema_problems(doc, exc.errors())) from None
+
+
+def _compile(doc: YamlDocument, model: Programme) -> CompiledProgramme:
     problems = list(_cross_reference_problems(doc, model))
+    problems.extend(lint.semantic_errors(doc, model))
     rules = []
     for index, rule in enumerate(model.rules):
-        try:
-            points = compile_points(rule.award.points, _sample_activations(model, rule)) if rule.award.points else None
-        except ExpressionError as exc:
-            problems.append(doc.problem(("rules", index, "award", "points"), str(exc)))
-            points = None
+        points = None
+        if rule.award.points:
+            path = ("rules", index, "award", "points")
+            unknown = list(_expression_reference_problems(doc, path, model, rule))
+            problems.extend(unknown)
+            try:
+                points = None if unknown else compile_points(rule.award.points, _sample_activations(model, rule))
+            except ExpressionError as exc:
+                problems.append(doc.problem(path, str(exc)))
         rules.append(CompiledRule(rule, index, points))
     if problems:
         raise RuleFileError(problems)
@@ -160,7 +180,7 @@ def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[P
         if index and tier.qualification is None:
             yield doc.problem(("tiers", index), f"tier {tier.id!r} has no qualification; every tier above the "
                                                 "lowest needs one (otherwise every client would qualify)")
-        for path, threshold in _thresholds(tier.qualification, ("tiers", index, "qualification")):
+        for path, threshold in lint.thresholds(tier.qualification, ("tiers", index, "qualification")):
             if threshold.metric not in METRICS:
                 yield doc.problem(path + ("metric",), _unknown("metric", threshold.metric, METRICS))
 
@@ -184,7 +204,7 @@ def _cross_reference_problems(doc: YamlDocument, model: Programme) -> Iterable[P
             yield doc.problem(base + ("when", "client", "min_tier"), _unknown("tier", client.min_tier, tier_ids))
         if client.tier is not None:
             yield from _condition_problems(doc, base + ("when", "client", "tier"), client.tier,
-                                           AttributeSpec(type="enum", values=tier_ids), model.programme.currency)
+                                           AttributeSpec(type="enum", values=tier_ids), model.programme.currency, "tier")
         if client.segment is not None:
             segment_spec = AttributeSpec(type="enum", values=segments) if segments else AttributeSpec(type="string")
             yield from _condition_problems(doc, base + ("when", "client", "segment"), client.segment,
@@ -252,17 +272,6 @@ def schedule_problems(schedule: schema.Schedule) -> list[tuple[str, str]]:
     return problems
 
 
-def _thresholds(qualification: Qualification | None, path: tuple) -> Iterable[tuple[tuple, Threshold]]:
-    if qualification is None:
-        return
-    key = "all" if qualification.all is not None else "any"
-    for position, item in enumerate(qualification.all or qualification.any or []):
-        if isinstance(item, Threshold):
-            yield path + (key, position), item
-        else:
-            yield from _thresholds(item, path + (key, position))
-
-
 _INPUT_TYPES = ({"money"}, {"integer"}, {"enum", "string", "month"})
 
 
@@ -298,7 +307,7 @@ def _unknown(what: str, name: str, known: Iterable[str]) -> str:
 
 
 def _condition_problems(doc: YamlDocument, path: tuple, condition: Condition, spec: AttributeSpec,
-                        currency: str) -> Iterable[Problem]:
+                        currency: str, what: str = "value") -> Iterable[Problem]:
     for op, value in condition.operators().items():
         if op == "exists":
             continue
@@ -307,16 +316,16 @@ def _condition_problems(doc: YamlDocument, path: tuple, condition: Condition, sp
                                             "eq, ne, in, not_in or exists")
             continue
         for item in (value if op in ("in", "not_in") else [value]):
-            error = _literal_error(spec, item, currency)
+            error = _literal_error(spec, item, currency, what)
             if error:
                 yield doc.problem(path + (op,), error)
 
 
-def _literal_error(spec: AttributeSpec, value: object, currency: str) -> str | None:
+def _literal_error(spec: AttributeSpec, value: object, currency: str, what: str = "value") -> str | None:
     kind = spec.type
     if kind == "enum":
         if value not in (spec.values or []):
-            return _unknown("value", str(value), spec.values or [])
+            return _unknown(what, str(value), spec.values or [])
     elif kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             return f"expected a whole number, got {value!r}"
@@ -378,6 +387,24 @@ def _tests(path: str, condition: Condition, attribute_type: str, currency: str) 
     return tests
 
 
+_CLIENT_FIELDS = ("tier", "segment", "tenure_months")
+_REFERENCE = re.compile(r"(?<![\w.])(event|client)\.([A-Za-z_]\w*)")
+_STRING_LITERAL = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
+
+
+def _expression_reference_problems(doc: YamlDocument, path: tuple, model: Programme, rule: Rule) -> Iterable[Problem]:
+    """Names a points expression reads that its event type or the client does not have, with did-you-mean."""
+    spec = model.event_types.get(rule.when.event)
+    if spec is None:
+        return  # the unknown event type is reported on its own
+    code = _STRING_LITERAL.sub('""', rule.award.points or "")
+    for scope, name in dict.fromkeys(_REFERENCE.findall(code)):
+        known = list(spec.attributes) if scope == "event" else list(_CLIENT_FIELDS)
+        if name not in known:
+            owner = f"attribute of {rule.when.event}" if scope == "event" else "client field"
+            yield doc.problem(path, f"points expression reads {scope}.{name}: {_unknown(owner, name, known)}")
+
+
 def _sample_activations(model: Programme, rule: Rule) -> list[dict]:
     """Two typed sample events, so a points expression's type errors show up when the file loads."""
     spec = model.event_types.get(rule.when.event)
@@ -400,20 +427,68 @@ def _sample_activations(model: Programme, rule: Rule) -> list[dict]:
 
 def load_programmes(location: Path) -> ProgrammeSet:
     """Load every rule file at `location` as versions of one programme, or raise listing every problem."""
-    files = rule_files(location)
-    if not files:
-        raise RuleFileError([Problem(str(location), None, "", "no rule files (*.yaml) here")])
-    loaded: list[CompiledProgramme] = []
-    problems: list[Problem] = []
-    for path in files:
-        try:
-            loaded.append(load_programme(path))
-        except RuleFileError as exc:
-            problems.extend(exc.problems)
-    problems.extend(version_problems(loaded))
+    checks = _check_location(location, _load_file)
+    problems = [problem for check in checks for problem in check.problems]
     if problems:
         raise RuleFileError(problems)
-    return ProgrammeSet(tuple(sorted(loaded, key=lambda p: p.effective_from)))
+    return ProgrammeSet(tuple(sorted((check.programme for check in checks if check.programme),
+                                     key=lambda p: p.effective_from)))
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What checking one rule file found: its errors and warnings, and the programme when it loads."""
+
+    file: str
+    programme: CompiledProgramme | None  # None when the file itself does not load
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        """The problems that keep the file (or its set of versions) from loading."""
+        return [p for p in self.problems if p.is_error]
+
+
+def check_programme(path: Path) -> FileCheck:
+    """Load one rule file and lint it: every error and warning at once, and the programme when it loads.
+
+    Warnings are looked for whenever the file fits the schema, so a file with a broken reference
+    still shows them.
+    """
+    try:
+        doc = _read_document(path)
+        model = _validate(doc)
+    except RuleFileError as exc:
+        return FileCheck(str(path), None, list(exc.problems))
+    warnings = lint.warnings(doc, model)
+    try:
+        return FileCheck(doc.file, _compile(doc, model), warnings)
+    except RuleFileError as exc:
+        return FileCheck(doc.file, None, list(exc.problems) + warnings)
+
+
+def check_programmes(location: Path) -> list[FileCheck]:
+    """`check_programme` for every rule file at `location`; problems between versions go to the file they name."""
+    return _check_location(location, check_programme)
+
+
+def _load_file(path: Path) -> FileCheck:
+    try:
+        programme = load_programme(path)
+    except RuleFileError as exc:
+        return FileCheck(str(path), None, list(exc.problems))
+    return FileCheck(programme.source, programme, [])
+
+
+def _check_location(location: Path, check: Callable[[Path], FileCheck]) -> list[FileCheck]:
+    files = rule_files(location)
+    if not files:
+        return [FileCheck(str(location), None, [Problem(str(location), None, "", "no rule files (*.yaml) here")])]
+    checks = [check(path) for path in files]
+    by_file = {c.file: c for c in checks}
+    for problem in version_problems([c.programme for c in checks if c.programme]):
+        by_file[problem.file].problems.append(problem)
+    return checks
 
 
 def version_problems(loaded: list[CompiledProgramme]) -> Iterable[Problem]:
