@@ -41,8 +41,10 @@ def rules_diff(
     Lists, section by section, what was added (+), removed (-) and changed (~, old → new): the
     programme header, loan products and discount ceilings, event types and their attributes, tiers,
     qualification thresholds and standing benefits per tier, rules (by id: which condition or award
-    changed), catalogue rewards, and the review, points and churn policies. Layout, comments and
-    the order of items in the file are not differences; a renamed rule shows as removed and added.
+    changed), catalogue rewards, and the review, points and churn policies. Layout, comments, the
+    spelling of a value (50000000 or "50000000.00") and the order of items in the file are not
+    differences, except the tier order and the firing order of rules sharing an event type and a
+    priority; a renamed rule shows as removed and added.
     Both files must load: otherwise their problems are listed and the exit status is 2.
 
     Example: `loyalty rules diff rules/corporate_lending.yaml proposed.yaml --exit-code`
@@ -105,7 +107,11 @@ def change_lines(change: Change) -> list[str]:
     """A change as rich markup lines: sign, item, part, then the value or old → new."""
     sign, colour = _SIGNS[change.kind]
     value = change.new if change.kind == "added" else change.old
-    if change.kind == "changed":
+    if change.kind == "changed" and isinstance(change.old, list) and isinstance(change.new, list):
+        # An order (tiers, rules firing together): ids in sequence, without brackets around them.
+        shown = " → ".join(", ".join(format_value(item, nested=True) for item in order)
+                           for order in (change.old, change.new))
+    elif change.kind == "changed":
         shown = f"{format_value(change.old)} → {format_value(change.new)}"
     elif value is None:
         shown = ""

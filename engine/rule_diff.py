@@ -4,20 +4,24 @@ Both sides are validated `Programme` models, so layout, comments, key order and 
 (1.5 against 1.50) never show. Items with ids (tiers, rules, catalogue rewards, churn signals, event
 types, attributes, products) are matched by id, so moving them in the file is no change, and a
 renamed rule is one removed and one added. Lists of names (products, enum values, `in` lists) are
-compared as sets. Values stay in the file's terms: money as written, bps, hours, days.
+compared as sets. Condition values are compared as the engine matches them, by their attribute's
+type (50000000 and "50000000.00" are one amount), and shown in the file's terms: money as written,
+bps, hours, days.
 
 Only two orders carry meaning and are compared as orders: the tiers (lowest first) and the firing
-order of rules that share a priority (ties fire in file order).
+order of rules that share an event type and a priority (ties fire in file order).
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel
 
+from engine.events import matching_value
 from engine.schema import ChurnSignal, Programme, Qualification, Rule, Threshold
 
 SECTIONS = ("programme", "loan_products", "discount_ceiling_bps", "event_types", "tiers", "qualification",
@@ -78,7 +82,7 @@ def diff_programmes(old: Programme, new: Programme) -> ProgrammeDiff:
         *_tier_changes(old, new),
         *_qualification_changes(old, new),
         *_benefit_changes(old, new),
-        *_rule_changes(old.rules, new.rules),
+        *_rule_changes(old, new),
         *_keyed("catalogue", {r.id: _dump(r, exclude={"id"}) for r in old.catalogue},
                 {r.id: _dump(r, exclude={"id"}) for r in new.catalogue}),
         *_flat("review", _dump(old.review), _dump(new.review)),
@@ -276,33 +280,94 @@ def _expression_tokens(expression: str) -> list[str]:
     return _TOKEN.findall(expression)
 
 
-def _rule_changes(old: list[Rule], new: list[Rule]) -> Iterator[Change]:
-    """Rules matched by id, part by part, then the firing order of rules sharing a priority."""
-    old_dumps = {rule.id: _dump(rule, exclude={"id"}) for rule in old}
-    new_dumps = {rule.id: _dump(rule, exclude={"id"}) for rule in new}
-    for rule_id, after in new_dumps.items():
-        before = old_dumps.get(rule_id)
-        was, now = (before or {}).get("award", {}).get("points"), after.get("award", {}).get("points")
+def _rule_changes(old: Programme, new: Programme) -> Iterator[Change]:
+    """Rules matched by id, part by part, then the firing order of rules sharing an event type and a priority."""
+    old_dumps = {rule.id: _dump(rule, exclude={"id"}) for rule in old.rules}
+    new_dumps = {rule.id: _dump(rule, exclude={"id"}) for rule in new.rules}
+    old_rules = {rule.id: rule for rule in old.rules}
+    for rule in new.rules:
+        if rule.id not in old_rules:
+            continue
+        before, after = old_dumps[rule.id], new_dumps[rule.id]
+        was, now = before.get("award", {}).get("points"), after.get("award", {}).get("points")
         if was and now and _expression_tokens(was) == _expression_tokens(now):
             after["award"]["points"] = was  # spacing in an expression is layout, not meaning
+        _align_conditions(before["when"], after["when"], _condition_types(old, old_rules[rule.id]),
+                          _condition_types(new, rule))
     yield from _keyed("rules", old_dumps, new_dumps)
-    order = _tie_order_change(old, new)
-    if order:
-        yield Change("rules", "changed", "firing order", "", *order)
+    yield from _firing_order_changes(old.rules, new.rules)
 
 
-def _tie_order_change(old: list[Rule], new: list[Rule]) -> tuple[list[str], list[str]] | None:
-    """Rules kept in both files, in firing order, when moving them in the file changed who fires first.
+# Where a condition sits in a dumped `when`, and the type its values are matched as (engine.loader._match_rule).
+_CLIENT_CONDITION_TYPES = {"tier": "enum", "segment": "enum", "tenure_months": "integer"}
 
-    Priority changes are reported on their rules; this only reports what file order alone changed.
+
+def _condition_types(programme: Programme, rule: Rule) -> dict[tuple[str, str], str]:
+    """The attribute type of each condition of a rule, keyed by (where|client, name)."""
+    attributes = programme.event_types[rule.when.event].attributes
+    types = {("where", name): attributes[name].type for name in rule.when.where if name in attributes}
+    types.update({("client", name): kind for name, kind in _CLIENT_CONDITION_TYPES.items()})
+    return types
+
+
+def _align_conditions(before: dict, after: dict, old_types: dict[tuple[str, str], str],
+                      new_types: dict[tuple[str, str], str]) -> None:
+    """Give `after` the old spelling of every condition value that matches the same as before.
+
+    The schema keeps a value's YAML type (50000000, "50000000.00", a quoted or unquoted date); the
+    engine converts it by the attribute's type before matching, so the diff compares it that way too.
     """
-    common = {rule.id for rule in old} & {rule.id for rule in new}
-    priority = {rule.id: rule.priority for rule in new}
+    for (scope, name), new_type in new_types.items():
+        old_type = old_types.get((scope, name))
+        was, now = before.get(scope, {}).get(name), after.get(scope, {}).get(name)
+        if old_type is None or not isinstance(was, dict) or not isinstance(now, dict):
+            continue
+        for operator, value in now.items():
+            if operator not in was or operator == "exists":
+                continue
+            if isinstance(value, list) and isinstance(was[operator], list):
+                spelled = {_condition_key(old_type, item): item for item in was[operator]}
+                now[operator] = [spelled.get(_condition_key(new_type, item), item) for item in value]
+            elif _condition_key(old_type, was[operator]) == _condition_key(new_type, value):
+                now[operator] = was[operator]
+
+
+def _condition_key(attribute_type: str, value: object) -> object:
+    """A condition value as the engine matches it, for comparison only."""
+    try:
+        if attribute_type == "money":
+            # An exact amount, not minor units: a currency change is reported once, in the programme header.
+            return _same_key(Decimal(str(value)))
+        return _same_key(matching_value(attribute_type, value, ""))
+    except (ArithmeticError, TypeError, ValueError):
+        return _same_key(value)  # both files loaded, so this is only a safety net: compare as written
+
+
+def _firing_order_changes(old: list[Rule], new: list[Rule]) -> Iterator[Change]:
+    """Rules kept in both files whose firing order among each other changed by moving them in the file.
+
+    Only rules of one event type fire together, and caps are per rule, so order matters only between
+    rules sharing an event type and a priority: it decides whose entries and grants come first (the
+    older grant wins a tie when single-use discounts or fast-track lanes are stacked). Priority and
+    event changes are reported on their rules; groups are those of the new file. Only the rules that
+    changed places relative to another are listed.
+    """
     old_position = {rule.id: index for index, rule in enumerate(old)}
-    new_position = {rule.id: index for index, rule in enumerate(new)}
-    before = sorted(common, key=lambda rule_id: (priority[rule_id], old_position[rule_id]))
-    after = sorted(common, key=lambda rule_id: (priority[rule_id], new_position[rule_id]))
-    return (before, after) if before != after else None
+    groups: dict[tuple[int, str], list[str]] = {}
+    for rule in new:  # in new file order
+        if rule.id in old_position:
+            groups.setdefault((rule.priority, rule.when.event), []).append(rule.id)
+    for (priority, event), after in sorted(groups.items()):
+        before = sorted(after, key=old_position.__getitem__)
+        if before == after:
+            continue
+        new_rank = {rule_id: index for index, rule_id in enumerate(after)}
+        swapped = [(first, second) for index, first in enumerate(before) for second in before[index + 1:]
+                   if new_rank[first] > new_rank[second]]
+        moved = {rule_id for pair in swapped for rule_id in pair}
+        yield Change("rules", "changed", f"firing order of {event} rules at priority {priority}", "",
+                     [rule_id for rule_id in before if rule_id in moved],
+                     [rule_id for rule_id in after if rule_id in moved])
 
 
 # --- churn signals ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -294,15 +294,67 @@ def test_rules_added_removed_renamed_and_changed_part_by_part(tmp_path):
     ]
 
 
-def test_moving_a_rule_among_equal_priorities_changes_firing_order(tmp_path):
-    def swap(data: dict) -> None:
-        first, second = data["rules"].index(rule(data, "drawdown-points")), data["rules"].index(rule(data, "cross-sell"))
-        data["rules"][first], data["rules"][second] = data["rules"][second], data["rules"][first]
+def test_condition_values_compare_by_attribute_type_and_show_as_written(tmp_path):
+    # The same amounts, dates and tenure spelled another way: the engine matches them the same.
+    repaid = "        days_late: {eq: 0}\n    award:\n      points: event.amount / 20000"
+    def version(name: str, amount: str, amounts: str, due: str, tenure: str) -> Path:
+        return edited(tmp_path, ("        amount: {gte: 50000000}", f"        amount: {{gte: {amount}}}"),
+                      (repaid, repaid.replace("{eq: 0}", f"{{eq: 0}}\n        due_date: {{gte: {due}}}\n"
+                                                         f"        amount: {{in: [{amounts}]}}")),
+                      ("        tenure_months: {gte: 12}", f"        tenure_months: {{gte: {tenure}}}"), name=name)
 
-    (change,) = diff_to(round_tripped(tmp_path, swap)).changes
-    assert (change.section, change.kind, change.item) == ("rules", "changed", "firing order")
-    assert change.old.index("drawdown-points") < change.old.index("cross-sell")
-    assert change.new.index("cross-sell") < change.new.index("drawdown-points")
+    old = version("old.yaml", "50000000", '10000000, "20000000.50"', "2026-01-01", "12")
+    same = version("same.yaml", '"50000000.00"', '"20000000.5", 10000000.00', '"2026-01-01"', "12.0")
+    diff = diff_programmes(load_programme(old).model, load_programme(same).model)
+    assert diff.identical, diff.changes
+    moved = version("moved.yaml", '"60000000.00"', '"10000000.00", 30000000', "2026-02-01", "24")
+    assert changes(diff_programmes(load_programme(old).model, load_programme(moved).model), "rules") == [
+        ("changed", "large-drawdown-discount", "when.where.amount.gte", 50000000, "60000000.00"),
+        ("changed", "on-time-repayment", "when.where.due_date.gte", date(2026, 1, 1), date(2026, 2, 1)),
+        ("removed", "on-time-repayment", "when.where.amount.in", "20000000.50", None),
+        ("added", "on-time-repayment", "when.where.amount.in", None, 30000000),
+        ("changed", "special-assistance-recovery", "when.client.tenure_months.gte", 12, 24),
+    ]
+    result = run_cli("rules", "diff", str(old), str(moved))
+    lines = {line.strip() for line in result.stdout.splitlines()}
+    assert '~ large-drawdown-discount: when.where.amount.gte 50,000,000 → "60000000.00"' in lines, result.stdout
+    assert "- on-time-repayment: when.where.amount.in \"20000000.50\"" in lines
+    assert run_cli("rules", "diff", str(old), str(same), "--exit-code").returncode == 0
+
+
+def test_firing_order_is_compared_among_rules_of_one_event_type_and_priority(tmp_path):
+    def move(rule_id: str, before: str | None = None) -> Callable[[dict], None]:
+        def change(data: dict) -> None:
+            moving = rule(data, rule_id)
+            data["rules"].remove(moving)
+            data["rules"].insert(data["rules"].index(rule(data, before)) if before else 0, moving)
+        return change
+
+    # Every other rule at priority 100 reacts to another event type: moving client-day to the top changes nothing.
+    assert diff_to(round_tripped(tmp_path, move("client-day"))).identical
+    assert diff_to(round_tripped(tmp_path, move("cross-sell", "drawdown-points"))).identical
+    (change,) = diff_to(round_tripped(tmp_path, move("forum-salon-training", "client-day"))).changes
+    assert (change.section, change.kind, change.item, change.field, change.old, change.new) == (
+        "rules", "changed", "firing order of event.attended rules at priority 100", "",
+        ["client-day", "forum-salon-training"], ["forum-salon-training", "client-day"])
+
+    def more(data: dict) -> None:  # three more event.attended rules at priority 100, after client-day and forum…
+        data["rules"].extend({"id": f"extra-{n}", "when": {"event": "event.attended"}, "award": {"points": n}}
+                             for n in (1, 2, 3))
+
+    def more_then_move(data: dict) -> None:
+        more(data)
+        move("extra-3", "extra-1")(data)
+
+    old = round_tripped(tmp_path, more, name="old.yaml")
+    new = round_tripped(tmp_path, more_then_move, name="new.yaml")
+    # Only the rules that changed places relative to another are listed.
+    assert changes(diff_programmes(load_programme(old).model, load_programme(new).model), "rules") == [
+        ("changed", "firing order of event.attended rules at priority 100", "", ["extra-1", "extra-2", "extra-3"],
+         ["extra-3", "extra-1", "extra-2"])]
+    result = run_cli("rules", "diff", str(old), str(new))
+    assert "  ~ firing order of event.attended rules at priority 100: extra-1, extra-2, extra-3 → " \
+           "extra-3, extra-1, extra-2" in result.stdout.splitlines(), result.stdout
 
 
 def test_catalogue_and_review_points_churn_policies(tmp_path):
