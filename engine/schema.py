@@ -9,8 +9,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import (AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema, field_validator,
-                      model_validator)
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, WithJsonSchema,
+                      field_validator, model_validator)
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
@@ -21,7 +21,8 @@ CURRENCY_PATTERN = r"^[A-Z]{3}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 EventTypeName = Annotated[str, Field(pattern=EVENT_TYPE_PATTERN, max_length=64)]
 RuleId = Annotated[str, Field(pattern=RULE_ID_PATTERN, max_length=80)]
-Scalar = bool | int | Decimal | date | str
+# StrictBool: a lax bool would take 1.0 or 0.0 (YAML floats) as true or false.
+Scalar = StrictBool | int | Decimal | date | str
 
 
 class Strict(BaseModel):

@@ -303,3 +303,10 @@ def test_catalogue_mistakes_are_reported_at_their_line(tmp_path, old, new, expec
     found = problems_of(path)
     assert any(expected in str(problem) for problem in found), [str(p) for p in found]
     assert all(problem.line and abs(problem.line - line) <= 3 for problem in found), [str(p) for p in found]
+
+
+def test_a_whole_number_written_as_a_decimal_is_a_number_not_true(tmp_path):
+    # YAML reads 50000000.0 as a float; a lax bool would have taken 1.0 and 0.0 as true and false.
+    path, _ = replace_in_shipped(tmp_path, "amount: {gte: 50000000}", "amount: {gte: 1.0}")
+    rule = next(r for r in load_programme(path).model.rules if r.id == "large-drawdown-discount")
+    assert rule.when.where["amount"].gte == 1 and rule.when.where["amount"].gte is not True
