@@ -379,13 +379,35 @@ class NextTier(_Answer):
     requirement: Requirement | None
 
 
+class TierMoveOutlook(_Answer):
+    """A tier move the review policy will make, and when."""
+
+    tier: str
+    when: Literal["next_event", "next_review"] = Field(
+        description="with the client's next event (an instant-upgrade tier) or at the next review")
+
+
+class TierOutlook(_Answer):
+    """Where the review policy takes the client from the tier its metrics reach."""
+
+    action: Literal["stay", "upgrade", "downgrade", "pinned"]
+    moves: list[TierMoveOutlook] = Field(
+        description="for an upgrade: the instant-upgrade tier it reaches with its next event, then the tier the "
+                    "next review moves it to, if higher")
+    pinned_until: str | None = Field(description="for a client pinned to its tier: when the pin ends")
+    text: str
+
+
 class TierExplanation(_Answer):
-    """The client's tier at the moment, the decision behind it, its metrics and the next tier."""
+    """The client's tier at the moment, the decision behind it, its metrics and where they take it."""
 
     current: str | None
     since: str | None
     decision: TierDecision | None
     metrics: dict[str, MetricValue]
+    qualified: str | None = Field(description="the highest tier the metrics qualify for")
+    outlook: TierOutlook | None = Field(
+        description="none before the first tier decision, or for a tier the programme version no longer has")
     next_tier: NextTier | None
 
 

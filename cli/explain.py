@@ -25,14 +25,15 @@ def explain(
         "--entitlement", min=1, help="Explain only this entitlement (its id, as `loyalty benefits` lists it), "
                                      "whatever became of it, with its history.")] = None,
     at: Annotated[Optional[str], typer.Option(
-        help="Moment to look at (ISO 8601 with zone). Default: now.")] = None,
+        help="Moment to look at: ISO 8601 with a zone, or a date (00:00 UTC). Default: now.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Why a client holds each entitlement: the rule and programme version that granted it, the rule's
     conditions against the values of the event that met them, and for standing tier benefits the tier
     decision (review, instant upgrade or pin) with its metric values and thresholds.
 
-    Also shows the client's tier with what the next tier needs, and its points balance split by rule.
+    Also shows the client's tier, the highest tier its metrics reach and when the review policy moves it
+    there, what the next tier needs, and its points balance split by rule.
 
     Examples:
 
@@ -41,14 +42,15 @@ def explain(
     `loyalty explain C-1001 --entitlement 12` — one entitlement, even consumed, revoked, reversed or
     expired: who granted it, and what consumed (quote, loan), revoked (tier move) or reversed it.
 
-    `loyalty explain C-1001 --at 2026-05-21T00:00:00Z --json` — what it held then, for scripts.
+    `loyalty explain C-1001 --at 2026-05-21T00:00:00Z --json` — what it held then, for scripts
+    (`--at 2026-05-21` is the same moment: a date means 00:00 UTC).
 
     Exits 2 for an unknown client, an unknown entitlement, or an entitlement of another client.
     """
     programmes = ctx.obj.programmes(as_json)
     engine = ctx.obj.engine(as_json)
     try:
-        answer = explain_client(engine, programmes, client_id, parse_moment(at, as_json), entitlement)
+        answer = explain_client(engine, programmes, client_id, parse_moment(at, as_json, allow_date=True), entitlement)
     except (NotFoundError, InputError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
@@ -113,15 +115,15 @@ def _print_decision(decision: dict | None, indent: str) -> None:
 
 
 def _print_next_tier(tier: dict) -> None:
+    if tier["outlook"]:
+        console.print(f"  outlook: {escape(tier['outlook']['text'])}", highlight=False)
     upcoming = tier["next_tier"]
     if upcoming is None:
         console.print(f"  next tier: none, {escape(tier['current'])} is the highest")
         return
-    if upcoming["qualifies"]:
-        when = "at once with its next event" if upcoming["instant_upgrade"] else "at the next review"
-        console.print(f"  next tier {escape(upcoming['tier'])}: qualifies now, moves there {when}", highlight=False)
-    else:
-        console.print(f"  next tier {escape(upcoming['tier'])} needs:", highlight=False)
+    # When it moves is the outlook's to say: it knows the policy and every tier the metrics reach.
+    console.print(f"  next tier {escape(upcoming['tier'])}"
+                  + (": qualifies" if upcoming["qualifies"] else " needs:"), highlight=False)
     _print_requirement(upcoming["requirement"], "    ")
 
 

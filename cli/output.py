@@ -67,8 +67,12 @@ def parse_moment(text: str | None, as_json: bool, option: str = "--at", allow_da
     """
     if text is None:
         return utc_now()
-    if allow_date and re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-        text = f"{text}T00:00:00Z"
+    if allow_date and re.fullmatch(r"\d{4}-\d{2}-\d{2}Z?", text):
+        text = f"{text.removesuffix('Z')}T00:00:00Z"
+    if not re.search(r"\d[T ]\d", text):  # a date alone: Python would read a zone after it as nothing
+        example = "2026-03-01" if allow_date else "2026-03-01T00:00:00Z"
+        raise fail(f"{option} {text!r} is not a moment; use ISO 8601 with a time and zone, e.g. {example}",
+                   as_json=as_json)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -1,12 +1,14 @@
 """Why a client holds what it holds: each entitlement with the rule and programme version that granted it,
 the rule's conditions against the event that met them, the tier decision behind standing tier benefits
 (with the metric values and thresholds), what a redemption cost, and what happened to it since
-(consumed by a quote, revoked by a tier move, reversed with its event, expired).
+(consumed by a quote, revoked by a tier move, reversed with its event, expired). Also the highest tier the
+client's metrics reach and when the review policy moves it there (the outlook).
 
 `read_facts` does all the reading, in one snapshot; everything after it is pure shaping of what was read.
-The moment asked about (`at`) selects what was held then: an entitlement granted by then and not yet
-consumed, revoked, reversed or expired, as `loyalty benefits --at` counts it. History lists every entry,
-later ones too.
+The moment asked about (`at`) selects what was held then: an entitlement granted by then and not consumed,
+revoked, reversed or expired by then (a reversal counts from when it was written). One consumed or reversed
+after `at` therefore counts as held at `at`, unlike in `loyalty benefits --at`, which leaves out whatever is
+consumed or reversed by now. History lists every entry, later ones too, in order of time.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from engine.programme import CompiledProgramme, ProgrammeSet
 from engine.schema import Condition, Qualification, Rule, Threshold, Tier
 from rewards.caps import months_before
 from rewards.kinds import Reason
+from rewards.tier_policy import instant_target
 from rewards.tiers import TIER_RULE_PREFIX
 from service.benefits import require_utc
 from service.errors import NotFoundError
@@ -257,7 +260,9 @@ def _tier_view(facts: Facts, programmes: ProgrammeSet, programme: CompiledProgra
     currency = programme.currency
     metrics = {name: _metric_view(name, value, currency) for name, value in facts.metrics.items()}
     if row is None:
-        return {"current": None, "since": None, "decision": None, "metrics": metrics, "next_tier": None}
+        return {"current": None, "since": None, "decision": None, "metrics": metrics, "qualified": None,
+                "outlook": None, "next_tier": None}
+    qualified = place(programme.model.tiers, facts.metrics).tier
     ids = programme.tier_ids
     above = ids[ids.index(row["tier"]) + 1] if row["tier"] in ids and row["tier"] != ids[-1] else None
     next_tier = None
@@ -267,7 +272,48 @@ def _tier_view(facts: Facts, programmes: ProgrammeSet, programme: CompiledProgra
                      "instant_upgrade": above in programme.model.review.instant_upgrade,
                      "requirement": requirement(tier.qualification, facts.metrics, currency)}
     return {"current": row["tier"], "since": row["valid_from"].isoformat(),
-            "decision": _decision_view(facts, programmes, row), "metrics": metrics, "next_tier": next_tier}
+            "decision": _decision_view(facts, programmes, row), "metrics": metrics, "qualified": qualified,
+            "outlook": outlook(programme, row["tier"], qualified, _pin_in_force(facts.pins, facts.at)),
+            "next_tier": next_tier}
+
+
+def _pin_in_force(pins: list[dict], at: datetime) -> dict | None:
+    # As storage.standing.pins_in_force: the latest pin started by then, unless it has ended.
+    started = [pin for pin in pins if pin["valid_from"] <= at]
+    return started[-1] if started and started[-1]["until"] > at else None
+
+
+def outlook(programme: CompiledProgramme, current: str, qualified: str, pin: dict | None) -> dict | None:
+    """Where the review policy takes a client of tier `current` whose metrics reach `qualified`, and when."""
+    ids = programme.tier_ids
+    if current not in ids:
+        return None  # a tier this rule-file version no longer has: no policy to apply to it
+    policy = programme.model.review
+    view = {"action": "stay", "moves": [], "pinned_until": None}
+    if pin is not None:
+        return {**view, "action": "pinned", "pinned_until": pin["until"].isoformat(),
+                "text": f"pinned to {pin['tier']} until {pin['until']:%Y-%m-%d} (its metrics reach {qualified}): "
+                        f"reviews and instant upgrades leave it there until then"}
+    rank, target = ids.index(current), ids.index(qualified)
+    if target == rank:
+        return {**view, "text": f"qualifies for {qualified}, its tier: stays there"}
+    if target < rank:
+        steps = policy.downgrade.max_steps
+        lowest = ids[max(target, rank - steps)]
+        return {**view, "action": "downgrade",
+                "text": f"qualifies only for {qualified}: a review may move it down to {lowest} (at most {steps} "
+                        f"tier{'s' if steps > 1 else ''} per review) once the review policy's new-client protection, "
+                        f"minimum time in tier and grace period allow"}
+    # Upgrades: the highest instant-upgrade tier it reaches comes with its next event, the rest at the next review.
+    instant = instant_target(current, qualified, ids, policy.instant_upgrade)
+    moves = [{"tier": instant, "when": "next_event"}] if instant else []
+    if instant != qualified:
+        moves.append({"tier": qualified, "when": "next_review"})
+    when = {"next_event": "with its next event (instant upgrade)", "next_review": "at the next review"}
+    steps = [f"{'there' if move['tier'] == qualified and len(moves) == 1 else 'to ' + move['tier']} "
+             f"{when[move['when']]}" for move in moves]
+    return {**view, "action": "upgrade", "moves": moves,
+            "text": f"qualifies for {qualified}: moves " + ", then ".join(steps)}
 
 
 def _metric_view(name: str, value: Decimal | None, currency: str) -> dict:
@@ -531,12 +577,13 @@ def _redemption_view(facts: Facts, programme: CompiledProgramme | None, grant: d
 
 
 def _history(facts: Facts, grant: dict, followers: list[dict]) -> list[dict]:
-    """The grant and every entry about the entitlement since (later than the moment asked about too), with
-    what caused each; then its expiry, if it had lapsed by that moment."""
+    """The grant, every entry about the entitlement since (later than the moment asked about too) with what
+    caused each, and its expiry if it had lapsed by that moment: in order of time, then of entry id."""
     source = (f"rule {grant['rule_id']}" + (f" for event {grant['event_id']}" if grant["event_id"] else "")
               + f" ({grant['programme_id']} {grant['programme_version']})")
     history = [{"entry_id": grant["id"], "at": grant["valid_from"].isoformat(), "action": "granted",
                 "text": f"granted by {source}"}]
+    moments = [grant["valid_from"]]
     moves = {row["valid_from"]: row for row in facts.tier_rows}
     for entry in followers:
         reason = Reason(entry["reason"])
@@ -555,11 +602,17 @@ def _history(facts: Facts, grant: dict, followers: list[dict]) -> list[dict]:
         else:
             item["text"] = str(reason)
         history.append(item)
+        moments.append(_moment(entry))
     status, since = status_at(grant, followers, facts.at)
     if status == EXPIRED:
         history.append({"entry_id": None, "at": since.isoformat(), "action": "expired",  # type: ignore[union-attr]
                         "text": "validity ended (no entry: it lapses by itself)"})
-    return history
+        moments.append(since)  # type: ignore[arg-type]
+    # Entry order is not time order: a reversal is dated when it was written, possibly after the lapse (which has
+    # no entry). On a tie an entry goes before the lapse, as status_at lets the entry decide the status.
+    order = sorted(range(len(history)), key=lambda i: (moments[i], history[i]["entry_id"] is None,
+                                                        history[i]["entry_id"] or 0))
+    return [history[i] for i in order]
 
 
 def _points_view(rows: list[dict]) -> dict:

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from api import answers
+from engine.loader import load_programmes
 from engine.schema import Condition
 from service.benefits import client_benefits
 from service.errors import InputError, NotFoundError
-from service.explain import condition_checks, explain_client, status_at
+from service.explain import condition_checks, explain_client, outlook, status_at
 from service.ingest import Ingestor
 from service.pins import pin_tier
 from service.quotes import commit_quote, create_quote
@@ -19,7 +20,7 @@ from service.redemptions import redeem
 from service.reversal import reverse_event
 from service.review import run_review
 from tests.api_support import borrower_events, make_api
-from tests.conftest import SAMPLE, cli_json, event, ndjson, run_cli
+from tests.conftest import SAMPLE, cli_json, event, ndjson, programme_variant, run_cli
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -177,6 +178,44 @@ def test_an_instant_upgrade_names_the_activity_it_was_measured_with(engine, prog
     assert decision["reasons"][0]["qualifies"] is True
 
 
+def test_the_outlook_names_the_highest_tier_the_metrics_reach_and_when_the_policy_moves_the_client(
+        engine, programmes, plain_programmes):
+    # The sample in one batch: C-1001 drew 105M by April, all repaid on time, but its instant upgrade to diamond
+    # came only with its next event (2026-05-20).
+    report = Ingestor(engine, programmes, clock=lambda: NOW).ingest_lines(SAMPLE.read_text().splitlines())
+    assert report.rejected == 0, report.errors
+    tier = explain(engine, programmes, "C-1001", "2026-04-01T00:00:00Z")["tier"]
+    assert (tier["current"], tier["qualified"], tier["next_tier"]["tier"]) == ("standard", "diamond", "silver")
+    assert tier["outlook"] == {"action": "upgrade", "moves": [{"tier": "diamond", "when": "next_event"}],
+                               "pinned_until": None,
+                               "text": "qualifies for diamond: moves there with its next event (instant upgrade)"}
+    answers.TierExplanation.model_validate(tier)
+    after = explain(engine, programmes, "C-1001", "2026-06-01T00:00:00Z")["tier"]
+    assert (after["current"], after["qualified"], after["outlook"]["action"]) == ("diamond", "diamond", "stay")
+    # Without instant upgrades the review moves it; with gold alone instant, gold comes first, diamond after.
+    plain = plain_programmes.for_moment(at("2026-04-01T00:00:00Z"))
+    assert outlook(plain, "standard", "diamond", None)["text"] == "qualifies for diamond: moves there at the next review"
+
+
+def test_the_outlook_follows_instant_upgrades_downgrade_limits_and_pins(tmp_path):
+    policy = """  instant_upgrade: [gold]
+  downgrade: {max_steps: 1, grace_days: 30, min_months_in_tier: 3, new_client_months: 6}
+"""
+    programme = load_programmes(programme_variant(tmp_path, review_policy=policy)).for_moment(NOW)
+    both = outlook(programme, "standard", "diamond", None)
+    assert both["moves"] == [{"tier": "gold", "when": "next_event"}, {"tier": "diamond", "when": "next_review"}]
+    assert both["text"] == ("qualifies for diamond: moves to gold with its next event (instant upgrade), then to "
+                            "diamond at the next review")
+    assert outlook(programme, "gold", "diamond", None)["moves"] == [{"tier": "diamond", "when": "next_review"}]
+    down = outlook(programme, "diamond", "standard", None)
+    assert (down["action"], down["moves"]) == ("downgrade", [])
+    assert down["text"].startswith("qualifies only for standard: a review may move it down to gold (at most 1 tier ")
+    pin = {"tier": "gold", "until": at("2026-12-31T00:00:00Z")}
+    pinned = outlook(programme, "gold", "diamond", pin)
+    assert (pinned["action"], pinned["moves"], pinned["pinned_until"]) == ("pinned", [], "2026-12-31T00:00:00+00:00")
+    assert outlook(programme, "retired-tier", "gold", None) is None
+
+
 # --- history: consumed, revoked, reversed, expired, redeemed ---------------------------------------------------
 
 def test_a_consumed_entitlement_names_the_quote_and_loan_that_used_it(engine, history):
@@ -221,6 +260,17 @@ def test_an_expired_entitlement_lapses_without_an_entry(engine, history):
     assert (item["status"], item["status_since"]) == ("expired", "2026-07-20T09:00:00+00:00")  # 90 days
     assert item["history"][-1] == {"entry_id": None, "at": "2026-07-20T09:00:00+00:00", "action": "expired",
                                    "text": "validity ended (no entry: it lapses by itself)"}
+
+
+def test_history_is_in_order_of_time_when_a_reversal_comes_after_the_expiry(engine, programmes):
+    ingest(engine, programmes, drawn("d5", "C-5", "2026-01-01T10:00:00Z", "60000000.00"))
+    [discount] = by_rule(explain(engine, programmes, "C-5", "2026-01-02T00:00:00Z"), "large-drawdown-discount")
+    reverse_event(engine, "d5", "booked in error", clock=lambda: at("2026-08-01T09:00:00Z"))  # after its 180 days
+    [item] = explain(engine, programmes, "C-5", "2026-09-01T00:00:00Z", discount["id"])["entitlements"]
+    assert (item["status"], item["status_since"]) == ("expired", "2026-06-30T10:00:00+00:00")
+    assert [(step["action"], step["at"]) for step in item["history"]] == [
+        ("granted", "2026-01-01T10:00:00+00:00"), ("expired", "2026-06-30T10:00:00+00:00"),
+        ("reversed", "2026-08-01T09:00:00+00:00")]
 
 
 def test_a_redeemed_entitlement_shows_the_reward_and_its_cost_and_points_add_up(engine, history):
@@ -309,6 +359,13 @@ def test_explain_end_to_end_through_the_cli(db_url):
     assert unknown.returncode == 2 and "no client 'C-404'" in json.loads(unknown.stdout)["error"]
     naive = run_cli("explain", "C-1001", "--at", "2026-05-21T00:00:00", db_url=db_url)
     assert naive.returncode == 2 and "no time zone" in naive.stderr
+    # A plain date is 00:00 UTC, with or without a Z; the outlook says diamond comes with the next event.
+    for day in ("2026-04-01", "2026-04-01Z"):
+        dated = run_cli("explain", "C-1001", "--at", day, db_url=db_url)
+        assert dated.returncode == 0, dated.stderr
+        assert "as of 2026-04-01 00:00:00 UTC" in dated.stdout
+        assert "outlook: qualifies for diamond: moves there with its next event (instant upgrade)" in dated.stdout
+        assert "next review" not in dated.stdout
 
 
 def test_the_help_teaches_with_examples():
