@@ -14,13 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -63,7 +64,32 @@ def _moment(value: object) -> object:
     return value
 
 
+def _not_null(value: object) -> object:
+    """Refuse an explicit null: the comparison skips a null expectation, and no held grant matches a null field."""
+    if value is None:
+        raise ValueError("null is not a value to check: give one, or leave the key out")
+    return value
+
+
+def _no_null_in_schema(schema: dict) -> None:
+    """Drop null from a field's JSON Schema (and its null default), as _not_null drops it from validation."""
+    options = [option for option in schema.pop("anyOf") if option != {"type": "null"}]
+    schema.pop("default", None)
+    schema.update(options[0] if len(options) == 1 else {"anyOf": options})
+
+
+def _not_empty(value: dict | list) -> dict | list:
+    """Refuse an empty mapping or list of expectations: it checks nothing, so the case would always pass."""
+    if not value:
+        raise ValueError(f"{'[]' if isinstance(value, list) else '{}'} checks nothing: list what to expect, or "
+                         "leave the key out")
+    return value
+
+
 Moment = Annotated[datetime, BeforeValidator(_moment)]
+_T = TypeVar("_T")
+# A key that may be left out but not written as null: a null would make the case check nothing (see _not_null).
+NonNull = Annotated[_T | None, BeforeValidator(_not_null), Field(json_schema_extra=_no_null_in_schema)]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 Count = Annotated[int, Field(ge=0)]
@@ -103,16 +129,16 @@ class GrantSpec(Strict):
     """An entitlement the client holds at the moment of the expectations; every field given must match."""
 
     rule: str = Field(description="the rule id that granted it (or tier:<tier> for a tier's standing benefits)")
-    kind: GrantKind | None = None
-    bps: Count | None = None
-    products: list[Name] | None = None
-    use: Literal["single", "standing"] | None = None
-    lane: Name | None = None
-    sla_hours: Count | None = None
-    fee_waiver_pct: Count | None = None
-    valid_to: Moment | None = None
-    count: Count | None = Field(default=None, description="exactly this many held entitlements match (default: at "
-                                                          "least one)")
+    kind: NonNull[GrantKind] = None
+    bps: NonNull[Count] = None
+    products: NonNull[list[Name]] = None
+    use: NonNull[Literal["single", "standing"]] = None
+    lane: NonNull[Name] = None
+    sla_hours: NonNull[Count] = None
+    fee_waiver_pct: NonNull[Count] = None
+    valid_to: NonNull[Moment] = None
+    count: NonNull[Count] = Field(default=None, description="exactly this many held entitlements match (default: at "
+                                                            "least one)")
 
     def criteria(self) -> dict[str, object]:
         """The fields given, except count: what a held entitlement must match."""
@@ -130,23 +156,38 @@ class FastTrackSpec(Strict):
 class BenefitsSpec(Strict):
     """What a loan system gets, after stacking and the ceiling (fields as in a tier's benefits)."""
 
-    rate_discount_bps: dict[Name, Count] = {}
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    rate_discount_bps: dict[Name, Count] = Field(default={}, json_schema_extra={"minProperties": 1})
     fast_track: FastTrackSpec | None = Field(default=None, description="null: no fast track at all")
-    relationship_manager: bool | None = None
-    fee_waiver_pct: Count | None = None
+    relationship_manager: NonNull[bool] = None
+    fee_waiver_pct: NonNull[Count] = None
+
+    _no_empty = field_validator("rate_discount_bps")(_not_empty)
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> BenefitsSpec:
+        if not self.model_fields_set:
+            raise ValueError("{} checks nothing: give any of rate_discount_bps, fast_track, relationship_manager, "
+                             "fee_waiver_pct, or leave benefits out")
+        return self
 
 
 class Expect(Strict):
     """The outcome at `at` (default: the case's last moment); only what is given is checked."""
 
     at: Moment | None = None
-    tier: Name | None = None
-    qualifies_for: Name | None = Field(default=None, description="the tier the metrics earn at that moment")
-    points: Count | None = Field(default=None, description="the points balance")
-    earned: dict[str, Count] = Field(default={}, description="points earned per rule id")
-    grants: list[GrantSpec] = []
-    no_grants: list[GrantSpec] = []
-    benefits: BenefitsSpec | None = None
+    tier: NonNull[Name] = None
+    qualifies_for: NonNull[Name] = Field(default=None, description="the tier the metrics earn at that moment")
+    points: NonNull[Count] = Field(default=None, description="the points balance")
+    earned: dict[str, Count] = Field(default={}, description="points earned per rule id",
+                                     json_schema_extra={"minProperties": 1})
+    grants: list[GrantSpec] = Field(default=[], json_schema_extra={"minItems": 1})
+    no_grants: list[GrantSpec] = Field(default=[], json_schema_extra={"minItems": 1})
+    benefits: NonNull[BenefitsSpec] = None
+
+    # The comparison skips an empty mapping or list, so the case could pass checking nothing.
+    _no_empty = field_validator("earned", "grants", "no_grants")(_not_empty)
 
     @model_validator(mode="after")
     def _checks_something(self) -> Expect:
@@ -244,28 +285,35 @@ def load_case_file(path: Path, programmes: ProgrammeSet) -> list[RuleCase]:
     doc = load_yaml(file, text)
     if not isinstance(doc.data, dict):
         raise RuleFileError([doc.problem((), "expected a mapping with a `cases:` list")])
+    problems: list[Problem] = []
     try:
         CaseFileModel.model_validate(doc.data)
     except ValidationError as exc:
-        raise RuleFileError([_schema_problem(doc, err["loc"], err) for err in exc.errors()]) from None
-    problems: list[Problem] = []
+        problems = [_schema_problem(doc, err["loc"], err) for err in exc.errors()]
+        if any(err["loc"][:1] == ("cases",) for err in exc.errors()):  # no list of cases to read
+            raise RuleFileError(problems) from None
     cases = []
     names: dict[str, int] = {}
     for index, item in enumerate(doc.data["cases"]):
         base = ("cases", index)
+        case: Case | None = None
+        errors: list[dict] = []
         try:  # each case on its own: a broken case does not hide the problems of the others
             case = Case.model_validate(item)
         except ValidationError as exc:
-            problems.extend(_schema_problem(doc, base + tuple(err["loc"]), err) for err in exc.errors())
-            continue
+            errors = exc.errors()
+        found = [_schema_problem(doc, base + tuple(err["loc"]), err) for err in errors]
+        # The cross-checks read the parts that validated, so a structure error does not hide them.
+        parts = _parts(item, [_document_path(err["loc"]) for err in errors])
         line = doc.line_of(base) or 0
-        if case.name in names:
-            problems.append(doc.problem(base + ("name",), f"case name {case.name!r} is also used by the case at line "
-                                                          f"{names[case.name]}; give each case its own name"))
-        names.setdefault(case.name, line)
-        found = list(_case_problems(doc, base, case, programmes))
-        problems.extend(found)
-        if not found:
+        if parts.name is not None:
+            if parts.name in names:
+                found.append(doc.problem(base + ("name",), f"case name {parts.name!r} is also used by the case at "
+                                                           f"line {names[parts.name]}; give each case its own name"))
+            names.setdefault(parts.name, line)
+        found.extend(_case_problems(doc, base, parts, programmes))
+        problems.extend(sorted(found, key=lambda problem: (problem.line or 0, problem.column or 0)))
+        if case is not None and not found:
             cases.append(RuleCase(case, file, line, onboarding_event(case.given, programmes),
                                   tuple(_envelopes(doc, base, case))))
     if problems:
@@ -281,10 +329,15 @@ def _known_keys() -> frozenset[str]:
                                         FastTrackSpec) for name in model.model_fields)
 
 
-def _schema_problem(doc: YamlDocument, loc: tuple, err: dict) -> Problem:
+def _document_path(loc: tuple) -> tuple:
+    """A pydantic error location as a key path of the document."""
     # pydantic names the member of a union or the validator function it tried; they are not document keys.
-    path = tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p in
+    return tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p in
                                                                 {"FastTrackSpec", "datetime"})))
+
+
+def _schema_problem(doc: YamlDocument, loc: tuple, err: dict) -> Problem:
+    path = _document_path(loc)
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(path[-1])
@@ -302,52 +355,123 @@ def _schema_problem(doc: YamlDocument, loc: tuple, err: dict) -> Problem:
 
 # --- cross-references with the programme ---------------------------------------------------------------
 
-def _case_problems(doc: YamlDocument, base: tuple, case: Case, programmes: ProgrammeSet) -> Iterable[Problem]:
+@dataclass(frozen=True)
+class _Parts:
+    """The parts of a case that validate (all of them for a valid case): what the cross-checks read."""
+
+    name: str | None = None
+    given: Given | None = None  # None: `given` has a structure problem
+    events: tuple[tuple[int, CaseEvent], ...] = ()  # (position, event)
+    unnumbered: frozenset[int] = frozenset()  # positions of the events without an id (numbered event-1, ...)
+    no_events: bool = False  # the case has no events, for certain
+    review: tuple[tuple[int, datetime], ...] = ()  # (position, moment)
+    tiers: tuple[tuple[str, str], ...] = ()  # (expect key, tier) of tier and qualifies_for
+    earned: tuple[str, ...] = ()  # rule ids of expect.earned
+    grants: tuple[tuple[str, int, GrantSpec], ...] = ()  # (grants or no_grants, position, spec)
+    discounted: tuple[str, ...] = ()  # products of expect.benefits.rate_discount_bps
+
+
+_TEXT, _GIVEN, _EVENT = TypeAdapter(Text), TypeAdapter(Given), TypeAdapter(CaseEvent)
+_MOMENT, _NAME, _GRANT = TypeAdapter(Moment), TypeAdapter(Name), TypeAdapter(GrantSpec)
+
+
+def _parts(item: object, errors: list[tuple]) -> _Parts:
+    """The parts of a raw case that validate on their own; `errors` are the key paths of its structure errors."""
+    if not isinstance(item, dict):
+        return _Parts()
+
+    def clean(*path: object) -> bool:
+        # A part with a structure error at or under its path is left out: its problem is reported already.
+        return not any(loc[: len(path)] == path for loc in errors)
+
+    def valid(adapter: TypeAdapter, value: object, *path: object) -> Any:
+        if not clean(*path):
+            return None
+        try:
+            return adapter.validate_python(value)
+        except ValidationError:  # pragma: no cover - the whole case validated this part already
+            return None
+
+    def mapping(value: object) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    def items(value: object) -> list:
+        return value if isinstance(value, list) else []
+
+    given = valid(_GIVEN, item.get("given", {}), "given")
+    raw_events = item.get("events", [])
+    raw_review = item.get("review", [])
+    expect = mapping(item.get("expect"))
+    earned, benefits = mapping(expect.get("earned")), mapping(expect.get("benefits"))
+    discounts = mapping(benefits.get("rate_discount_bps"))
+    return _Parts(
+        name=valid(_TEXT, item["name"], "name") if "name" in item else None,
+        given=given,
+        events=tuple((position, event) for position, raw in enumerate(items(raw_events))
+                     if (event := valid(_EVENT, raw, "events", position)) is not None),
+        unnumbered=frozenset(position for position, raw in enumerate(items(raw_events))
+                             if isinstance(raw, dict) and raw.get("id") is None),
+        # An unknown key of the case may be its misspelt events: then it is not known to have none.
+        no_events=raw_events == [] and not any(len(loc) == 1 and loc[0] not in Case.model_fields for loc in errors),
+        review=tuple((position, moment) for position, raw in enumerate(raw_review if isinstance(raw_review, list)
+                                                                       else [raw_review])
+                     if (moment := valid(_MOMENT, raw, "review", position)) is not None),
+        tiers=tuple((key, tier) for key in ("tier", "qualifies_for") if key in expect
+                    and (tier := valid(_NAME, expect[key], "expect", key)) is not None),
+        earned=tuple(rule_id for rule_id in earned if isinstance(rule_id, str) and clean("expect", "earned", rule_id)),
+        grants=tuple((key, position, spec) for key in ("grants", "no_grants")
+                     for position, raw in enumerate(items(expect.get(key)))
+                     if (spec := valid(_GRANT, raw, "expect", key, position)) is not None),
+        discounted=tuple(product for product in discounts if isinstance(product, str)
+                         and clean("expect", "benefits", "rate_discount_bps", product)))
+
+
+def _case_problems(doc: YamlDocument, base: tuple, parts: _Parts, programmes: ProgrammeSet) -> Iterable[Problem]:
     tiers = _union(programme.tier_ids for programme in programmes.versions)
-    given = case.given
-    yield from _given_problems(doc, base + ("given",), given, programmes, tiers)
-    generated = {_event_id(position) for position, event in enumerate(case.events) if event.id is None}
-    generated |= {ONBOARDING_ID} if given.onboarded is not None else set()
-    for position, event in enumerate(case.events):
+    given = parts.given
+    if given is not None:
+        yield from _given_problems(doc, base + ("given",), given, programmes, tiers)
+    generated = {_event_id(position) for position in parts.unnumbered}
+    generated |= {ONBOARDING_ID} if given is not None and given.onboarded is not None else set()
+    for position, event in parts.events:
         path = base + ("events", position)
         if event.id in generated:
             yield doc.problem(path + ("id",), f"id {event.id!r} is also the id of another event of this case "
                                               "(events without an id are numbered event-1, event-2, ...; the given "
                                               f"onboarding is {ONBOARDING_ID!r})")
-        yield from _event_problems(doc, path, _envelope(event, position, given.client), programmes)
-    for position, moment in enumerate(case.review):
+        yield from _event_problems(doc, path, _envelope(event, position, given.client if given else DEFAULT_CLIENT),
+                                   programmes)
+    for position, moment in parts.review:
         if programmes.at(moment) is None:
             yield doc.problem(base + ("review", position), f"a review at {moment.isoformat()} is before the programme "
                                                            f"begins ({programmes.versions[0].effective_from.isoformat()})")
-    if not case.events and given.onboarded is None:
+    if parts.no_events and given is not None and given.onboarded is None:
         yield doc.problem(base, "a case needs events or a given onboarding: otherwise there is no client to check")
-    yield from _expect_problems(doc, base + ("expect",), case.expect, programmes, tiers)
+    yield from _expect_problems(doc, base + ("expect",), parts, programmes, tiers)
 
 
-def _expect_problems(doc: YamlDocument, path: tuple, expect: Expect, programmes: ProgrammeSet,
+def _expect_problems(doc: YamlDocument, path: tuple, parts: _Parts, programmes: ProgrammeSet,
                      tiers: list[str]) -> Iterable[Problem]:
     products = _union(programme.model.loan_products for programme in programmes.versions)
     rule_ids = _union([rule.rule.id for rule in programme.rules] for programme in programmes.versions)
-    for key in ("tier", "qualifies_for"):
-        value = getattr(expect, key)
-        if value is not None and value not in tiers:
-            yield doc.problem(path + (key,), _unknown("tier", value, tiers))
-    for rule_id in expect.earned:
+    for key, tier in parts.tiers:
+        if tier not in tiers:
+            yield doc.problem(path + (key,), _unknown("tier", tier, tiers))
+    for rule_id in parts.earned:
         if rule_id not in rule_ids:
             yield doc.problem(path + ("earned", rule_id), _unknown("rule", rule_id, rule_ids))
     grant_rules = rule_ids + [TIER_RULE_PREFIX + tier for tier in tiers]
-    for key in ("grants", "no_grants"):
-        for position, spec in enumerate(getattr(expect, key)):
-            if spec.rule not in grant_rules:
-                yield doc.problem(path + (key, position, "rule"), _unknown("rule", spec.rule, grant_rules))
-            for index, product in enumerate(spec.products or []):
-                if product not in products:
-                    yield doc.problem(path + (key, position, "products", index),
-                                      _unknown("loan product", product, products))
-            if key == "no_grants" and spec.count is not None:
-                yield doc.problem(path + (key, position, "count"), "count belongs under grants (count: 0 there is "
-                                                                   "the same as listing it under no_grants)")
-    for product in expect.benefits.rate_discount_bps if expect.benefits else {}:
+    for key, position, spec in parts.grants:
+        if spec.rule not in grant_rules:
+            yield doc.problem(path + (key, position, "rule"), _unknown("rule", spec.rule, grant_rules))
+        for index, product in enumerate(spec.products or []):
+            if product not in products:
+                yield doc.problem(path + (key, position, "products", index),
+                                  _unknown("loan product", product, products))
+        if key == "no_grants" and spec.count is not None:
+            yield doc.problem(path + (key, position, "count"), "count belongs under grants (count: 0 there is "
+                                                               "the same as listing it under no_grants)")
+    for product in parts.discounted:
         if product not in products:
             yield doc.problem(path + ("benefits", "rate_discount_bps", product),
                               _unknown("loan product", product, products))

@@ -244,17 +244,30 @@ def read_outcome(engine: Engine, programmes: ProgrammeSet, client_id: str, at: d
     profile = client_profile(engine, programmes, client_id, at)
     with read_snapshot(engine) as conn:
         entries = ledger.client_entries(conn, client_id)
-    earned: dict[str, int] = defaultdict(int)
-    for entry in entries:
-        if entry["reason"] == Reason.EARN:
-            earned[entry["rule_id"]] += entry["points"]
+    balance, earned = points_at(entries, at)
     fast_track = ({"lane": answer["fast_track_lane"], "sla_hours": answer["fast_track_sla_hours"]}
                   if answer["fast_track_lane"] else None)
-    return Outcome(profile["tier"], profile["qualifies_for"], answer["points_balance"], dict(earned),
+    return Outcome(profile["tier"], profile["qualifies_for"], balance, earned,
                    [grant_view(entitlement) for entitlement in answer["entitlements"]],
                    {"rate_discount_bps": answer["rate_discount_bps_by_product"], "fast_track": fast_track,
                     "relationship_manager": answer["relationship_manager"],
                     "fee_waiver_pct": answer["fee_waiver_pct"]})
+
+
+def points_at(entries: Iterable[dict], at: datetime) -> tuple[int, dict[str, int]]:
+    """The points balance and the points earned per rule at `at`, from a client's ledger entries (entry_view)."""
+    balance, earned = 0, defaultdict(int)
+    for entry in entries:
+        # Counted as service.explain counts points at a moment (the benefits answer's balance is today's): a
+        # reversal from when it was written, since its entries keep the moment of what they cancel; any other
+        # entry from its valid_from.
+        moment = entry["created_at"] if entry["reason"] == Reason.REVERSE else entry["valid_from"]
+        if datetime.fromisoformat(moment) > at:
+            continue
+        balance += entry["points"]
+        if entry["reason"] == Reason.EARN:
+            earned[entry["rule_id"]] += entry["points"]
+    return balance, dict(earned)
 
 
 def grant_view(entitlement: dict) -> dict:

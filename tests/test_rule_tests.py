@@ -170,7 +170,9 @@ def test_every_problem_of_every_case_is_reported_at_once(tmp_path):
     assert found == {
         (3, "cases[0].given.tier"), (3, "cases[0].given.segment"), (4, "cases[0].expect.tier"),
         (8, "cases[1].events[0].data.amount"), (9, "cases[1].events[1].type"), (10, "cases[1].review[0]"),
-        (12, "cases[1].expect.grants[0].products[0]"), (15, "cases[2].expect.bogus")}, problems
+        (12, "cases[1].expect.grants[0].products[0]"),
+        # the third case's structure error (bogus) does not hide its other problems
+        (13, "cases[2]"), (13, "cases[2].name"), (14, "cases[2].given.tier"), (15, "cases[2].expect.bogus")}, problems
     by_path = {p["path"]: p["message"] for p in problems}
     assert "quote it" in by_path["cases[1].events[0].data.amount"]
     assert "did you mean 'loan.drawn'" in by_path["cases[1].events[1].type"]
@@ -293,3 +295,123 @@ def test_an_event_the_engine_refuses_fails_the_case_with_the_reason(programmes, 
     # the repeat is a duplicate (no change); the different content under the same id is a conflict
     assert not result.passed and result.differences == ()
     assert result.error.startswith("the event at line 6 (E-1) was rejected: conflict")
+
+
+def test_an_expectation_that_checks_nothing_is_refused_with_its_place(programmes, tmp_path):
+    path = case_file(tmp_path, f"""\
+        cases:
+          - name: null points
+            events: [{DRAWDOWN}]
+            expect: {{points: }}
+          - name: only nulls and empty lists
+            events: [{DRAWDOWN}]
+            expect: {{tier: null, qualifies_for: null, benefits: null, grants: [], no_grants: []}}
+          - name: empty earned
+            events: [{DRAWDOWN}]
+            expect: {{earned: {{}}}}
+          - name: empty benefits
+            events: [{DRAWDOWN}]
+            expect: {{benefits: {{}}}}
+          - name: empty discounts and null benefit fields
+            events: [{DRAWDOWN}]
+            expect: {{benefits: {{rate_discount_bps: {{}}, relationship_manager: null, fee_waiver_pct: null}}}}
+          - name: a null criterion matches nothing, so no_grants would always pass
+            events: [{DRAWDOWN}]
+            expect: {{no_grants: [{{rule: large-drawdown-discount, bps: null}}]}}
+          - name: only a moment
+            events: [{DRAWDOWN}]
+            expect: {{at: 2026-04-01}}
+          - name: no fast track is an expectation
+            events: [{DRAWDOWN}]
+            expect: {{benefits: {{fast_track: null}}}}
+        """)
+    with pytest.raises(RuleFileError) as caught:
+        run_rule_tests(programmes, [path])
+    found = [(p.line, p.path, p.message) for p in caught.value.problems]
+    null, empty = "null is not a value to check", "checks nothing: list what to expect"
+    assert [(line, where) for line, where, _ in found] == [
+        (4, "cases[0].expect.points"),
+        (7, "cases[1].expect.tier"), (7, "cases[1].expect.qualifies_for"), (7, "cases[1].expect.benefits"),
+        (7, "cases[1].expect.grants"), (7, "cases[1].expect.no_grants"),
+        (10, "cases[2].expect.earned"), (13, "cases[3].expect.benefits"),
+        (16, "cases[4].expect.benefits.rate_discount_bps"), (16, "cases[4].expect.benefits.relationship_manager"),
+        (16, "cases[4].expect.benefits.fee_waiver_pct"), (19, "cases[5].expect.no_grants[0].bps"),
+        (22, "cases[6].expect")], found
+    messages = [message for _, _, message in found]
+    assert all(null in messages[i] for i in (0, 1, 2, 3, 9, 10, 11))
+    assert all(empty in messages[i] for i in (4, 5, 6, 8))
+    assert "give any of rate_discount_bps, fast_track" in messages[7]
+    assert "a case that checks nothing always passes" in messages[12]
+
+
+def test_expect_at_reads_points_and_earned_at_that_moment(programmes, tmp_path):
+    path = case_file(tmp_path, """\
+        cases:
+          - name: in March only the February cross-sale is in
+            events:
+              - {type: product.purchased, at: 2026-02-01T03:00:00Z, data: {product: payroll}}
+              - {type: product.purchased, at: 2026-06-01T03:00:00Z, data: {product: insurance}}
+            expect: {at: 2026-03-01, points: 2000, earned: {cross-sell: 2000}}
+          - name: before any event there is nothing
+            events:
+              - {type: product.purchased, at: 2026-02-01T03:00:00Z, data: {product: payroll}}
+              - {type: product.purchased, at: 2026-06-01T03:00:00Z, data: {product: insurance}}
+            expect: {at: 2026-01-15, points: 0, earned: {cross-sell: 0}}
+          - name: by default both are in
+            events:
+              - {type: product.purchased, at: 2026-02-01T03:00:00Z, data: {product: payroll}}
+              - {type: product.purchased, at: 2026-06-01T03:00:00Z, data: {product: insurance}}
+            expect: {points: 4000, earned: {cross-sell: 4000}}
+        """)
+    report = run_rule_tests(programmes, [path])
+    assert [(result.name, result.differences, result.error) for result in report.cases] == [
+        (result.name, (), None) for result in report.cases]
+
+
+def test_structure_problems_do_not_hide_the_programme_cross_checks(tmp_path):
+    broken = case_file(tmp_path, """\
+        cases:
+          - name: both kinds
+            given: {tier: goldd, segment: strategic, onboarded: 2025-01-01}
+            events:
+              - {type: product.purchased, at: 2026-02-01T03:00:00, data: {product: payroll}}
+              - {type: product.purchasedd, at: 2026-02-01T03:00:00Z, data: {product: payroll}}
+            review: [2024-12-31, not a date]
+            expect:
+              tier: goldd
+              points: -1
+              earned: {cross-sel: 2000, referral: -5}
+              grants: [{rule: cross-sell, bps: -1}, {rule: nope}]
+              no_grants: [{rule: referral, products: [wc]}]
+              benefits: {rate_discount_bps: {wc: 10}, fee_waiver_pct: -1}
+          - name: both kinds
+            given: {tier: gold}
+            expect: {bogus: 1}
+        """)
+    problems = cli_json("rules", "test", str(broken), expect_code=2)["problems"]
+    assert [(p["line"], p["path"]) for p in problems] == [
+        (3, "cases[0].given.tier"),  # unknown tier
+        (5, "cases[0].events[0].at"),  # no time zone
+        (6, "cases[0].events[1].type"),  # unknown event type
+        (7, "cases[0].review[0]"),  # before the programme
+        (7, "cases[0].review[1]"),  # not a date
+        (9, "cases[0].expect.tier"),  # unknown tier
+        (10, "cases[0].expect.points"),  # negative
+        (11, "cases[0].expect.earned.cross-sel"),  # unknown rule
+        (11, "cases[0].expect.earned.referral"),  # negative
+        (12, "cases[0].expect.grants[0].bps"),  # negative
+        (12, "cases[0].expect.grants[1].rule"),  # unknown rule
+        (13, "cases[0].expect.no_grants[0].products[0]"),  # unknown product
+        (14, "cases[0].expect.benefits.rate_discount_bps.wc"),  # unknown product
+        (14, "cases[0].expect.benefits.fee_waiver_pct"),  # negative
+        (15, "cases[1].name"),  # the name is taken
+        (15, "cases[1]"),  # neither events nor an onboarding
+        (16, "cases[1].given.tier"),  # a tier needs an onboarding
+        (17, "cases[1].expect.bogus")], problems
+
+    # A misspelt key of the file does not hide its cases' problems either.
+    typo = case_file(tmp_path, "descripton: typo\ncases:\n  - {name: a, given: {tier: gold}, expect: {tier: goldd}}\n",
+                     "typo.yaml")
+    problems = cli_json("rules", "test", str(typo), expect_code=2)["problems"]
+    assert [(p["line"], p["path"]) for p in problems] == [
+        (1, "descripton"), (3, "cases[0]"), (3, "cases[0].given.tier"), (3, "cases[0].expect.tier")], problems
