@@ -397,7 +397,7 @@ def serve(
         min=1, max=7 * 24 * 3600, help="How long a quote holds its single-use entitlements.")] = 900,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
     reload_seconds: Annotated[float, typer.Option(
-        "--reload-seconds", min=0.1, max=3600,
+        "--reload-seconds", min=0.1, max=30,
         help="How often to look for new or changed rule files (see `loyalty rules activate`).")] = 1.0,
     with_scheduler: Annotated[bool, typer.Option(
         "--scheduler", help="Also run the review and expiry jobs in this process (see `loyalty scheduler`).")] = False,

@@ -1,13 +1,15 @@
 """`loyalty rules activate`: check, test and install a new programme version."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from cli.output import console, emit_json, fail, parse_duration
@@ -18,6 +20,7 @@ from service.errors import ConflictError, InputError
 from service.rule_tests import only_version, run_rule_tests
 from storage.db import SchemaMissingError, make_engine, require_schema
 
+T = TypeVar("T")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
@@ -65,30 +68,37 @@ def rules_activate(
     Refused (exit 1, nothing installed) when the file has errors, contradicts the installed versions
     (another programme, a version label or start used twice, a tier dropped), starts before events
     already applied or sooner than `--lead`, or fails a case in the rules directory's tests/ folder
-    (run under the new version alone). A running `loyalty serve` picks the version up within a
-    second, without a restart; events are evaluated under the version in force at their time.
+    (run under the new version alone). One activation of a directory runs at a time; the file is
+    installed with the exact content that was checked, readable by services running as other users,
+    and an existing version file is never replaced. A running `loyalty serve` picks the version up
+    within seconds, without a restart; events are evaluated under the version in force at their time.
 
     Example: `loyalty rules activate corporate_lending-2027.1.yaml`
     """
     rules_dir: Path = ctx.obj.rules
     minimum_lead = parse_duration(lead, as_json, "--lead")
-    try:
+
+    def checks() -> tuple[activation.Candidate, datetime | None, bool]:
         candidate = activation.check_candidate(rules_dir, file)
-        latest, checked_against = _latest_event(ctx.obj.db_url)
+        activation.check_agreement(candidate)
+        latest, checked_against = _latest_event(ctx.obj.db_url, as_json)
         activation.check_start(candidate, utc_now(), latest, minimum_lead)
-    except RuleFileError as exc:
-        _refuse("the version does not load or contradicts the installed versions",
-                [str(problem) for problem in exc.problems], as_json)
-    except ConflictError as exc:
-        _refuse(str(exc), [], as_json, code=exc.code)
-    except InputError as exc:
-        raise fail(str(exc), as_json=as_json) from None
+        return candidate, latest, checked_against
+
+    candidate, _, _ = _refusing(checks, as_json, file)
     tests = _rule_tests(rules_dir, candidate)
     if tests["failed"]:
         _refuse(f"{tests['failed']} rule test case(s) fail under the new version (run `loyalty rules test "
                 f"--programme {file}` for the differences)", tests["failures"], as_json, code="rule-tests-fail")
-    if not dry_run:
-        activation.install(candidate)
+    with activation.activation_lock(rules_dir):
+        # Again, under the lock and with the clock read now: another activation or a slow test run may
+        # have changed the directory or the time left before the version starts.
+        checked, latest, checked_against = _refusing(checks, as_json, file)
+        if checked.content != candidate.content:
+            _refuse(f"{file} changed while its rule tests ran; activate it again", [], as_json, code="file-changed")
+        candidate = checked  # the same content; whether it is installed may have changed meanwhile
+        if not dry_run:
+            _refusing(lambda: activation.install(candidate), as_json, file)
     programme = candidate.programme
     result = {"activated": not dry_run and not candidate.installed, "already_installed": candidate.installed,
               "programme": programme.id, "version": programme.version,
@@ -112,14 +122,39 @@ def rules_activate(
                       "against the clock only", highlight=False)
 
 
-def _latest_event(db_url: str) -> tuple[datetime | None, bool]:
-    """The latest applied event's moment, and whether a database was there to ask."""
+def _refusing(step: Callable[[], T], as_json: bool, file: Path) -> T:
+    """Run a check (or the install) and turn its refusal into the command's answer."""
+    try:
+        return step()
+    except RuleFileError as exc:
+        _refuse("the version does not load or contradicts the installed versions",
+                [str(problem) for problem in exc.problems], as_json)
+    except ConflictError as exc:
+        _refuse(str(exc), [], as_json, code=exc.code)
+    except InputError as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    except typer.Exit:
+        raise  # an answer already given (e.g. the database does not answer)
+    except Exception as exc:  # noqa: BLE001 - a file the loader did not foresee (e.g. a recursive YAML alias)
+        _refuse("the version cannot be loaded", [str(activation.unexpected_problem(str(file), exc))], as_json)
+    raise AssertionError("unreachable: every refusal exits")
+
+
+def _latest_event(db_url: str, as_json: bool) -> tuple[datetime | None, bool]:
+    """The latest applied event's moment, and whether a database was there to ask (none yet is fine;
+    one that does not answer is not: the check would be skipped silently)."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and (not url.database or not Path(url.database).exists()):
+        return None, False  # do not create an empty database file just to look into it
     engine = make_engine(db_url)
     try:
         require_schema(engine)
         return activation.latest_event_moment(engine), True
-    except (SchemaMissingError, OperationalError):
+    except SchemaMissingError:
         return None, False
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise fail(f"cannot ask the database which events were already applied: {reason}", as_json=as_json) from None
     finally:
         engine.dispose()
 
@@ -132,6 +167,9 @@ def _rule_tests(rules_dir: Path, candidate: activation.Candidate) -> dict:
     except RuleFileError as exc:  # a case that no longer fits the programme (a rule or tier it names is gone)
         return {"passed": 0, "failed": len(exc.problems), "cases": None,
                 "failures": [str(problem) for problem in exc.problems]}
+    except Exception as exc:  # noqa: BLE001 - a case file the loader did not foresee must refuse, not crash
+        return {"passed": 0, "failed": 1, "cases": None,
+                "failures": [f"the rule tests could not run ({type(exc).__name__}: {exc})"]}
     failures = [f"{result.file}:{result.line}: {result.name}: " + (result.error or "; ".join(
         f"{d.field} expected {d.expected!r}, got {d.actual!r}" for d in result.differences))
         for result in report.cases if not result.passed]

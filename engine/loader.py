@@ -42,19 +42,30 @@ def rule_files(location: Path) -> list[Path]:
 
 def load_programme(path: Path) -> CompiledProgramme:
     """Load, check and compile one rule file, or raise RuleFileError listing every problem."""
-    return compile_document(_read_document(path))
+    return compile_source(str(path), read_source(path))
 
 
-def _read_document(path: Path) -> YamlDocument:
+def read_source(path: Path) -> bytes:
+    """The bytes of a rule file, or RuleFileError saying why it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_bytes()
     except OSError as exc:
         raise RuleFileError([Problem(str(path), None, "", f"cannot read the file: {exc.strerror}")]) from None
+
+
+def compile_source(file: str, data: bytes) -> CompiledProgramme:
+    """Check and compile the bytes of rule file `file` (named in problems), or raise RuleFileError."""
+    return compile_document(_parse(file, data))
+
+
+def _parse(file: str, data: bytes) -> YamlDocument:
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        column = exc.start - (exc.object.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise RuleFileError([Problem(str(path), line, "", "not UTF-8 text; save the file as UTF-8", column)]) from None
-    return load_yaml(str(path), text)
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RuleFileError([Problem(file, line, "", "not UTF-8 text; save the file as UTF-8", column)]) from None
+    return load_yaml(file, text)
 
 
 def compile_document(doc: YamlDocument) -> CompiledProgramme:
@@ -456,7 +467,7 @@ def check_programme(path: Path) -> FileCheck:
     still shows them.
     """
     try:
-        doc = _read_document(path)
+        doc = _parse(str(path), read_source(path))
         model = _validate(doc)
     except RuleFileError as exc:
         return FileCheck(str(path), None, list(exc.problems))

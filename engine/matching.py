@@ -170,26 +170,27 @@ class Matcher:
         """Keys of every rule whose conditions hold for this event and client, in firing order."""
         if not self._rules:
             return []
-        with self._lock:
-            if not self._loaded:
-                self._load()
-            host, name, _handle = self._loaded
-            fact = {"id": next(self._ids), "type": event_type, "e": event, "c": client}
-            self._fired.clear()
-            try:
-                state = host.assert_fact(name, fact)
-            except _durable.MessageNotHandledException:
-                state = None
-            except Exception as exc:  # the C core raises bare Exceptions with an error code
-                raise EvaluationError(f"the matching core refused this event: {exc}") from None
-            finally:
-                self._retract(host, name, fact)
-            if isinstance(state, dict) and "exception" in state:
-                host.delete_state(name, "0")
-                raise EvaluationError(f"the matching core failed while firing rules: {state['exception']}")
-            fired = list(self._fired)
-        _LIVE.touch(self)
-        return fired
+        try:
+            with self._lock:
+                if not self._loaded:
+                    self._load()
+                host, name, _handle = self._loaded
+                fact = {"id": next(self._ids), "type": event_type, "e": event, "c": client}
+                self._fired.clear()
+                try:
+                    state = host.assert_fact(name, fact)
+                except _durable.MessageNotHandledException:
+                    state = None
+                except Exception as exc:  # the C core raises bare Exceptions with an error code
+                    raise EvaluationError(f"the matching core refused this event: {exc}") from None
+                finally:
+                    self._retract(host, name, fact)
+                if isinstance(state, dict) and "exception" in state:
+                    host.delete_state(name, "0")
+                    raise EvaluationError(f"the matching core failed while firing rules: {state['exception']}")
+                return list(self._fired)
+        finally:
+            _LIVE.touch(self)  # after a failure too: a ruleset loaded for this match must count against the limit
 
     @staticmethod
     def _retract(host: _durable.Host, name: str, fact: dict) -> None:

@@ -1,42 +1,60 @@
 """Install a new programme version into the active rules directory, after every check that can refuse it.
 
 A version is a rule file; the rules directory holds every version (for audit and replay) and each event
-is evaluated under the version in force at its `occurred_at`. Installing is one atomic rename, so a
-watching process (engine reload in `loyalty serve`) sees either the old set or the new one, never half
-a file. A version must start late enough that no event it would cover has already been evaluated under
-the previous one: after every event already stored, and after the clock-skew allowance plus the time
-running services take to notice the new file (`lead`).
+is evaluated under the version in force at its `occurred_at`. The checked bytes are what is installed,
+with one atomic link that never replaces an existing file, so a watching process (hot reload in
+`loyalty serve`) sees the old set or the new one, never half a file, and no version is ever
+overwritten. A version must start late enough that no event it would cover has already been
+evaluated under the previous one: after every event already stored, and after the clock-skew
+allowance plus the time running services take to notice the new file (`lead`). Activations of one
+directory take turns under a file lock, and the checks that depend on the directory or the clock
+are made again under it, just before the install.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
-from engine.errors import RuleFileError
-from engine.loader import load_programme, rule_files, version_problems
+from engine.errors import Problem, RuleFileError
+from engine.loader import RULE_FILE_SUFFIXES, compile_source, load_programme, read_source, rule_files, version_problems
 from engine.programme import CompiledProgramme
 from service.clock import MAX_CLOCK_SKEW
 from service.errors import ConflictError, InputError
 from storage.models import ProcessedEvent
 
-# Events up to MAX_CLOCK_SKEW ahead of the clock are accepted, and services look for new files every
-# second: a version starting sooner than this could miss events already evaluated under the old one.
+# Events up to MAX_CLOCK_SKEW ahead of the clock are accepted, and services look for new files at
+# least every 30 s: a version starting sooner than this could miss events already evaluated under the old one.
 DEFAULT_LEAD = MAX_CLOCK_SKEW + timedelta(minutes=1)
+LOCK_NAME = ".activate.lock"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A checked version ready to install, and where it goes."""
+    """A checked version ready to install: its bytes (exactly what was checked) and where they go."""
 
     programme: CompiledProgramme
-    source: Path
+    content: bytes
     target: Path
     installed: bool  # the same content is already at `target`: activating again changes nothing
+
+
+@contextlib.contextmanager
+def activation_lock(rules_dir: Path) -> Iterator[None]:
+    """Hold the rules directory's activation lock: one activation at a time, across processes."""
+    with open(rules_dir / LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_candidate(rules_dir: Path, source: Path) -> Candidate:
@@ -44,19 +62,27 @@ def check_candidate(rules_dir: Path, source: Path) -> Candidate:
     if not rules_dir.is_dir():
         raise InputError(f"{rules_dir} is not a directory; activation installs a version into a rules "
                          "directory (--rules or LOYALTY_RULES)")
-    candidate = load_programme(source)
+    if source.suffix not in RULE_FILE_SUFFIXES:
+        raise InputError(f"{source.name}: a rule file's name ends in {' or '.join(RULE_FILE_SUFFIXES)} (lower case); "
+                         "services load nothing else")
+    content = read_source(source)
+    candidate = compile_source(str(source), content)
     target = rules_dir / source.name
-    installed = [path for path in rule_files(rules_dir) if path.resolve() != target.resolve()]
-    content = source.read_bytes()
-    if target.exists() and target.read_bytes() != content:
+    return Candidate(candidate, content, target, _same_content(target, content))
+
+
+def check_agreement(candidate: Candidate) -> None:
+    """Refuse a version that would overwrite another file or contradict the installed versions."""
+    target = candidate.target
+    if target.exists() and not candidate.installed:
         raise ConflictError(f"{target} already holds a different version; a version is never overwritten (ledger "
                             "entries name it): give the new version a file name of its own, e.g. "
-                            f"{candidate.id}-{candidate.version}.yaml", "version-file-exists", target=str(target))
-    others = [load_programme(path) for path in installed]
-    problems = list(version_problems([*others, candidate]))
+                            f"{candidate.programme.id}-{candidate.programme.version}.yaml", "version-file-exists",
+                            target=str(target))
+    others = [load_programme(path) for path in rule_files(target.parent) if path.resolve() != target.resolve()]
+    problems = list(version_problems([*others, candidate.programme]))
     if problems:
         raise RuleFileError(problems)
-    return Candidate(candidate, source, target, target.exists())
 
 
 def check_start(candidate: Candidate, now: datetime, latest_event: datetime | None, lead: timedelta) -> None:
@@ -84,21 +110,48 @@ def latest_event_moment(engine: Engine) -> datetime | None:
 
 
 def install(candidate: Candidate) -> None:
-    """Write the version into the rules directory in one atomic step (write a temporary file, then rename)."""
+    """Write the checked bytes into the rules directory in one atomic step that never replaces a file."""
     if candidate.installed:
         return
     directory = candidate.target.parent
     # The temporary name does not end in .yaml, so a watcher never loads a half-written file.
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".activating-", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)  # readable by a service running as another user, like any saved file
         with os.fdopen(handle, "wb") as out:
-            out.write(candidate.source.read_bytes())
+            out.write(candidate.content)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, candidate.target)
-    except BaseException:
+        try:
+            os.link(temporary, candidate.target)  # fails if the name was taken meanwhile, unlike a rename
+        except FileExistsError:
+            raise ConflictError(f"{candidate.target} appeared while activating; nothing was installed",
+                                "version-file-exists", target=str(candidate.target)) from None
+        _sync_directory(directory)
+    finally:
         Path(temporary).unlink(missing_ok=True)
-        raise
+
+
+def unexpected_problem(file: str, exc: Exception) -> Problem:
+    """A Problem for a failure the loader did not foresee (e.g. a recursive YAML alias)."""
+    return Problem(file, None, "", f"cannot be loaded ({type(exc).__name__}: {exc})")
+
+
+def _same_content(target: Path, content: bytes) -> bool:
+    try:
+        return target.read_bytes() == content
+    except FileNotFoundError:
+        return False
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _duration(span: timedelta) -> str:

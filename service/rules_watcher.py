@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import Problem, RuleFileError
-from engine.loader import compile_document, rule_files, version_problems
+from engine.loader import compile_source, read_source, rule_files, version_problems
 from engine.programme import CompiledProgramme, ProgrammeSet
-from engine.yaml_source import load_yaml
+from service.clock import Clock, utc_now
 
 log = logging.getLogger("loyalty.rules")
+# A rule file modified less than this long ago may still be being written: it is loaded at a later look.
+SETTLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,16 @@ class ReloadStatus:
 class RulesWatcher:
     """The programme versions at a rules location, reloaded when a rule file changes."""
 
-    def __init__(self, location: Path, interval: float = 1.0):
+    def __init__(self, location: Path, interval: float = 1.0, settle: float = SETTLE_SECONDS,
+                 clock: Clock = utc_now):
         self.location = location
         self.interval = interval
+        self.settle = settle
+        self.clock = clock
         self._lock = threading.Lock()
         self._signature: tuple | None = None
         self._compiled: dict[tuple[str, str], CompiledProgramme] = {}
+        self._installed: set[tuple[str, str]] = set()  # cache keys (file, digest) of the set in use
         self._current: ProgrammeSet | None = None
         self._reloads = 0
         self._problems: tuple[Problem, ...] = ()
@@ -72,9 +78,12 @@ class RulesWatcher:
             try:
                 signature = _signature(self.location)
             except OSError as exc:
-                return self._refuse([Problem(str(self.location), None, "", f"cannot read the rules: {exc}")])
+                return self._refuse([Problem(str(self.location), None, "", f"cannot read the rules: {exc}")], [])
             if signature == self._signature:
                 return self._current is not None
+            newest = max((modified for _path, modified, _size in signature), default=0)
+            if self._current is not None and self.clock().timestamp() - newest / 1e9 < self.settle:
+                return True  # a file was written just now, maybe not to the end: look again once it settles
             self._signature = signature
             keys, problems = [], []
             for path in rule_files(self.location):
@@ -82,31 +91,48 @@ class RulesWatcher:
                     keys.append(self._compile(path))
                 except RuleFileError as exc:
                     problems.extend(exc.problems)
+                except Exception as exc:  # noqa: BLE001 - a file the loader did not foresee is refused like any other
+                    problems.append(Problem(str(path), None, "", f"cannot be loaded ({type(exc).__name__}: {exc})"))
             loaded = [self._compiled[key] for key in keys]
             if not loaded and not problems:
                 problems.append(Problem(str(self.location), None, "", "no rule files (*.yaml) here"))
             problems.extend(version_problems(loaded))
+            if self._current is not None:
+                problems.extend(self._history_problems(keys))
             if problems:
-                return self._refuse(problems)
+                return self._refuse(problems, keys)
             # Forget what the new set does not hold: its matchers are freed once no snapshot holds them.
             self._compiled = {key: self._compiled[key] for key in keys}
+            self._installed = set(keys)
             self._install(ProgrammeSet(tuple(sorted(loaded, key=lambda p: p.effective_from))))
             return True
 
+    def _history_problems(self, keys: list[tuple[str, str]]) -> list[Problem]:
+        """A running service refuses what would rewrite history: an installed version edited in place, or a
+        new version starting before now (events of that time were evaluated under the versions in force)."""
+        problems, now = [], self.clock()
+        in_use = {(self._compiled[key].id, self._compiled[key].version): key[1] for key in self._installed}
+        for key in keys:
+            programme = self._compiled[key]
+            digest = in_use.get((programme.id, programme.version))
+            if digest is not None and digest != key[1]:
+                problems.append(Problem(key[0], None, "programme.version",
+                                        f"version {programme.version} is in use and was edited in place; a version "
+                                        "is never changed once installed: put the change in a new version with "
+                                        "`loyalty rules activate`"))
+            elif digest is None and programme.effective_from <= now:
+                problems.append(Problem(key[0], None, "programme.effective_from",
+                                        f"new version {programme.version} starts at "
+                                        f"{programme.effective_from.isoformat()}, before now: events of that time were "
+                                        "already evaluated under the versions in force; use `loyalty rules activate`"))
+        return problems
+
     def _compile(self, path: Path) -> tuple[str, str]:
         """Compile `path` unless this content was compiled before; returns its cache key."""
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise RuleFileError([Problem(str(path), None, "", f"cannot read the file: {exc.strerror}")]) from None
+        data = read_source(path)
         key = (str(path), hashlib.sha256(data).hexdigest())
         if key not in self._compiled:
-            try:
-                text = data.decode("utf-8-sig")
-            except UnicodeDecodeError as exc:
-                line = data[: exc.start].count(b"\n") + 1
-                raise RuleFileError([Problem(str(path), line, "", "not UTF-8 text; save the file as UTF-8")]) from None
-            self._compiled[key] = compile_document(load_yaml(str(path), text))
+            self._compiled[key] = compile_source(str(path), data)
         return key
 
     def _install(self, programmes: ProgrammeSet) -> None:
@@ -118,8 +144,11 @@ class RulesWatcher:
         log.info("rules installed from %s: versions %s", self.location,
                  ", ".join(f"{v.version} (from {v.effective_from.isoformat()})" for v in programmes.versions))
 
-    def _refuse(self, problems: list[Problem]) -> bool:
+    def _refuse(self, problems: list[Problem], keys: list[tuple[str, str]]) -> bool:
         self._problems = tuple(problems)
+        # Keep what the set in use holds and what this attempt compiled (a fix to one file reuses the rest).
+        wanted = set(keys) | self._installed
+        self._compiled = {key: value for key, value in self._compiled.items() if key in wanted}
         if self._current is not None:
             log.error("rules at %s changed but do not load; still serving versions %s:\n  %s", self.location,
                       ", ".join(v.version for v in self._current.versions), "\n  ".join(map(str, problems)))

@@ -1,6 +1,7 @@
 """Programme versions: `loyalty rules activate`, the rules watcher, hot reload in a running `loyalty serve`."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def rules_dir(tmp_path) -> Path:
 # --- the watcher --------------------------------------------------------------------------------------
 
 def test_the_watcher_installs_a_new_version_whole_and_refuses_a_broken_one(rules_dir):
-    watcher = RulesWatcher(rules_dir)
+    watcher = RulesWatcher(rules_dir, settle=0)
     first = watcher.current()
     assert [v.version for v in first.versions] == ["2026.1"]
     assert watcher.refresh() and watcher.current() is first  # nothing changed: the same set, nothing compiled
@@ -69,8 +70,38 @@ def test_the_watcher_installs_a_new_version_whole_and_refuses_a_broken_one(rules
     assert status.installed == ("2026.1", "2027.1") and status.reloads == 2
     assert any(p.path == "loan_prodcts" and "did you mean 'loan_products'" in p.message for p in status.problems)
 
+    (rules_dir / "v2028.yaml").write_text("a: &a [*a]\n")  # a recursive alias: the YAML library itself fails
+    assert watcher.refresh() and watcher.current() is second
+    assert "cannot be loaded (RecursionError" in watcher.status().problems[0].message
+    assert watcher.refresh() and watcher.status().problems  # still reported at the next look
+
     (rules_dir / "v2028.yaml").unlink()
     assert watcher.refresh() and watcher.status().problems == ()
+
+
+def test_a_running_watcher_refuses_what_would_rewrite_history(rules_dir):
+    watcher = RulesWatcher(rules_dir, settle=0)
+    live = rules_dir / "corporate_lending.yaml"
+    live.write_text(SHIPPED.replace("      points: 500\n", "      points: 900\n"))  # the version in use, edited
+    assert watcher.refresh() and watcher.current().versions[0].rules[7].points.evaluate({}) == 500
+    assert "was edited in place" in watcher.status().problems[0].message
+    live.write_text(SHIPPED)
+    assert watcher.refresh() and watcher.status().problems == ()
+
+    (rules_dir / "past.yaml").write_text(version_text("2026.5", utc_now() - timedelta(days=1)))
+    assert watcher.refresh()
+    assert [v.version for v in watcher.current().versions] == ["2026.1"]
+    assert "before now" in watcher.status().problems[0].message
+
+
+def test_the_watcher_waits_for_a_file_being_written_to_settle(rules_dir):
+    now = [utc_now()]
+    watcher = RulesWatcher(rules_dir, settle=1.0, clock=lambda: now[0])
+    (rules_dir / "v2027.yaml").write_text(version_text("2027.1", datetime(2027, 1, 1, tzinfo=UTC)))
+    now[0] = utc_now()
+    assert watcher.refresh() and len(watcher.current().versions) == 1  # written just now: not read yet
+    now[0] += timedelta(seconds=2)
+    assert watcher.refresh() and len(watcher.current().versions) == 2
 
 
 def test_two_hundred_activations_keep_memory_and_threads_bounded(tmp_path, monkeypatch):
@@ -80,13 +111,13 @@ def test_two_hundred_activations_keep_memory_and_threads_bounded(tmp_path, monke
     directory = tmp_path / "rules"
     directory.mkdir()
     shutil.copy(RULES / "corporate_lending.yaml", directory)
-    watcher = RulesWatcher(directory)
+    watcher = RulesWatcher(directory, settle=0)
 
     def activate(number: int) -> None:
         start = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(days=number)
         source = tmp_path / f"v{number}.yaml"
         source.write_text(version_text(f"2027.{number}", start, client_day_points=100 + number))
-        install(Candidate(None, source, directory / source.name, False))  # type: ignore[arg-type]
+        install(Candidate(None, source.read_bytes(), directory / source.name, False))  # type: ignore[arg-type]
         assert watcher.refresh()
         programme = watcher.current().for_moment(start + timedelta(hours=1))
         assert programme.version == f"2027.{number}"
@@ -225,11 +256,14 @@ def test_a_running_server_picks_up_a_new_version_between_events_and_keeps_servin
         assert activated["activated"] is True and activated["tests"] == {"passed": 0, "failed": 0, "cases": 0}
         time.sleep(max(0.0, (start - utc_now()).total_seconds()) + 2.0)
         (rules_dir / "zz-broken.yaml").write_text("format: 1\nprogramme: [\n")  # saved by hand, half written
-        time.sleep(1.0)
+        for _ in range(100):  # the watcher lets a just-written file settle for a second, then refuses it
+            health = httpx.get(f"{base}/healthz").json()
+            if health["rules"]["refused"]:
+                break
+            time.sleep(0.1)
         stop.set()
         feeder.join()
         assert failures == []
-        health = httpx.get(f"{base}/healthz").json()
         assert health["rules"]["versions"] == ["2026.1", "2026.2"]
         assert health["rules"]["refused"] and health["rules"]["refused"][0]["file"].endswith("zz-broken.yaml")
         assert client.post("/v1/events", json=event("S-last", "C-1", "event.attended",
@@ -256,3 +290,53 @@ def test_a_running_server_picks_up_a_new_version_between_events_and_keeps_servin
         by_version[expected] += 1
     print(f"\nhot reload under load: {by_version['2026.1']} events under 2026.1, {by_version['2026.2']} under 2026.2")
     assert by_version["2026.1"] > 0 and by_version["2026.2"] > 0
+
+
+def test_concurrent_activations_never_overwrite_or_contradict(rules_dir, tmp_path):
+    """Two people activate at once: under the directory's lock the second sees the first's version."""
+    drafts = []
+    for team in ("a", "b"):
+        folder = tmp_path / team
+        folder.mkdir()
+        draft = folder / "next.yaml"  # the same file name, different versions
+        draft.write_text(version_text(f"2035.{'1' if team == 'a' else '2'}", datetime(2035, 1, 1 + (team == 'b'),
+                                                                                     tzinfo=UTC)))
+        drafts.append(draft)
+    same_label = tmp_path / "same-label.yaml"
+    same_label.write_text(version_text("2035.1", datetime(2036, 1, 1, tzinfo=UTC)))
+    drafts.append(same_label)
+    script = Path(sys.executable).parent / "loyalty"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    runs = [subprocess.Popen([*command, "--rules", str(rules_dir), "--db", f"sqlite:///{tmp_path / 'none.db'}",
+                              "rules", "activate", str(draft), "--json"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            for draft in drafts]
+    answers = [json.loads(run.communicate(timeout=300)[0]) for run in runs]
+    activated = [(draft, answer) for draft, answer in zip(drafts, answers) if answer["activated"]]
+    # a's and b's next.yaml cannot both go in; same-label clashes with a's 2035.1 but not with b's 2035.2.
+    assert 1 <= len(activated) <= 2, answers
+    assert not (answers[0]["activated"] and answers[1]["activated"])
+    for draft, answer in activated:  # each installed exactly what it checked
+        assert Path(answer["file"]).read_bytes() == draft.read_bytes()
+    listed = cli_json("rules", "versions", rules=rules_dir)["versions"]  # the directory still loads
+    assert len(listed) == 1 + len(activated)
+
+
+def test_activation_refuses_what_no_service_would_load_and_installs_a_readable_file(rules_dir, tmp_path):
+    text_file = tmp_path / "corporate_lending-2030.1.txt"
+    text_file.write_text(version_text("2030.1", datetime(2030, 1, 1, tzinfo=UTC)))
+    result = run_cli("rules", "activate", str(text_file), rules=rules_dir)
+    assert result.returncode == 2 and "ends in .yaml or .yml" in result.stderr + result.stdout
+
+    good = tmp_path / "corporate_lending-2030.1.yaml"
+    good.write_text(text_file.read_text())
+    good.chmod(0o600)  # a private draft: the installed version must still be readable by the service
+    cli_json("rules", "activate", str(good), rules=rules_dir, db_url=f"sqlite:///{tmp_path / 'none.db'}")
+    assert (rules_dir / good.name).stat().st_mode & 0o444 == 0o444
+    assert not (tmp_path / "none.db").exists()  # looking for applied events created no database
+
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"
+    other = tmp_path / "corporate_lending-2031.1.yaml"
+    other.write_text(version_text("2031.1", datetime(2031, 1, 1, tzinfo=UTC)))
+    result = run_cli("rules", "activate", str(other), rules=rules_dir, db_url=unreachable)
+    assert result.returncode == 2 and "cannot ask the database" in result.stderr + result.stdout
+    assert not (rules_dir / other.name).exists()

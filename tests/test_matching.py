@@ -140,3 +140,20 @@ def test_dropped_and_evicted_matchers_give_their_memory_back(monkeypatch):
     print(f"RSS growth over 200 rulesets of 100 rules: {grown:.1f} MiB")
     # Without deleting state and ruleset each one kept about 1 MiB (200 MiB here).
     assert grown < 40
+
+
+def test_a_match_that_fails_still_counts_its_ruleset_against_the_limit(monkeypatch):
+    from engine import matching
+
+    class Failing(Matcher):
+        def _recorder(self, key):
+            def record(_context):
+                raise RuntimeError("broken action")
+            return record
+
+    monkeypatch.setattr(matching._LIVE, "limit", 2)
+    failing = [Failing([MatchRule(0, "loan.drawn", ())]) for _ in range(6)]
+    for matcher in failing:  # each was evicted by the next ones; a failing match loads it again
+        with pytest.raises(EvaluationError):
+            matcher.match("loan.drawn", {}, {})
+    assert sum(m.loaded for m in failing) == matching._LIVE.loaded() == 2
