@@ -22,8 +22,8 @@ class ProgrammeRef(_Answer):
     version: str
 
 
-class EntitlementAnswer(_Answer):
-    """An entitlement with its provenance."""
+class _Entitlement(_Answer):
+    """What an entitlement is: the fields every answer about one starts with."""
 
     id: int
     kind: Literal["rate_discount", "fast_track", "relationship_manager", "fee_waiver"]
@@ -31,6 +31,11 @@ class EntitlementAnswer(_Answer):
     bps: int | None
     products: list[str]
     detail: dict[str, Any]
+
+
+class EntitlementAnswer(_Entitlement):
+    """An entitlement with its provenance."""
+
     rule_id: str
     programme_id: str
     programme_version: str
@@ -485,15 +490,9 @@ class HistoryStep(_Answer):
     text: str
 
 
-class ExplainedEntitlement(_Answer):
+class ExplainedEntitlement(_Entitlement):
     """An entitlement, why the client got it, and what became of it."""
 
-    id: int
-    kind: Literal["rate_discount", "fast_track", "relationship_manager", "fee_waiver"]
-    use: Literal["single", "standing"]
-    bps: int | None
-    products: list[str]
-    detail: dict[str, Any]
     valid_from: str
     valid_to: str | None
     what: str

@@ -1,14 +1,23 @@
 """Helpers for API tests: a controllable clock, an app with keys of each scope, and a client's starting activity."""
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from service.apikeys import create_key
-from tests.conftest import event
+from tests.conftest import ROOT, event
 
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 HOLD = timedelta(minutes=10)
@@ -63,3 +72,36 @@ def borrower_events(client_id: str = "C-1", onboarded: datetime = datetime(2026,
               product="working_capital", amount="60000000.00", currency="CNY", term_months=12),
         event(f"{client_id}-ref", client_id, "referral.converted", at(28), referred_client_id="C-77"),
     ]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(db_url: str, log: Path, *serve_options: str, rules: Path | None = None) -> Iterator[str]:
+    """`loyalty serve` in its own process on a free port, until the block ends; yields its base URL."""
+    port = free_port()
+    script = Path(sys.executable).parent / "loyalty"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    where = ["--db", db_url, *(["--rules", str(rules)] if rules else [])]
+    with log.open("w") as sink:
+        process = subprocess.Popen([*command, *where, "serve", "--port", str(port), *serve_options],
+                                   stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"the server did not start: {log.read_text()}")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

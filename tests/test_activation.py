@@ -21,7 +21,7 @@ from service.rules_watcher import RulesWatcher
 from storage.db import make_engine
 from storage.models import LedgerEntry, ProcessedEvent
 from tests.conftest import RULES, ROOT, cli_json, event, ndjson, run_cli
-from tests.test_api_server import free_port
+from tests.api_support import running_server
 
 SHIPPED = (RULES / "corporate_lending.yaml").read_text(encoding="utf-8")
 
@@ -212,22 +212,8 @@ def test_a_running_server_picks_up_a_new_version_between_events_and_keeps_servin
     shutil.rmtree(rules_dir / "tests")  # the new version changes client-day points, which the shipped cases pin
     assert run_cli("init", db_url=db_url).returncode == 0
     key = cli_json("apikey", "create", "--name", "feed", "--scope", "admin", db_url=db_url)["key"]
-    port, log = free_port(), tmp_path / "server.log"
-    script = Path(sys.executable).parent / "loyalty"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
-    with log.open("w") as sink:
-        server = subprocess.Popen([*command, "--db", db_url, "--rules", str(rules_dir), "serve", "--port", str(port),
-                                   "--reload-seconds", "0.2"], stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"the server did not start: {log.read_text()}")
+    log = tmp_path / "server.log"
+    with running_server(db_url, log, "--reload-seconds", "0.2", rules=rules_dir) as base:
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         onboard = event("E-on", "C-1", "client.onboarded", "2026-01-05T09:00:00Z", segment="mid_market",
                         industry="manufacturing")
@@ -268,9 +254,6 @@ def test_a_running_server_picks_up_a_new_version_between_events_and_keeps_servin
         assert health["rules"]["refused"] and health["rules"]["refused"][0]["file"].endswith("zz-broken.yaml")
         assert client.post("/v1/events", json=event("S-last", "C-1", "event.attended",
                                                     utc_now().isoformat(), kind="client_day")).status_code == 200
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
     engine = make_engine(db_url)
     with engine.connect() as conn:

@@ -2,13 +2,9 @@
 with `loyalty apikey create`, on SQLite and PostgreSQL. Includes the races on single-use discounts."""
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +12,8 @@ import pytest
 from service.clock import utc_now
 from storage.db import make_engine, write_transaction
 from tests.api_support import borrower_events as dated_events
-from tests.conftest import ROOT, cli_json, run_cli
+from tests.api_support import running_server
+from tests.conftest import cli_json, run_cli
 
 HOLD_SECONDS = 2
 
@@ -26,37 +23,14 @@ def borrower_events() -> list[dict]:
     return dated_events(onboarded=utc_now() - timedelta(days=40))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def server(db_url, tmp_path):
     """A running server on a fresh database: (base URL, admin key, log file)."""
     assert run_cli("init", db_url=db_url).returncode == 0
     key = cli_json("apikey", "create", "--name", "loan-origination", "--scope", "admin", db_url=db_url)["key"]
-    port, log = free_port(), tmp_path / "server.log"
-    script = Path(sys.executable).parent / "loyalty"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
-    with log.open("w") as sink:
-        process = subprocess.Popen([*command, "--db", db_url, "serve", "--port", str(port),
-                                    "--hold-seconds", str(HOLD_SECONDS)], stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"the server did not start: {log.read_text()}")
+    log = tmp_path / "server.log"
+    with running_server(db_url, log, "--hold-seconds", str(HOLD_SECONDS)) as base:
         yield base, key, log
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def http(server) -> httpx.Client:

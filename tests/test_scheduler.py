@@ -22,7 +22,7 @@ from service.scheduler import CATCH_UP_JOB, EXPIRY_JOB, REVIEW_JOB, build_schedu
 from storage.db import read_snapshot
 from storage.models import TierAssignment, TierReview
 from tests.conftest import ROOT, RULES, event, ndjson, run_cli
-from tests.test_api_server import free_port
+from tests.api_support import free_port
 
 QUARTERLY = Schedule(cron="0 2 1 1,4,7,10 *", timezone="Asia/Shanghai")  # as the shipped rule file says
 
