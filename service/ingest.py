@@ -110,7 +110,7 @@ class Ingestor:
             raw_items = []
             for number, line in chunk:
                 try:
-                    text = _decode(line, first=number == 1)
+                    text = decode_line(line, first=number == 1)
                     if text.strip():
                         raw_items.append((number, parse_json_line(text)))
                 except EventError as exc:
@@ -334,7 +334,8 @@ def _onboard(record: ClientRecord, event: Event) -> ClientRecord:
                    onboarded_at=event.occurred_at)
 
 
-def _decode(line: str | bytes, first: bool) -> str:
+def decode_line(line: str | bytes, first: bool) -> str:
+    """One input line as text: bytes decoded as UTF-8 (a BOM allowed on the first line), or a clear EventError."""
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")

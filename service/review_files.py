@@ -35,7 +35,9 @@ _SVG_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-class _Table(NamedTuple):
+class Table(NamedTuple):
+    """A table of the report: its CSV file, title, columns and rows."""
+
     file: str
     title: str
     header: tuple[str, ...]
@@ -48,8 +50,8 @@ def write_report(report: dict, directory: Path) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tables = _tables(report)
-    written = [_write_csv(directory / "summary.csv", ("key", "value"), _summary(report))]
-    written += [_write_csv(directory / table.file, table.header, table.rows) for table in tables]
+    written = [write_csv(directory / "summary.csv", ("key", "value"), _summary(report))]
+    written += [write_csv(directory / table.file, table.header, table.rows) for table in tables]
     page = directory / HTML_FILE
     page.write_text(_render(report, tables), encoding="utf-8")
     return [*written, page]
@@ -76,39 +78,40 @@ def _summary(report: dict) -> list[tuple]:
             ("currency", report.get("currency"))]
 
 
-def _tables(report: dict) -> list[_Table]:
+def _tables(report: dict) -> list[Table]:
     held, pins, churn, _, discounts = _sections(report)
     tiers = tier_order(report)
     migration = report.get("migration", {})
     return [
-        _Table("migration.csv", "Migration (from \u2192 to)", ("from_tier", *tiers),
+        Table("migration.csv", "Migration (from \u2192 to)", ("from_tier", *tiers),
                [(source, *(migration.get(source, {}).get(target, 0) for target in tiers)) for source in tiers],
                frozenset(tiers)),
-        _Table("changes.csv", "Upgrades and downgrades",
+        Table("changes.csv", "Upgrades and downgrades",
                ("client_id", "from", "to", "direction", "effective_from", "policy", "reasons"),
                [(c["client_id"], c["from"], c["to"], c["direction"], c["effective_from"], c.get("policy"),
                  reasons_text(c.get("reasons", []))) for c in report.get("changes", [])]),
-        _Table("held.csv", "Held (downgrades deferred)",
+        Table("held.csv", "Held (downgrades deferred)",
                ("client_id", "tier", "qualifies_for", "hold", "detail", "until"),
                [(h["client_id"], h["tier"], h["qualifies_for"], h["hold"], h.get("detail"), h.get("until"))
                 for h in held]),
-        _Table("pins.csv", "Pins honoured", ("client_id", "tier", "qualifies_for", "until", "reason", "author"),
+        Table("pins.csv", "Pins honoured", ("client_id", "tier", "qualifies_for", "until", "reason", "author"),
                [(p["client_id"], p["tier"], p["qualifies_for"], p.get("until"), p.get("reason"), p.get("author"))
                 for p in pins]),
-        _Table("churn.csv", "Churn flags (most valuable first)",
+        Table("churn.csv", "Churn flags (most valuable first)",
                ("client_id", "tier", "loan_volume", "new", "signals"),
                [(f["client_id"], f["tier"], f.get("loan_volume"), f.get("new", False), signals_text(f["signals"]))
                 for f in churn.get("flagged", [])], frozenset({"loan_volume"})),
-        _Table("churn_cleared.csv", "Churn flags cleared", ("client_id", "tier", "raised_at"),
+        Table("churn_cleared.csv", "Churn flags cleared", ("client_id", "tier", "raised_at"),
                [(c["client_id"], c["tier"], c.get("raised_at")) for c in churn.get("cleared", [])]),
-        _Table("discounts.csv", "Standing-discount change per client",
+        Table("discounts.csv", "Standing-discount change per client",
                ("client_id", "from", "to", "loan_volume", "change_per_year"),
                [(d["client_id"], d["from"], d["to"], d.get("loan_volume"), d["change_per_year"])
                 for d in discounts.get("clients", [])], frozenset({"loan_volume", "change_per_year"})),
     ]
 
 
-def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> Path:
+def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> Path:
+    """Write one CSV table, cells a spreadsheet will not run as formulas."""
     with path.open("w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(header)
@@ -142,15 +145,15 @@ def _charts(report: dict) -> list[tuple[str, Markup]]:
     tiers = tier_order(report)
     charts = []
     if tiers:
-        charts.append(("Tier distribution before / after", _svg(
-            lambda f: _draw_distribution(f, tiers, report.get("tiers_before", {}), report.get("tiers_after", {})),
+        charts.append(("Tier distribution before / after", svg(
+            lambda f: draw_distribution(f, tiers, report.get("tiers_before", {}), report.get("tiers_after", {})),
             (1.3 * len(tiers) + 2.5, 3.4), "chart1-")))
-        charts.append(("Migration", _svg(lambda f: _draw_migration(f, tiers, report.get("migration", {})),
+        charts.append(("Migration", svg(lambda f: draw_migration(f, tiers, report.get("migration", {})),
                                          (1.1 * len(tiers) + 2.2, 0.9 * len(tiers) + 1.6), "chart2-")))
     signals = _signal_counts(_sections(report)[2].get("flagged", []))
     if signals:
         charts.append(("Churn signals (flagged clients per signal)",
-                       _svg(lambda f: _draw_signals(f, signals), (6.5, 0.45 * len(signals) + 1.4), "chart3-")))
+                       svg(lambda f: _draw_signals(f, signals), (6.5, 0.45 * len(signals) + 1.4), "chart3-")))
     return charts
 
 
@@ -163,22 +166,26 @@ def _signal_counts(flagged: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _draw_distribution(figure: Figure, tiers: list[str], before: dict, after: dict) -> None:
+def draw_distribution(figure: Figure, tiers: list[str], before: dict, after: dict,
+                      labels: tuple[str, str] = ("before", "after")) -> None:
+    """Clients per tier, two bars a tier (before and after, or the `labels` given)."""
     axes = figure.subplots()
     width = 0.4
-    for offset, label, counts, colour in ((-width / 2, "before", before, "#9ca3af"),
-                                          (width / 2, "after", after, "#2563eb")):
+    for offset, label, counts, colour in ((-width / 2, labels[0], before, "#9ca3af"),
+                                          (width / 2, labels[1], after, "#2563eb")):
         bars = axes.bar([i + offset for i in range(len(tiers))], [counts.get(t, 0) for t in tiers], width,
                         label=label, color=colour)
         axes.bar_label(bars, fontsize=8)
-    axes.set_xticks(range(len(tiers)), [_plain(t) for t in tiers])
+    axes.set_xticks(range(len(tiers)), [plain(t) for t in tiers])
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("clients")
     axes.spines[["top", "right"]].set_visible(False)
     axes.legend(frameon=False)
 
 
-def _draw_migration(figure: Figure, tiers: list[str], migration: dict) -> None:
+def draw_migration(figure: Figure, tiers: list[str], migration: dict,
+                   sides: tuple[str, str] = ("from", "to")) -> None:
+    """A heat map of clients moved from each tier (rows) to each tier (columns)."""
     counts = [[migration.get(source, {}).get(target, 0) for target in tiers] for source in tiers]
     top = max(max(row) for row in counts)
     axes = figure.subplots()
@@ -188,12 +195,12 @@ def _draw_migration(figure: Figure, tiers: list[str], migration: dict) -> None:
         for column, count in enumerate(line):
             axes.text(column + 0.5, row + 0.5, str(count), ha="center", va="center", fontsize=9,
                       color="white" if count > top / 2 else "#1f2937")
-    labels = [_plain(t) for t in tiers]
+    labels = [plain(t) for t in tiers]
     axes.set_xticks([i + 0.5 for i in range(len(tiers))], labels)
     axes.set_yticks([i + 0.5 for i in range(len(tiers))], labels)
     axes.invert_yaxis()  # lowest tier in the top row, as in the table
-    axes.set_xlabel("to")
-    axes.set_ylabel("from")
+    axes.set_xlabel(sides[1])
+    axes.set_ylabel(sides[0])
     axes.set_aspect("equal")
     axes.tick_params(length=0)
     for spine in axes.spines.values():
@@ -202,7 +209,7 @@ def _draw_migration(figure: Figure, tiers: list[str], migration: dict) -> None:
 
 def _draw_signals(figure: Figure, signals: dict[str, int]) -> None:
     axes = figure.subplots()
-    bars = axes.barh([_plain(s) for s in signals], list(signals.values()), color="#b45309")
+    bars = axes.barh([plain(s) for s in signals], list(signals.values()), color="#b45309")
     axes.bar_label(bars, fontsize=8, padding=2)
     axes.invert_yaxis()  # most frequent on top
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -210,12 +217,12 @@ def _draw_signals(figure: Figure, signals: dict[str, int]) -> None:
     axes.spines[["top", "right"]].set_visible(False)
 
 
-def _plain(label: str) -> str:
+def plain(label: str) -> str:
     """A label matplotlib draws as written ("$" would start mathtext and can fail to parse)."""
     return label.replace("$", r"\$")
 
 
-def _svg(draw: Callable[[Figure], None], size: tuple[float, float], prefix: str) -> Markup:
+def svg(draw: Callable[[Figure], None], size: tuple[float, float], prefix: str) -> Markup:
     """Draw a chart and return it as an <svg> element ready to inline, with ids unique to `prefix`."""
     buffer = StringIO()
     with _MATPLOTLIB:
@@ -241,7 +248,7 @@ def _inline(svg: str, prefix: str) -> str:
 
 # -- page ---------------------------------------------------------------------------------------
 
-def _render(report: dict, tables: list[_Table]) -> str:
+def _render(report: dict, tables: list[Table]) -> str:
     """The review as one self-contained HTML page (inline CSS and SVG, user text escaped)."""
     held, pins, churn, expired, discounts = _sections(report)
     currency = report.get("currency") or ""
@@ -252,30 +259,32 @@ def _render(report: dict, tables: list[_Table]) -> str:
                ("standing discounts / year", f"{discounts.get('change_per_year', '0')} {currency}".strip())]
     intros = {"discounts.csv": f"Total change per year: {discounts.get('change_per_year', '0')} {currency}".strip()}
     return _PAGE.render(
-        report=report, title=report.get("review_id") or "dry run",
-        figures=[(label, _figure_text(value)) for label, value in figures],
-        charts=_charts(report), tables=[_html_table(t, intros.get(t.file)) for t in tables],
+        report=report, style=PAGE_STYLE, title=report.get("review_id") or "dry run",
+        figures=[(label, figure_text(value)) for label, value in figures],
+        charts=_charts(report), tables=[html_table(t, intros.get(t.file)) for t in tables],
         expired=_expired_text(expired))
 
 
 def _expired_text(expired: dict) -> str | None:
     if not expired.get("points"):
         return None
-    return (f"{_figure_text(expired['points'])} points in {_figure_text(expired.get('lots', 0))} lots, "
-            f"{_figure_text(expired.get('clients', 0))} clients")
+    return (f"{figure_text(expired['points'])} points in {figure_text(expired.get('lots', 0))} lots, "
+            f"{figure_text(expired.get('clients', 0))} clients")
 
 
-def _figure_text(value: object) -> str:
+def figure_text(value: object) -> str:
+    """A figure as people read it: whole numbers with thousands separators."""
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
-def _html_table(table: _Table, intro: str | None) -> dict:
+def html_table(table: Table, intro: str | None) -> dict:
+    """What the page template needs of a table: its first rows as text, and how many more the CSV has."""
     shown = table.rows[:HTML_ROWS]
     return {"title": table.title, "file": table.file, "intro": intro,
             "header": [column.replace("_", " ") for column in table.header],
             "numeric": [column in table.numeric for column in table.header],
             "rows": [[_html_cell(value) for value in row] for row in shown],
-            "more": _figure_text(len(table.rows) - len(shown)) if len(table.rows) > len(shown) else None}
+            "more": figure_text(len(table.rows) - len(shown)) if len(table.rows) > len(shown) else None}
 
 
 def _html_cell(value: object) -> str:
@@ -286,13 +295,8 @@ def _html_cell(value: object) -> str:
     return str(value)
 
 
-_PAGE_SOURCE = """\
-<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Tier review {{ title }}</title>
+# Shared with the simulation report: the page style, and the tables of a report.
+PAGE_STYLE = Markup("""\
 <style>
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
        color: #1f2937; max-width: 80rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.4; }
@@ -316,6 +320,36 @@ td { overflow-wrap: anywhere; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #6b7280; font-style: italic; }
 </style>
+""")
+TABLES_HTML = """\
+{% for table in tables %}
+<section>
+<h2>{{ table.title }}</h2>
+{% if table.intro %}<p>{{ table.intro }}</p>{% endif %}
+{% if table.rows %}
+<table>
+<thead><tr>{% for column in table.header %}<th{% if table.numeric[loop.index0] %} class="num"{% endif %}>{{ column }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in table.rows %}
+<tr>{% for cell in row %}<td{% if table.numeric[loop.index0] %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody>
+</table>
+{% if table.more %}<p class="note">{{ table.more }} more in {{ table.file }}</p>{% endif %}
+{% else %}
+<p class="note">None.</p>
+{% endif %}
+</section>
+{% endfor %}
+"""
+_PAGE_SOURCE = """\
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Tier review {{ title }}</title>
+{{ style }}
 </head>
 <body>
 <header>
@@ -336,26 +370,7 @@ td { overflow-wrap: anywhere; }
 </figure>
 {% endfor %}
 </section>
-{% for table in tables %}
-<section>
-<h2>{{ table.title }}</h2>
-{% if table.intro %}<p>{{ table.intro }}</p>{% endif %}
-{% if table.rows %}
-<table>
-<thead><tr>{% for column in table.header %}<th{% if table.numeric[loop.index0] %} class="num"{% endif %}>{{ column }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for row in table.rows %}
-<tr>{% for cell in row %}<td{% if table.numeric[loop.index0] %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}
-</tbody>
-</table>
-{% if table.more %}<p class="note">{{ table.more }} more in {{ table.file }}</p>{% endif %}
-{% else %}
-<p class="note">None.</p>
-{% endif %}
-</section>
-{% endfor %}
-<section>
+""" + TABLES_HTML + """<section>
 <h2>Points expired</h2>
 {% if expired %}<p>{{ expired }}</p>{% else %}<p class="note">None.</p>{% endif %}
 </section>
