@@ -58,7 +58,7 @@ def rules_activate(
     lead: Annotated[str, typer.Option(
         help="How far ahead the version must start, at least: the clock-skew allowance for events (15 min) "
              "plus the time services take to notice the file. Shorten it only where no service is running.")]
-        = "16m",
+        = f"{int(activation.DEFAULT_LEAD.total_seconds()) // 60}m",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Run every check and the rule tests; install nothing.")]
         = False,
     as_json: JsonFlag = False,
