@@ -12,6 +12,10 @@ and the others find it running or finished. A catch-up job, every few minutes an
 the latest scheduled review if it has not finished: after downtime, or when the replica running it
 died half-way (its lease lapses and the review resumes where it stopped). Expiry is idempotent under
 the clients' locks, so two replicas expiring at once expire each lot once.
+
+The schedules are those of the version in force now, not of the latest version installed: a version
+activated for next month does not move this month's reviews. When it starts, the next run of any job
+(the catch-up at the latest, within five minutes) moves the jobs to its schedules, without a restart.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, bindparam, inspect, text
 
 from engine.programme import ProgrammeSet
-from engine.schema import Schedule
+from engine.schema import Programme, Schedule
 from service.clock import utc_now
 from service.errors import ConflictError
 from service.expiry import expire_points
@@ -47,6 +51,7 @@ _LOOK_BACK = timedelta(days=800)  # a schedule fires at least once in two years,
 _engines: dict[str, Engine] = {}  # one engine per database for this process's jobs
 _config: dict[str, str] = {}  # this process's database URL and rules, for the stored jobs
 _watchers: dict[str, RulesWatcher] = {}  # one per rules location, for the life of the process
+_running: dict = {}  # this process's scheduler, and the schedules its jobs follow
 
 
 def build_scheduler(database_url: str, rules: Path, scheduler_class: type[BaseScheduler] = BackgroundScheduler,
@@ -57,7 +62,7 @@ def build_scheduler(database_url: str, rules: Path, scheduler_class: type[BaseSc
     (so no password is written to the job table, and replicas installed in different places agree).
     """
     _config.update(database_url=database_url, rules=str(rules))
-    model = _programmes(str(rules)).current.model
+    model = _programmes(str(rules)).for_moment(utc_now()).model
     engine = _engine(database_url)
     store = SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)
     scheduler = scheduler_class(jobstores={"default": store}, timezone=UTC,
@@ -75,7 +80,32 @@ def build_scheduler(database_url: str, rules: Path, scheduler_class: type[BaseSc
         # was up are not lost: the catch-up job runs the latest review at start, and each expiry takes
         # everything due by then.
         scheduler.add_job(function, trigger, id=job_id, name=job_id, replace_existing=True, **options)
+    _running.update(scheduler=scheduler, schedules=_schedules(model))
     return scheduler
+
+
+def _schedules(model: Programme) -> dict[str, Schedule | None]:
+    return {REVIEW_JOB: model.review.schedule, EXPIRY_JOB: model.points.expiry_schedule}
+
+
+def _follow_schedules(programmes: ProgrammeSet) -> None:
+    """Move the jobs to the schedules of the version in force now, once a new version that changes them starts."""
+    scheduler = _running.get("scheduler")
+    if scheduler is None:
+        return
+    wanted = _schedules(programmes.for_moment(utc_now()).model)
+    for job_id, schedule in wanted.items():
+        if schedule == _running["schedules"].get(job_id):
+            continue
+        if schedule is None:
+            if scheduler.get_job(job_id) is not None:
+                scheduler.remove_job(job_id)
+        else:
+            function = review_job if job_id == REVIEW_JOB else expiry_job
+            scheduler.add_job(function, cron_trigger(schedule), id=job_id, name=job_id, replace_existing=True)
+        log.info(json.dumps({"job": job_id, "schedule": schedule.model_dump() if schedule else None,
+                             "reason": "the version in force now has this schedule"}))
+    _running["schedules"] = wanted
 
 
 def review_job() -> dict | None:
@@ -115,7 +145,8 @@ def latest_moment(schedule: Schedule, now: datetime) -> datetime | None:
 def scheduled_review(database_url: str, rules: str) -> dict | None:
     """Run (or finish) the review of the latest scheduled moment, unless it has finished or is running."""
     programmes = _programmes(rules)
-    schedule = programmes.current.model.review.schedule
+    _follow_schedules(programmes)
+    schedule = programmes.for_moment(utc_now()).model.review.schedule
     moment = latest_moment(schedule, utc_now()) if schedule else None
     if moment is None:
         return None
@@ -138,7 +169,9 @@ def scheduled_review(database_url: str, rules: str) -> dict | None:
 
 def scheduled_expiry(database_url: str, rules: str) -> dict:
     """Expire the points that have expired by now."""
-    report = expire_points(_engine(database_url), _programmes(rules), utc_now())
+    programmes = _programmes(rules)
+    _follow_schedules(programmes)
+    report = expire_points(_engine(database_url), programmes, utc_now())
     outcome = {"job": EXPIRY_JOB, **report.as_dict()}
     log.info(json.dumps(outcome))
     return outcome

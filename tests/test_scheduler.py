@@ -156,3 +156,33 @@ def test_the_scheduler_runs_from_the_command_line_alone_or_inside_the_server(eng
     if command[0] == "scheduler":  # --json: one line per job outcome
         outcomes = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
         assert outcomes[0]["review_id"] == expected and outcomes[0]["job"] == "tier-review"
+
+
+def months(scheduler) -> str:
+    """The months the review job's cron trigger fires in."""
+    return next(str(field) for field in scheduler.get_job(REVIEW_JOB).trigger.fields if field.name == "month")
+
+
+def test_the_jobs_follow_the_schedule_of_the_version_in_force(engine, db_url, programmes, tmp_path):
+    """A version activated for November reviews monthly: before it starts the quarterly schedule holds, after it
+    the jobs move to the new one without a restart, and the catch-up reviews as of its latest moment."""
+    seed(engine, programmes)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shipped = (RULES / "corporate_lending.yaml").read_text()
+    (rules / "corporate_lending.yaml").write_text(shipped)
+    monthly = (shipped.replace('version: "2026.1"', 'version: "2026.11"')
+               .replace("effective_from: 2025-01-01T00:00:00Z", "effective_from: 2026-10-15T00:00:00Z")
+               .replace('cron: "0 2 1 1,4,7,10 *"', 'cron: "0 2 1 * *"'))
+    (rules / "monthly.yaml").write_text(monthly)
+    with time_machine.travel(datetime(2026, 10, 2, 9, tzinfo=UTC), tick=False):
+        scheduler = build_scheduler(db_url, rules)
+        scheduler.start(paused=True)  # the jobs are stored, none runs by itself
+    try:
+        assert months(scheduler) == "1,4,7,10"  # quarterly
+        with time_machine.travel(datetime(2026, 11, 5, 9, tzinfo=UTC), tick=False):
+            outcome = scheduled_review(db_url, str(rules))  # what the catch-up job runs
+        assert months(scheduler) == "*"  # now monthly
+        assert outcome["review_id"] == "review-20261031T180000Z-scheduled"  # 1 November 02:00 in Shanghai
+    finally:
+        scheduler.shutdown(wait=False)
