@@ -25,6 +25,7 @@ from demo.generator import generate as generate_portfolio
 from demo.run import run_demo
 from engine.errors import RuleFileError
 from engine.programme import ProgrammeSet
+from service.clock import utc_now
 from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
 from service.errors import ConflictError, InputError, NotFoundError
@@ -456,7 +457,7 @@ def scheduler(
     that was missed, or cut off half-way, is run or finished once by whichever scheduler is up.
     """
     settings: Settings = ctx.obj
-    model = settings.programmes(as_json).current.model
+    model = settings.programmes(as_json).for_moment(utc_now()).model  # the schedules the jobs start with
     settings.engine(as_json)  # fail now, with the reason, if the database is not there
     if model.review.schedule is None and model.points.expiry_schedule is None:
         raise fail("the rule file schedules nothing: add review.schedule or points.expiry_schedule", as_json=as_json)
