@@ -295,7 +295,7 @@ def _html_cell(value: object) -> str:
     return str(value)
 
 
-# Shared with the simulation report: the page style, and the tables of a report.
+# Shared with the simulation report: the page style, and the charts and tables of a report.
 PAGE_STYLE = Markup("""\
 <style>
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
@@ -321,6 +321,16 @@ td { overflow-wrap: anywhere; }
 .note { color: #6b7280; font-style: italic; }
 </style>
 """)
+CHARTS_HTML = """\
+<section class="charts">
+{% for caption, svg in charts %}
+<figure>
+<figcaption>{{ caption }}</figcaption>
+{{ svg }}
+</figure>
+{% endfor %}
+</section>
+"""
 TABLES_HTML = """\
 {% for table in tables %}
 <section>
@@ -362,15 +372,7 @@ _PAGE_SOURCE = """\
 <li><strong>{{ value }}</strong>{{ label }}</li>
 {% endfor %}
 </ul>
-<section class="charts">
-{% for caption, svg in charts %}
-<figure>
-<figcaption>{{ caption }}</figcaption>
-{{ svg }}
-</figure>
-{% endfor %}
-</section>
-""" + TABLES_HTML + """<section>
+""" + CHARTS_HTML + TABLES_HTML + """<section>
 <h2>Points expired</h2>
 {% if expired %}<p>{{ expired }}</p>{% else %}<p class="note">None.</p>{% endif %}
 </section>

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from service.review_files import (
+    CHARTS_HTML,
     HTML_FILE,
     PAGE_STYLE,
     TABLES_HTML,
@@ -208,15 +209,7 @@ events from {{ impact.first_event }} to {{ impact.as_of }} &middot; tier reviews
 {% for warning in impact.warnings %}
 <p class="note">{{ warning }}</p>
 {% endfor %}
-<section class="charts">
-{% for caption, svg in charts %}
-<figure>
-<figcaption>{{ caption }}</figcaption>
-{{ svg }}
-</figure>
-{% endfor %}
-</section>
-""" + TABLES_HTML + """</body>
+""" + CHARTS_HTML + TABLES_HTML + """</body>
 </html>
 """
 _PAGE = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
