@@ -28,7 +28,7 @@ from engine.programme import ProgrammeSet
 from service.clock import utc_now
 from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
-from service.errors import ConflictError, InputError, NotFoundError
+from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError
 from service.ingest import Ingestor, IngestReport
 from service.profile import client_profile
 from service.reversal import reverse_event
@@ -226,7 +226,8 @@ def review(
     report_dir: Annotated[Optional[Path], typer.Option(
         "--report", help="Also write the report to this folder: CSV files and report.html with charts.")] = None,
     review_id: Annotated[Optional[str], typer.Option(
-        "--id", help="Finish an interrupted review: run it again under its id (see `loyalty review` output).")] = None,
+        "--id", help="Finish an interrupted review: run it again under its id (see `loyalty review` output); it "
+                     "keeps the moment it was started with.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Tier review: place every client under the review policy, flag churn risk, expire points, report.
@@ -241,11 +242,12 @@ def review(
     settings: Settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
-    moment = parse_moment(as_of, as_json, "--as-of")
+    # No --as-of: now, or for a review resumed with --id, the moment it was started with.
+    moment = parse_moment(as_of, as_json, "--as-of") if as_of is not None else None
     try:
         with progress_bar("reviewing clients", "clients", enabled=not as_json) as advance:
             report = run_review(engine, programmes, moment, dry_run=dry_run, progress=advance, review_id=review_id)
-    except (InputError, ConflictError) as exc:
+    except (InputError, ConflictError, ReviewInterruptedError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     result = report.as_dict()
     written: list[Path] = []

@@ -20,3 +20,11 @@ class ConflictError(RuntimeError):
         super().__init__(message)
         self.code = code
         self.facts = facts
+
+
+class ReviewInterruptedError(RuntimeError):
+    """A review stopped half-way because the database stopped answering; `review_id` finishes it."""
+
+    def __init__(self, message: str, review_id: str):
+        super().__init__(message)
+        self.review_id = review_id

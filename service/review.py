@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from engine.churn import fired_signals
 from engine.events import minor_unit_exponent
@@ -42,22 +44,21 @@ from rewards.tier_policy import (
 )
 from rewards.tiers import TIER_RULE_PREFIX
 from service.clock import Clock, utc_now
-from service.errors import ConflictError, InputError
+from service.errors import ConflictError, InputError, ReviewInterruptedError
 from service.expiry import expire_points
 from service.retry import with_retry
 from service.tier_moves import TierMove, effective_moment, move_rows
 from storage import clients as client_store
-from storage import leases, ledger, standing
+from storage import leases, ledger, reviews, standing
 from storage.clients import TierInForce
 from storage.db import read_snapshot, write_transaction
 from storage.metrics import client_metrics, volume_by_product
-from storage.models import Client, TierReview
 
 PAGE = 2000
 LEASE = "tier-review"
 LEASE_TTL = timedelta(minutes=10)  # renewed after every page; a holder silent this long is presumed dead
-REVIEWS = TierReview.__table__
-CLIENTS = Client.__table__
+_RUNNING: set[str] = set()  # lease holders of this process whose review is running
+REVIEW_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # the audit row's key holds 64 characters
 
 
 @dataclass(frozen=True)
@@ -132,17 +133,28 @@ def scheduled_review_id(moment: datetime) -> str:
     return f"review-{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-scheduled"
 
 
-def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_run: bool = False,
+def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime | None = None, dry_run: bool = False,
                clock: Clock = utc_now, progress: Callable[[int], None] | None = None, trigger: str = "manual",
                review_id: str | None = None) -> ReviewReport:
-    """Review every client as of `as_of` under the review policy; write the outcome unless `dry_run`.
+    """Review every client as of `as_of` (default: now) under the review policy; write the outcome unless `dry_run`.
 
     `review_id` names the review (a scheduled one is named by its moment); an unfinished review of
-    that id is resumed. ConflictError if another review is running or this one already finished.
+    that id is resumed at the moment it was started with (another `as_of` is refused). ConflictError
+    if another review is running or this one already finished; ReviewInterruptedError if the database
+    stops answering half-way.
     """
-    if as_of.tzinfo is None:
+    if review_id is not None and not REVIEW_ID.fullmatch(review_id):
+        raise InputError(f"review id {review_id[:80]!r} is not one; expected 1 to 64 letters, digits, '.', '_', "
+                         "':' or '-', as `loyalty review` prints it")
+    if as_of is not None and as_of.tzinfo is None:
         raise InputError("the review moment has no time zone; give UTC, e.g. 2026-03-31T00:00:00Z")
-    as_of = as_of.astimezone(UTC)
+    recorded = _recorded(engine, review_id) if review_id is not None and not dry_run else None
+    if recorded is not None and recorded.finished_at is None:
+        if as_of is not None and as_of.astimezone(UTC) != recorded.as_of:
+            raise InputError(f"review {review_id} is a review as of {recorded.as_of.isoformat()}, not "
+                             f"{as_of.astimezone(UTC).isoformat()}; resume it without --as-of to finish it at its moment")
+        as_of = recorded.as_of
+    as_of = (as_of or clock()).astimezone(UTC)
     if as_of > clock():  # not even by a clock's skew: the review also expires points, which cannot be future
         raise InputError(f"a review cannot look into the future: {as_of.isoformat()} is later than now")
     programme = programmes.at(as_of)
@@ -156,7 +168,27 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_ru
         _review_pages(engine, programme, report, clock, progress)
         report.points_expired = expire_points(engine, programmes, as_of, True, clock).as_dict()
         return report
+    try:
+        return _run(engine, programmes, programme, report, clock, progress)
+    except OperationalError as exc:  # the database went away or stopped answering: nothing half-written
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise ReviewInterruptedError(
+            f"the database stopped answering during review {report.review_id} ({reason}); what it wrote is "
+            f"kept: once the database is back, finish it with `loyalty review --id {report.review_id}`",
+            report.review_id) from exc
+
+
+def _recorded(engine: Engine, review_id: str) -> reviews.ReviewRun | None:
+    with read_snapshot(engine) as conn:
+        return reviews.find(conn, review_id)
+
+
+def _run(engine: Engine, programmes: ProgrammeSet, programme: CompiledProgramme, report: ReviewReport, clock: Clock,
+         progress: Callable[[int], None] | None) -> ReviewReport:
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    lease = leases.current(engine, LEASE)
+    if lease is not None and _abandoned(lease[0]):
+        leases.release(engine, LEASE, lease[0])  # its holder can no longer renew it: no need to wait for it to lapse
     if not leases.acquire(engine, LEASE, holder, LEASE_TTL, clock()):
         lease = leases.current(engine, LEASE)
         running = f" ({lease[0]}, lease until {lease[1].isoformat()})" if lease else ""
@@ -168,41 +200,67 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry_ru
             raise ConflictError(f"review {report.review_id} lost its lease to another replica, which will finish it",
                                 "review-lease-lost")
 
+    _RUNNING.add(holder)
     try:
         _start(engine, programme, report, clock())
         _review_pages(engine, programme, report, clock, progress, renew=keep_lease)
-        report.points_expired = expire_points(engine, programmes, as_of, False, clock, progress=keep_lease).as_dict()
+        report.points_expired = expire_points(engine, programmes, report.as_of, False, clock,
+                                              progress=keep_lease).as_dict()
         keep_lease()
         _finish(engine, report, clock())
     finally:
-        leases.release(engine, LEASE, holder)
+        _RUNNING.discard(holder)
+        _release(engine, holder)
     return report
 
 
+def _abandoned(holder: str) -> bool:
+    """Whether a lease holder ("host:pid:nonce") of this machine is gone: its process ended, or it is this
+    process and no review of it runs any more (the database went away before it could release the lease)."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return holder not in _RUNNING
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (owned by another user)
+    return False
+
+
+def _release(engine: Engine, holder: str) -> None:
+    try:
+        leases.release(engine, LEASE, holder)
+    except DBAPIError:
+        pass  # the database is gone: the lease lapses by itself after LEASE_TTL, and the first error is the news
+
+
 def _start(engine: Engine, programme: CompiledProgramme, report: ReviewReport, now: datetime) -> None:
-    """Record the review, or find the unfinished run of it to resume."""
+    """Record the review, or find the unfinished run of it to resume (at the moment it was started with)."""
     with write_transaction(engine) as conn:
-        existing = conn.execute(select(REVIEWS).where(REVIEWS.c.id == report.review_id)).first()
+        existing = reviews.find(conn, report.review_id)
         if existing is not None and existing.finished_at is not None:
             raise ConflictError(f"review {report.review_id} already finished at {existing.finished_at.isoformat()}",
                                 "review-finished", finished_at=existing.finished_at.isoformat())
+        if existing is not None and existing.as_of != report.as_of:  # recorded meanwhile by another run
+            raise ConflictError(f"review {report.review_id} is a review as of {existing.as_of.isoformat()}; resume it "
+                                "without --as-of", "review-moment", as_of=existing.as_of.isoformat())
         if existing is None:
-            conn.execute(insert(REVIEWS).values(
-                id=report.review_id, trigger=report.trigger, as_of=report.as_of, programme_id=programme.id,
-                programme_version=programme.version, started_at=now))
+            reviews.record_start(conn, report.review_id, report.trigger, report.as_of, programme.id,
+                                 programme.version, now)
         report.resumed = existing is not None
-        report.unfinished_reviews = list(conn.execute(
-            select(REVIEWS.c.id).where(REVIEWS.c.finished_at.is_(None), REVIEWS.c.id != report.review_id)
-            .order_by(REVIEWS.c.started_at)).scalars())
+        report.unfinished_reviews = reviews.unfinished(conn, other_than=report.review_id)
 
 
 def _finish(engine: Engine, report: ReviewReport, now: datetime) -> None:
     summary = report.as_dict()
     with write_transaction(engine) as conn:
-        conn.execute(update(REVIEWS).where(REVIEWS.c.id == report.review_id, REVIEWS.c.finished_at.is_(None)).values(
-            finished_at=now, clients=report.clients, upgrades=summary["upgrades"],
-            downgrades=summary["downgrades"], points_expired=report.points_expired["points"],
-            churn_flagged=len(report.churn_flagged)))
+        reviews.record_finish(conn, report.review_id, now, report.clients, summary["upgrades"], summary["downgrades"],
+                              report.points_expired["points"], len(report.churn_flagged))
 
 
 def _new_review_id(as_of: datetime) -> str:
@@ -241,8 +299,7 @@ class _Page:
 
 def _review_pages(engine: Engine, programme: CompiledProgramme, report: ReviewReport, clock: Clock,
                   progress: Callable[[int], None] | None, renew: Callable[[], None] | None = None) -> None:
-    with read_snapshot(engine) as conn:
-        client_ids = list(conn.execute(select(CLIENTS.c.client_id).order_by(CLIENTS.c.client_id)).scalars())
+    client_ids = reviews.all_client_ids(engine)
     for start in range(0, len(client_ids), PAGE):
         ids = client_ids[start:start + PAGE]
 

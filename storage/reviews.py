@@ -1,0 +1,56 @@
+"""Tier-review runs: the audit row of each review (its moment, programme, counts) and the clients to review."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from storage.db import read_snapshot
+from storage.models import Client, TierReview
+
+REVIEWS = TierReview.__table__
+CLIENTS = Client.__table__
+
+
+@dataclass(frozen=True)
+class ReviewRun:
+    """A recorded review: the moment it reviews as of, and when it finished (None: unfinished)."""
+
+    review_id: str
+    as_of: datetime
+    finished_at: datetime | None
+
+
+def find(conn: Connection, review_id: str) -> ReviewRun | None:
+    """The recorded review `review_id`, or None."""
+    row = conn.execute(select(REVIEWS.c.id, REVIEWS.c.as_of, REVIEWS.c.finished_at)
+                       .where(REVIEWS.c.id == review_id)).first()
+    return ReviewRun(row.id, row.as_of, row.finished_at) if row else None
+
+
+def record_start(conn: Connection, review_id: str, trigger: str, as_of: datetime, programme_id: str,
+                 programme_version: str, now: datetime) -> None:
+    """Record a review as started (unfinished)."""
+    conn.execute(insert(REVIEWS).values(id=review_id, trigger=trigger, as_of=as_of, programme_id=programme_id,
+                                        programme_version=programme_version, started_at=now))
+
+
+def unfinished(conn: Connection, other_than: str) -> list[str]:
+    """Ids of unfinished reviews other than `other_than`, oldest first."""
+    return list(conn.execute(select(REVIEWS.c.id).where(REVIEWS.c.finished_at.is_(None), REVIEWS.c.id != other_than)
+                             .order_by(REVIEWS.c.started_at)).scalars())
+
+
+def record_finish(conn: Connection, review_id: str, now: datetime, clients: int, upgrades: int, downgrades: int,
+                  points_expired: int, churn_flagged: int) -> None:
+    """Mark an unfinished review finished, with its counts."""
+    conn.execute(update(REVIEWS).where(REVIEWS.c.id == review_id, REVIEWS.c.finished_at.is_(None)).values(
+        finished_at=now, clients=clients, upgrades=upgrades, downgrades=downgrades,
+        points_expired=points_expired, churn_flagged=churn_flagged))
+
+
+def all_client_ids(engine: Engine) -> list[str]:
+    """Every client id, in order (the pages of a review)."""
+    with read_snapshot(engine) as conn:
+        return list(conn.execute(select(CLIENTS.c.client_id).order_by(CLIENTS.c.client_id)).scalars())
