@@ -35,7 +35,7 @@ from sqlalchemy import Engine, bindparam, inspect, text
 from engine.programme import ProgrammeSet
 from engine.schema import Programme, Schedule
 from service.clock import utc_now
-from service.errors import ConflictError
+from service.errors import ConflictError, ReviewInterruptedError
 from service.expiry import expire_points
 from service.review import run_review, scheduled_review_id
 from service.rules_watcher import RulesWatcher
@@ -157,6 +157,9 @@ def scheduled_review(database_url: str, rules: str) -> dict | None:
         if exc.code not in ("review-finished", "review-running"):
             raise
         log.debug("review %s not run: %s", review_id, exc)
+        return None
+    except ReviewInterruptedError as exc:  # the catch-up job finishes it once the database answers again
+        log.warning(json.dumps({"job": REVIEW_JOB, "review_id": review_id, "interrupted": str(exc)}))
         return None
     summary = report.as_dict()
     outcome = {"job": REVIEW_JOB, "review_id": review_id, "as_of": summary["as_of"], "resumed": summary["resumed"],
