@@ -104,8 +104,11 @@ def check_timestamp_text(value: object) -> str:
 
 def check_timestamp_range(value: datetime) -> datetime:
     """Refuse years outside EARLIEST_YEAR..LATEST_YEAR, checked before the UTC conversion can overflow."""
-    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR or not EARLIEST_YEAR <= value.astimezone(UTC).year <= LATEST_YEAR:
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
         raise ValueError(f"year {value.year} is outside {EARLIEST_YEAR}-{LATEST_YEAR}")
+    utc_year = value.astimezone(UTC).year  # safe now: at most a day away from a year inside the bounds
+    if not EARLIEST_YEAR <= utc_year <= LATEST_YEAR:
+        raise ValueError(f"year {utc_year} (in UTC) is outside {EARLIEST_YEAR}-{LATEST_YEAR}")
     return value
 
 
