@@ -15,7 +15,7 @@ from api.problems import ProblemError, problem_schema
 from api.reads import run_read
 from api.security import authorize, credential, require
 from engine.errors import EventError
-from engine.events import parse_json
+from engine.events import MAX_JSON_DEPTH, nesting_depth, parse_json
 from service.apikeys import caller_of
 from service.benefits import benefits_answer
 from service.explain import MAX_ID, explain_client
@@ -74,10 +74,13 @@ async def post_events(request: Request) -> dict:
 
 def _apply_events(state: Any, items: list[Any]) -> dict:
     outcomes: list[Outcome | None] = [None] * len(items)
-    objects = [(index, item) for index, item in enumerate(items) if isinstance(item, dict)]
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             outcomes[index] = Outcome(index, None, "rejected", f"item {index} is not an event object")
+        elif (depth := nesting_depth(item)) > MAX_JSON_DEPTH:  # an NDJSON line is refused as text for the same
+            outcomes[index] = Outcome(index, None, "rejected", f"objects and arrays nested {depth} deep in item "
+                                      f"{index}; at most {MAX_JSON_DEPTH}")
+    objects = [(index, item) for index, item in enumerate(items) if outcomes[index] is None]
     for (index, _), outcome in zip(objects, Ingestor(state.engine, state.programmes, state.clock).ingest_raw(objects),
                                    strict=True):
         outcomes[index] = outcome

@@ -261,9 +261,6 @@ def raw_base64(line: bytes) -> str:
 
 def parse_envelope(raw: dict) -> EventEnvelope:
     """Validate the envelope fields, naming the first bad field."""
-    depth = nesting_depth(raw)
-    if depth > MAX_JSON_DEPTH:
-        raise EventError(f"objects and arrays nested {depth} deep; at most {MAX_JSON_DEPTH}")
     try:
         return EventEnvelope.model_validate(raw)
     except ValidationError as exc:
@@ -432,10 +429,19 @@ def parse_money(value: object, currency: str, field: str) -> Decimal:
         raise EventError(f"amount {shown(value)} is implausibly large (at most {MAX_AMOUNT_INTEGER_DIGITS} digits "
                          "before the point)", field)
     places = minor_unit_exponent(currency)
-    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
-    if int(exponent) + trailing_zeros < -places:  # type: ignore[arg-type]  # an int: the amount is finite
+    if int(exponent) < -places and int(exponent) + _trailing_zeros(digits) < -places:  # type: ignore[arg-type]
         raise EventError(f"amount {shown(value)} has more than {places} decimal places for {currency}", field)
     return amount
+
+
+def _trailing_zeros(digits: tuple[int, ...]) -> int:
+    """How many of a coefficient's last digits are 0 (100.000 has 3 decimals but needs none)."""
+    count = 0
+    for digit in reversed(digits):
+        if digit:
+            break
+        count += 1
+    return count
 
 
 def matching_value(attribute_type: str, value: object, currency: str) -> object:
