@@ -331,6 +331,35 @@ def test_rejects_file_keeps_what_was_rejected_before_the_database_failed(engine,
     assert [(record["line"], record["input"]) for record in kept] == [(2, "not json"), (4, "{}")]
 
 
+def test_a_line_failing_unexpectedly_is_rejected_as_internal_error_and_the_rest_applied(engine, db_url, tmp_path,
+                                                                                        monkeypatch):
+    import re
+
+    import service.ingest as ingest_module
+
+    real = ingest_module.typed_event
+
+    def buggy(envelope, *args):
+        if envelope.id == "boom":
+            raise RuntimeError("a bug nobody foresaw")
+        return real(envelope, *args)
+
+    monkeypatch.setattr(ingest_module, "typed_event", buggy)
+    events, rejects = tmp_path / "events.jsonl", tmp_path / "rejects.jsonl"
+    events.write_text("\n".join(text_of(good(name)) for name in ("a", "boom", "c")) + "\n")
+    result = RUNNER.invoke(app, ["--db", db_url, "ingest", str(events), "--json", "--rejects", str(rejects)],
+                           env={"LOYALTY_RULES": None})
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1 and (report["applied"], report["rejected"]) == (2, 1)
+    assert report["errors"] == [{"line": 2, "id": "boom", "error": INTERNAL_ERROR}]
+    assert json.loads(rejects.read_text())["error"] == INTERNAL_ERROR
+    # The person sees one line naming the log; the traceback is in the log only.
+    assert "Traceback" not in result.stderr and "a bug nobody foresaw" not in result.stdout
+    log = Path(re.search(r"traceback in (\S+)\)", result.stderr).group(1))
+    assert "Traceback" in log.read_text() and "a bug nobody foresaw" in log.read_text()
+    log.unlink()
+
+
 def test_the_rejects_file_is_never_the_input_file(engine, db_url, tmp_path):
     events = tmp_path / "events.jsonl"
     events.write_text(text_of(good("a")) + "\n")
