@@ -4,7 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.answers import (BenefitsAnswer, EventsAnswer, ExplanationAnswer, LedgerPage, ProfileAnswer, QuoteAnswer,
@@ -13,6 +14,8 @@ from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalR
 from api.problems import ProblemError, problem_schema
 from api.reads import run_read
 from api.security import authorize, credential, require
+from engine.errors import EventError
+from engine.events import MAX_JSON_DEPTH, nesting_depth, parse_json
 from service.apikeys import caller_of
 from service.benefits import benefits_answer
 from service.explain import MAX_ID, explain_client
@@ -36,29 +39,48 @@ _COMMON = problem_schema(401, 403, 422)
 router = APIRouter(prefix="/v1")
 
 
+_EVENT_EXAMPLE = {"id": "evt-1", "client_id": "C-1001", "type": "loan.drawn", "occurred_at": "2026-03-01T10:00:00Z",
+                  "data": {"loan_id": "L-1", "product": "working_capital", "amount": "30000000.00", "currency": "CNY",
+                           "term_months": 12}}
+# The body is read and parsed here, not by FastAPI: with the bounded parser of NDJSON ingest, a value no
+# event may hold (a 5,000-digit number, NaN) rejects its own item instead of the whole batch.
+_EVENTS_BODY = {"required": True, "content": {"application/json": {
+    "schema": {"description": f"one event envelope, or a list of up to {MAX_EVENTS}: {{id, client_id, type, "
+                              "occurred_at, data}} as in NDJSON ingest",
+               "anyOf": [{"type": "object"}, {"type": "array", "items": {}, "minItems": 1, "maxItems": MAX_EVENTS}]},
+    "example": _EVENT_EXAMPLE}}}
+
+
 @router.post("/events", dependencies=[Depends(require("events:write"))], tags=["events"],
-             response_model=None,
+             response_model=None, openapi_extra={"requestBody": _EVENTS_BODY},
              responses={**documented(EventsAnswer), **problem_schema(401, 403, 413, 422)})
-def post_events(request: Request, payload: Annotated[dict[str, Any] | list[Any], Body(
-        description=f"one event envelope, or a list of up to {MAX_EVENTS}: {{id, client_id, type, occurred_at, "
-                    "data}} as in NDJSON ingest",
-        examples=[{"id": "evt-1", "client_id": "C-1001", "type": "loan.drawn", "occurred_at": "2026-03-01T10:00:00Z",
-                   "data": {"loan_id": "L-1", "product": "working_capital", "amount": "30000000.00",
-                            "currency": "CNY", "term_months": 12}}])]) -> dict:
+async def post_events(request: Request) -> dict:
     """Apply events; each item is applied, a duplicate (same id and content) or rejected with its reason.
 
-    A bad item never stops the others. Re-sending an event is safe: it counts as a duplicate.
+    A bad item never stops the others, whatever its size or shape. Re-sending an event is safe: it counts
+    as a duplicate. A body that is not JSON at all is a 422 (there are no items to answer for).
     """
+    try:
+        payload = parse_json(await request.body(), max_depth=None)
+    except EventError as exc:
+        raise ProblemError(422, "invalid-request", f"the request body is not JSON: {exc}; send one event object "
+                           f"or a list of up to {MAX_EVENTS}") from None
     items = payload if isinstance(payload, list) else [payload]
     if not items or len(items) > MAX_EVENTS:
         raise ProblemError(422, "batch-size", f"send 1 to {MAX_EVENTS} events per request, not {len(items)}; "
                            "split larger batches")
-    state = request.app.state
+    return await to_thread.run_sync(_apply_events, request.app.state, items)
+
+
+def _apply_events(state: Any, items: list[Any]) -> dict:
     outcomes: list[Outcome | None] = [None] * len(items)
-    objects = [(index, item) for index, item in enumerate(items) if isinstance(item, dict)]
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             outcomes[index] = Outcome(index, None, "rejected", f"item {index} is not an event object")
+        elif (depth := nesting_depth(item)) > MAX_JSON_DEPTH:  # an NDJSON line is refused as text for the same
+            outcomes[index] = Outcome(index, None, "rejected", f"objects and arrays nested {depth} deep in item "
+                                      f"{index}; at most {MAX_JSON_DEPTH}")
+    objects = [(index, item) for index, item in enumerate(items) if outcomes[index] is None]
     for (index, _), outcome in zip(objects, Ingestor(state.engine, state.programmes, state.clock).ingest_raw(objects),
                                    strict=True):
         outcomes[index] = outcome

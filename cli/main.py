@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,6 +31,7 @@ from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
 from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError
 from service.ingest import Ingestor, IngestReport
+from service.rejects import RejectsFile
 from service.profile import client_profile
 from service.reversal import reverse_event
 from service.review import run_review
@@ -147,12 +149,22 @@ def ingest(
     source: Annotated[str, typer.Argument(help="NDJSON file of events, or - for standard input.")],
     as_json: JsonFlag = False,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Events per transaction.")] = 2000,
+    rejects: Annotated[Optional[Path], typer.Option(
+        "--rejects", metavar="FILE", dir_okay=False,
+        help="Also write every rejected line, unchanged, with its line number, field and reason, to FILE "
+             "(NDJSON, replaced if it exists), to correct and ingest again.")] = None,
 ) -> None:
     """Apply client activity events (one JSON object per line).
 
     Each line: {"id", "client_id", "type", "occurred_at" (UTC, with zone), "data": {...}}. Bad lines
     are rejected with their line number and reason; every good line is still applied. Re-running the
     same file is safe: already-applied events are counted as duplicates. Exits 1 if any line was rejected.
+
+    Example: `loyalty ingest events.jsonl --rejects rejects.jsonl`, then correct the lines and feed them
+    again with `jq -r .input rejects.jsonl > fixed.jsonl && loyalty ingest fixed.jsonl`. Each line of
+    FILE is {"line", "id", "field", "error", "input"} (`input_base64` for a line that is not UTF-8; a line
+    over 64 KiB keeps its first 64 KiB, with "truncated": true). FILE is written as the run goes: if the
+    database fails, it holds every line rejected until then.
     """
     settings: Settings = ctx.obj
     watcher = settings.rules_watcher(as_json)
@@ -160,16 +172,31 @@ def ingest(
     ingestor = Ingestor(engine, watcher.current(), batch_size=batch_size, rules=watcher)
     if source != "-" and not Path(source).is_file():
         raise fail(f"no such file: {source}", as_json=as_json)
+    if rejects is not None and source != "-" and rejects.exists() and rejects.samefile(source):
+        raise fail(f"--rejects {rejects} is the input file; name another file", as_json=as_json)
+    try:
+        sink = RejectsFile(rejects) if rejects is not None else None
+    except OSError as exc:
+        raise fail(f"cannot write the rejects file {rejects}: {exc.strerror or exc}", as_json=as_json) from None
+    detach = _log_internal_errors()
     try:
         if source == "-":
-            report = ingestor.ingest_lines(sys.stdin.buffer)
+            report = ingestor.ingest_lines(sys.stdin.buffer, rejects=sink)
         else:
-            report = _ingest_file(ingestor, Path(source), show_progress=not as_json)
+            report = _ingest_file(ingestor, Path(source), show_progress=not as_json, rejects=sink)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise fail(f"the database stopped answering: {reason}. Batches before the failure were applied; "
+        kept = f" The {sink.count} lines rejected so far are in {rejects}." if sink is not None else ""
+        raise fail(f"the database stopped answering: {reason}. Batches before the failure were applied;{kept} "
                    "running the same command again is safe (applied events count as duplicates).",
                    as_json=as_json) from None
+    except OSError as exc:  # the rejects file could not be written (disk full): say so rather than lose lines
+        raise fail(f"cannot write the rejects file {rejects}: {exc.strerror or exc}. Batches before this one were "
+                   "applied; running the same command again is safe.", as_json=as_json) from None
+    finally:
+        detach()
+        if sink is not None:
+            sink.close()
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -179,15 +206,51 @@ def ingest(
                           highlight=False)
         if len(report.errors) > 50:
             console.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
+        if rejects is not None and report.rejected:
+            console.print(f"  rejected lines written to {escape(str(rejects))}", highlight=False)
     raise typer.Exit(1 if report.rejected else 0)
 
 
-def _ingest_file(ingestor: Ingestor, path: Path, show_progress: bool) -> IngestReport:
+def _log_internal_errors() -> Callable[[], None]:
+    """Send ingest's log of lines rejected as "internal error (logged)" to a file in the temporary directory, with
+    each traceback, and one line per error to stderr naming that file: a person never reads a traceback.
+    Returns the function that detaches both handlers."""
+    import logging
+    import os
+    import tempfile
+
+    where = Path(tempfile.gettempdir()) / f"loyalty-ingest-{os.getpid()}.log"
+    to_file = logging.FileHandler(where, delay=True, encoding="utf-8")  # created only if something is logged
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+
+    class OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"{record.name}: {record.getMessage()} (traceback in {where})"
+
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(OneLine())
+    logger = logging.getLogger("loyalty.ingest")
+    logger.addHandler(to_file)
+    logger.addHandler(to_stderr)
+    logger.propagate = False
+
+    def detach() -> None:
+        for handler in (to_file, to_stderr):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
+
+    return detach
+
+
+def _ingest_file(ingestor: Ingestor, path: Path, show_progress: bool, rejects: RejectsFile | None) -> IngestReport:
     with path.open("rb") as handle:
-        total = sum(1 for _ in handle) if show_progress and sys.stderr.isatty() else None
+        # Count lines in fixed-size blocks: a line of gigabytes must not be held to be counted.
+        total = (sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+                 if show_progress and sys.stderr.isatty() else None)
         handle.seek(0)
         with progress_bar("ingesting", "lines", total, enabled=show_progress) as advance:
-            return ingestor.ingest_lines(handle, progress=advance)
+            return ingestor.ingest_lines(handle, progress=advance, rejects=rejects)
 
 
 @app.command()

@@ -1,11 +1,13 @@
 """The activity-event input contract: the envelope, typed attributes, and their views for matching and CEL."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,8 +21,24 @@ _MINOR_UNITS = {
                      "VUV", "XAF", "XOF", "XPF"], 0),
     **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
 }
-MAX_TEXT_LENGTH = 200
-EARLIEST_YEAR, LATEST_YEAR = 1900, 2999
+
+# --- Bounds on every input value (README "Events" gives each with its reason). ---------------------------
+# Each is checked before any conversion or arithmetic on the value, so no value can make a parser or
+# Decimal raise, run long or allocate much; a value outside them rejects its own line or item only.
+MAX_LINE_BYTES = 64 * 1024  # one NDJSON line; a real event is under 2 KiB, the largest legal one under 40 KiB
+MAX_JSON_DEPTH = 32  # nested objects and arrays in one event; a valid event has 2 (envelope, data)
+MAX_NUMBER_LENGTH = 40  # characters of one JSON number literal (or amount text): int() and Decimal() stay cheap
+MAX_TEXT_LENGTH = 200  # a string attribute
+MAX_AMOUNT_INTEGER_DIGITS = 15  # digits before the point: below 10^15 in any currency
+# Integer attributes without a declared min/max are still bounded by these: the integers every consumer
+# holds exactly (IEEE doubles in JSON clients, int64 in CEL and in the matching core, with room for an
+# expression to multiply them by up to 1,024 without overflowing int64).
+MAX_INTEGER = 2**53 - 1
+MIN_INTEGER = -MAX_INTEGER
+EARLIEST_YEAR, LATEST_YEAR = 1900, 2999  # of occurred_at, and of date and month attributes
+MAX_UTC_OFFSET = timedelta(hours=18)  # widest offset ISO 8601 software accepts; real zones span -12 to +14
+MAX_TIMESTAMP_LENGTH = 40  # "2026-03-01T10:00:00.123456789+08:00" is 35
+MAX_SHOWN = 60  # characters of a bad value repeated in an error message
 
 
 def minor_unit_exponent(currency: str) -> int:
@@ -42,37 +60,71 @@ class EventEnvelope(BaseModel):
     @field_validator("occurred_at", mode="before")
     @classmethod
     def _iso_text_with_zone(cls, value: object) -> object:
-        if not isinstance(value, str):
-            raise ValueError("expected an ISO 8601 timestamp as text, e.g. 2026-03-01T10:00:00Z")
-        if _looks_naive(value):
-            raise ValueError("timestamp has no time zone; send UTC with a Z or an offset, "
-                             "e.g. 2026-03-01T10:00:00Z")
-        return value
+        return check_timestamp_text(value)
 
     @field_validator("occurred_at")
     @classmethod
     def _plausible_year(cls, value: datetime) -> datetime:
-        if not EARLIEST_YEAR <= value.astimezone(UTC).year <= LATEST_YEAR:
-            raise ValueError(f"year {value.year} is outside {EARLIEST_YEAR}-{LATEST_YEAR}")
-        return value
+        return check_timestamp_range(value)
 
     @field_validator("id", "client_id", "type")
     @classmethod
     def _printable(cls, value: str) -> str:
-        _check_text(value)
+        if not value.isprintable():  # no control, format or unpaired surrogate characters: ids are shown and typed
+            raise ValueError(f"contains a character that is not printable: {shown(value)}")
         return value
 
 
-def _check_text(value: str) -> None:
-    if "\x00" in value:
-        raise ValueError("text contains a NUL character")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?", re.ASCII)
+_ZONE = re.compile(r"[Zz]|[+-](\d{2}):?(\d{2})", re.ASCII)
+_TIMESTAMP_EXAMPLE = "e.g. 2026-03-01T10:00:00Z or 2026-03-01T18:00:00+08:00"
 
 
-def _looks_naive(text: str) -> bool:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is None
-    except ValueError:
-        return False  # let pydantic report the format error
+def check_timestamp_text(value: object) -> str:
+    """An ISO 8601 timestamp with a zone, checked as text before it is parsed (bounded length and offset)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO 8601 timestamp as text, {_TIMESTAMP_EXAMPLE}")
+    if len(value) > MAX_TIMESTAMP_LENGTH:
+        raise ValueError(f"expected an ISO 8601 timestamp of at most {MAX_TIMESTAMP_LENGTH} characters, "
+                         f"{_TIMESTAMP_EXAMPLE}")
+    moment = _TIMESTAMP.match(value)
+    if moment is None:
+        raise ValueError(f"expected an ISO 8601 timestamp YYYY-MM-DDTHH:MM:SS with a zone, {_TIMESTAMP_EXAMPLE}; "
+                         f"got {shown(value)}")
+    rest = value[moment.end():]
+    if not rest:
+        raise ValueError("timestamp has no time zone; send UTC with a Z or an offset, e.g. 2026-03-01T10:00:00Z")
+    zone = _ZONE.fullmatch(rest)
+    if zone is None:
+        raise ValueError(f"expected a zone Z or +HH:MM after the time, {_TIMESTAMP_EXAMPLE}; got {shown(value)}")
+    if zone.group(1) is not None and timedelta(hours=int(zone.group(1)), minutes=int(zone.group(2))) > MAX_UTC_OFFSET:
+        raise ValueError(f"UTC offset {rest} is beyond ±18:00")
+    return value
+
+
+def check_timestamp_range(value: datetime) -> datetime:
+    """Refuse years outside EARLIEST_YEAR..LATEST_YEAR, checked before the UTC conversion can overflow."""
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"year {value.year} is outside {EARLIEST_YEAR}-{LATEST_YEAR}")
+    utc_year = value.astimezone(UTC).year  # safe now: at most a day away from a year inside the bounds
+    if not EARLIEST_YEAR <= utc_year <= LATEST_YEAR:
+        raise ValueError(f"year {utc_year} (in UTC) is outside {EARLIEST_YEAR}-{LATEST_YEAR}")
+    return value
+
+
+def shown(value: object) -> str:
+    """A value as an error message repeats it: repr (control and surrogate characters escaped), cut short."""
+    if isinstance(value, (str, bytes)) and len(value) > MAX_SHOWN:
+        return f"{value[:MAX_SHOWN]!r}… ({len(value):,} characters)"
+    text = str(value) if isinstance(value, Decimal) else repr(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}…"
+
+
+def shown_name(name: str) -> str:
+    """A key from the input as a field name in an error (bounded, and escaped when not printable)."""
+    if name.isprintable() and len(name) <= MAX_SHOWN:
+        return name
+    return shown(name)
 
 
 @dataclass(frozen=True)
@@ -108,17 +160,103 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def parse_json_line(line: str) -> dict:
-    """Parse one NDJSON line; numbers with a fraction become Decimal, never float."""
+class UnusableNumber:
+    """A JSON number that is kept out of arithmetic: a literal longer than MAX_NUMBER_LENGTH, or NaN/Infinity.
+
+    The parser returns it in place of the value, so the field that holds it is rejected by name
+    (an integer of 5,000 digits never reaches int(), which would raise for the whole line).
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        if len(self.text) > MAX_NUMBER_LENGTH:
+            return f"a number of {len(self.text):,} characters"
+        return self.text
+
+    @property
+    def reason(self) -> str:
+        """Why the number cannot be used."""
+        if len(self.text) > MAX_NUMBER_LENGTH:
+            return f"a number of {len(self.text):,} characters (at most {MAX_NUMBER_LENGTH})"
+        return f"{self.text} is not a number JSON allows"
+
+
+def _bounded_int(text: str) -> int | UnusableNumber:
+    return int(text) if len(text) <= MAX_NUMBER_LENGTH else UnusableNumber(text)
+
+
+def _bounded_decimal(text: str) -> Decimal | UnusableNumber:
+    return Decimal(text) if len(text) <= MAX_NUMBER_LENGTH else UnusableNumber(text)
+
+
+_STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text nests objects and arrays more than `limit` deep (strings ignored); no parsing."""
+    if text.count("[") + text.count("{") <= limit:  # the common case, at C speed
+        return False
+    depth = 0
+    for bracket in _BRACKET.finditer(_STRING_LITERAL.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def nesting_depth(value: object) -> int:
+    """How deep objects and arrays nest in a parsed JSON value (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_json(text: str | bytes, max_depth: int | None = MAX_JSON_DEPTH) -> object:
+    """Parse JSON text within the bounds: numbers with a fraction become Decimal (never float), number literals
+    longer than MAX_NUMBER_LENGTH and NaN/Infinity become UnusableNumber; EventError when it is not JSON.
+
+    With `max_depth` None the nesting is not pre-checked (the parser's recursion limit still holds): the
+    caller checks each item's depth itself, so one deep item does not refuse a whole HTTP batch.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EventError(f"not UTF-8 text (byte {exc.start + 1})") from None
+    if max_depth is not None and json_too_deep(text, max_depth):
+        raise EventError(f"not accepted: objects and arrays nested more than {max_depth} deep")
     try:
-        value = json.loads(line, parse_float=Decimal)
+        return json.loads(text, parse_float=_bounded_decimal, parse_int=_bounded_int, parse_constant=UnusableNumber)
     except json.JSONDecodeError as exc:
         raise EventError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:
         raise EventError("not valid JSON here: nested too deeply") from None
+
+
+def parse_json_line(line: str) -> dict:
+    """Parse one NDJSON line within the bounds (see parse_json); it must hold one JSON object."""
+    if len(line) > MAX_LINE_BYTES or (len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8", "surrogatepass"))
+                                      > MAX_LINE_BYTES):
+        raise EventError(f"the line is over {MAX_LINE_BYTES:,} bytes; an event is at most that long")
+    value = parse_json(line)
     if not isinstance(value, dict):
         raise EventError(f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def raw_base64(line: bytes) -> str:
+    """Bytes as base64 text, to carry a line that is not UTF-8 losslessly in JSON."""
+    return base64.b64encode(line).decode("ascii")
 
 
 def parse_envelope(raw: dict) -> EventEnvelope:
@@ -126,9 +264,9 @@ def parse_envelope(raw: dict) -> EventEnvelope:
     try:
         return EventEnvelope.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        message = err["msg"]
+        err = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(shown_name(str(p)) for p in err["loc"]) or None
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field; an event has id, client_id, type, occurred_at and data"
         elif err["type"] == "missing":
@@ -145,7 +283,7 @@ def typed_event(envelope: EventEnvelope, event_types: dict[str, EventTypeSpec], 
     """Check an envelope's type and attributes against the programme's event types."""
     spec = event_types.get(envelope.type)
     if spec is None:
-        raise EventError(f"unknown event type {envelope.type!r}{did_you_mean(envelope.type, event_types)}; "
+        raise EventError(f"unknown event type {shown(envelope.type)}{did_you_mean(envelope.type, event_types)}; "
                          f"expected one of: {', '.join(sorted(event_types))}", "type")
     data = typed_attributes(spec, envelope.data, currency)
     if "currency" in data and data["currency"] != currency:
@@ -158,8 +296,9 @@ def typed_attributes(spec: EventTypeSpec, data: dict[str, object], currency: str
     unknown = sorted(set(data) - set(spec.attributes))
     if unknown:
         name = unknown[0]
-        raise EventError(f"unknown attribute{did_you_mean(name, spec.attributes)}; expected: "
-                         f"{', '.join(spec.attributes) or 'no attributes'}", f"data.{name}")
+        hint = did_you_mean(name, spec.attributes) if len(name) <= MAX_SHOWN else ""
+        raise EventError(f"unknown attribute{hint}; expected: "
+                         f"{', '.join(spec.attributes) or 'no attributes'}", f"data.{shown_name(name)}")
     typed: dict[str, object] = {}
     for name, attribute in spec.attributes.items():
         if name not in data or data[name] is None:
@@ -175,9 +314,8 @@ def describe(attribute: AttributeSpec) -> str:
     if attribute.type == "enum":
         return f"one of {', '.join(attribute.values or [])}"
     if attribute.type == "integer":
-        bounds = [f">= {attribute.min}" if attribute.min is not None else "",
-                  f"<= {attribute.max}" if attribute.max is not None else ""]
-        return " ".join(["a whole number", *filter(None, bounds)])
+        low, high = integer_range(attribute)
+        return f"a whole number from {low} to {high}"
     return {
         "money": "a positive amount as a decimal string or number, e.g. \"30000000.00\"",
         "date": "a date YYYY-MM-DD",
@@ -187,71 +325,123 @@ def describe(attribute: AttributeSpec) -> str:
     }[attribute.type]
 
 
+def integer_range(attribute: AttributeSpec) -> tuple[int, int]:
+    """The values an integer attribute accepts: its declared min/max, within MIN_INTEGER..MAX_INTEGER."""
+    low = MIN_INTEGER if attribute.min is None else max(attribute.min, MIN_INTEGER)
+    high = MAX_INTEGER if attribute.max is None else min(attribute.max, MAX_INTEGER)
+    return low, high
+
+
+# Control characters and unpaired surrogates: a database cannot store the latter, a terminal mangles the former.
+_BAD_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def convert_value(attribute: AttributeSpec, value: object, currency: str, field: str) -> object:
     """Convert one attribute value to its Python type, or raise EventError."""
     kind = attribute.type
+    if isinstance(value, UnusableNumber):
+        raise EventError(f"{value.reason}; expected {describe(attribute)}", field)
     if kind == "money":
         return parse_money(value, currency, field)
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise EventError(f"expected {describe(attribute)}, got {value!r}", field)
-        if (attribute.min is not None and value < attribute.min) or (attribute.max is not None and value > attribute.max):
-            raise EventError(f"{value} is out of range; expected {describe(attribute)}", field)
+            raise EventError(f"expected {describe(attribute)}, got {shown(value)}", field)
+        low, high = integer_range(attribute)
+        if not low <= value <= high:
+            raise EventError(f"{shown(value)} is out of range; expected {describe(attribute)}", field)
         return value
     if kind == "enum":
         if not isinstance(value, str) or value not in (attribute.values or []):
-            hint = did_you_mean(str(value), attribute.values or [])
-            raise EventError(f"unknown value {value!r}{hint}; expected {describe(attribute)}", field)
+            hint = did_you_mean(value, attribute.values or []) if isinstance(value, str) and len(value) <= MAX_SHOWN else ""
+            raise EventError(f"unknown value {shown(value)}{hint}; expected {describe(attribute)}", field)
         return value
     if kind == "string":
         if not isinstance(value, str) or not value.strip():
-            raise EventError(f"expected {describe(attribute)}, got {value!r}", field)
-        if len(value) > MAX_TEXT_LENGTH or "\x00" in value:
-            raise EventError(f"expected at most {MAX_TEXT_LENGTH} characters with no NUL character", field)
+            raise EventError(f"expected {describe(attribute)}, got {shown(value)}", field)
+        if len(value) > MAX_TEXT_LENGTH or _BAD_TEXT.search(value):
+            raise EventError(f"expected at most {MAX_TEXT_LENGTH} characters with no control characters, "
+                             f"got {shown(value)}", field)
         return value
     if kind == "boolean":
         if not isinstance(value, bool):
-            raise EventError(f"expected {describe(attribute)}, got {value!r}", field)
+            raise EventError(f"expected {describe(attribute)}, got {shown(value)}", field)
         return value
-    if kind == "date":
-        day = parse_day(value)
+    if kind in ("date", "month"):
+        text = value if isinstance(value, str) else ""
+        given_day = kind == "date" and isinstance(value, date) and not isinstance(value, datetime)  # from YAML cases
+        day = parse_day(value if given_day else text if kind == "date" else f"{text}-01")
         if day is None:
-            raise EventError(f"expected {describe(attribute)}, got {value!r}", field)
-        return day
-    if kind == "month":
-        if parse_day(f"{value}-01") is None:
-            raise EventError(f"expected {describe(attribute)}, got {value!r}", field)
-        return str(value)
+            raise EventError(f"expected {describe(attribute)}, got {shown(value)}", field)
+        if not EARLIEST_YEAR <= day.year <= LATEST_YEAR:
+            raise EventError(f"year {day.year} is outside {EARLIEST_YEAR}-{LATEST_YEAR}", field)
+        return day if kind == "date" else text
     raise AssertionError(kind)
 
 
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
 def parse_day(value: object) -> date | None:
-    """A date from ISO text YYYY-MM-DD (or a date itself); None when it is not one."""
+    """A date from ISO text YYYY-MM-DD (ASCII digits), or a date itself; None when it is not one."""
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
     text = str(value)
+    if not _ISO_DAY.fullmatch(text):
+        return None
     try:
-        return date.fromisoformat(text) if len(text) == 10 else None
+        return date.fromisoformat(text)
     except ValueError:
         return None
 
 
+# A plain decimal in ASCII digits, optionally with an exponent: what JSON allows for a number, and a sign.
+_AMOUNT_TEXT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def parse_money(value: object, currency: str, field: str) -> Decimal:
-    """An exact, positive amount in `currency` (decimal string or integer, never a float)."""
-    if isinstance(value, bool) or isinstance(value, float) or not isinstance(value, (str, int, Decimal)):
-        raise EventError(f"expected an amount as a decimal string or number, got {value!r}", field)
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise EventError(f"expected an amount such as \"30000000.00\", got {value!r}", field) from None
-    if not amount.is_finite() or amount <= 0:
-        raise EventError(f"amount must be greater than zero, got {value!r}", field)
+    """An exact, positive amount in `currency` (decimal string or integer, never a float).
+
+    Its size and decimal places are read from its digits and exponent before any arithmetic, so no
+    amount (1e400, 10^30, 1e-999999999) can make Decimal raise or allocate.
+    """
+    if isinstance(value, UnusableNumber):
+        raise EventError(f"{value.reason}; expected an amount such as \"30000000.00\"", field)
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        raise EventError(f"expected an amount as a decimal string or number, got {shown(value)}", field)
+    if isinstance(value, str):
+        if len(value) > MAX_NUMBER_LENGTH or not _AMOUNT_TEXT.fullmatch(value):
+            raise EventError(f"expected an amount such as \"30000000.00\" (ASCII digits, at most "
+                             f"{MAX_NUMBER_LENGTH} characters), got {shown(value)}", field)
+        amount = Decimal(value)
+    elif isinstance(value, int):
+        if value.bit_length() > 64:  # far beyond the bound below; keeps Decimal() and str() cheap
+            raise EventError(f"amount of {value.bit_length()} bits is implausibly large (at most "
+                             f"{MAX_AMOUNT_INTEGER_DIGITS} digits before the point)", field)
+        amount = Decimal(value)
+    else:
+        amount = value
+    if not amount.is_finite():
+        raise EventError(f"amount must be a finite number, got {shown(value)}", field)
+    sign, digits, exponent = amount.as_tuple()
+    if sign or not any(digits):
+        raise EventError(f"amount must be greater than zero, got {shown(value)}", field)
+    if amount.adjusted() >= MAX_AMOUNT_INTEGER_DIGITS:
+        raise EventError(f"amount {shown(value)} is implausibly large (at most {MAX_AMOUNT_INTEGER_DIGITS} digits "
+                         "before the point)", field)
     places = minor_unit_exponent(currency)
-    if amount != amount.quantize(Decimal(1).scaleb(-places)):
-        raise EventError(f"amount {value!r} has more than {places} decimal places for {currency}", field)
-    if amount >= Decimal("1e15"):
-        raise EventError(f"amount {value!r} is implausibly large (at most 15 digits before the point)", field)
+    if int(exponent) < -places and int(exponent) + _trailing_zeros(digits) < -places:  # type: ignore[arg-type]
+        raise EventError(f"amount {shown(value)} has more than {places} decimal places for {currency}", field)
     return amount
+
+
+def _trailing_zeros(digits: tuple[int, ...]) -> int:
+    """How many of a coefficient's last digits are 0 (100.000 has 3 decimals but needs none)."""
+    count = 0
+    for digit in reversed(digits):
+        if digit:
+            break
+        count += 1
+    return count
 
 
 def matching_value(attribute_type: str, value: object, currency: str) -> object:

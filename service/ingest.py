@@ -8,14 +8,20 @@ entries and their projections are written together or not at all. A batch that c
 concurrent writer (same event or new client inserted meanwhile) is rolled back and decided again, so
 each event is applied exactly once however many processes ingest the same file. Clients that
 qualify for an instant-upgrade tier move there at the end of their batch (service/instant_upgrades.py).
+
+Every input line or item is applied or rejected alone: whatever its size or shape, reading, parsing and
+validating it can only reject it (an unexpected failure there is logged and rejected as "internal error
+(logged)"); only a failure while writing a batch stops the run, as it must.
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import islice
+from typing import BinaryIO
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -23,7 +29,8 @@ from sqlalchemy.exc import OperationalError
 from engine.context import ONBOARDING_EVENT, context_at
 from engine.errors import EvaluationError, EventError
 from engine.evaluator import RuleOutcome, evaluate
-from engine.events import Event, content_digest, matching_value, parse_envelope, parse_json_line, typed_event
+from engine.events import (MAX_LINE_BYTES, Event, content_digest, matching_value, parse_envelope, parse_json_line,
+                           shown, typed_event)
 from engine.metrics import METRIC_INPUTS
 from engine.programme import CompiledProgramme, ProgrammeSet
 from engine.schema import Rule
@@ -41,6 +48,8 @@ from storage.db import write_transaction
 from storage.ledger import Provenance
 
 APPLIED, DUPLICATE, REJECTED = "applied", "duplicate", "rejected"
+INTERNAL_ERROR = "internal error (logged)"
+log = logging.getLogger("loyalty.ingest")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,33 @@ class Outcome:
     event_id: str | None
     status: str
     error: str | None = None
+    field: str | None = None  # the field at fault, when one is
+
+
+@dataclass(frozen=True)
+class OversizedLine:
+    """A line longer than MAX_LINE_BYTES: only its start is kept in memory, and it is rejected unread."""
+
+    start: bytes  # the first MAX_LINE_BYTES bytes
+    size: int  # its full length in bytes, without the newline
+
+
+InputLine = str | bytes | OversizedLine
+RejectSink = Callable[[Outcome, InputLine], None]
+
+
+def bounded_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | OversizedLine]:
+    """The lines of a binary stream, each read with at most `limit` bytes held: a longer line (even one of
+    gigabytes with no newline) comes as an OversizedLine, the rest of it skipped in bounded reads."""
+    while line := stream.readline(limit + 1):
+        length = len(line) - line.endswith(b"\n")
+        if length <= limit:
+            yield line
+            continue
+        start, size = line[:limit], length
+        while not line.endswith(b"\n") and (line := stream.readline(limit)):
+            size += len(line) - line.endswith(b"\n")
+        yield OversizedLine(start, size)
 
 
 @dataclass
@@ -97,25 +133,46 @@ class Ingestor:
         self.batch_size = batch_size
         self.rules = rules  # when given, a newly activated version is picked up between batches
 
-    def ingest_lines(self, lines: Iterable[str | bytes],
-                     progress: Callable[[int], None] | None = None) -> IngestReport:
+    def ingest_lines(self, lines: Iterable[InputLine] | BinaryIO, progress: Callable[[int], None] | None = None,
+                     rejects: RejectSink | None = None) -> IngestReport:
         """Ingest NDJSON lines (text, or bytes decoded as UTF-8 line by line); blank lines are skipped.
 
-        `progress` is told how many lines each batch held.
+        A binary stream is read with bounded_lines, so no line is held beyond MAX_LINE_BYTES. `progress`
+        is told how many lines each batch held. `rejects` is given each rejected line, as it was read,
+        with its outcome, in line order a batch at a time: once the batch is decided, or, when writing
+        it fails, before the failure propagates (the lines rejected so far are never lost).
         """
+        if hasattr(lines, "readline"):
+            lines = bounded_lines(lines)  # type: ignore[arg-type]
         report = IngestReport()
-        for chunk in _chunks(enumerate(lines, start=1), self.batch_size):
+        for chunk in _chunks(enumerate(lines, start=1), self.batch_size):  # type: ignore[arg-type]
             if self.rules is not None and self.rules.refresh():
                 self.programmes = self.rules.current()
+            decided: list[Outcome] = []
             raw_items = []
             for number, line in chunk:
                 try:
-                    text = decode_line(line, first=number == 1)
-                    if text.strip():
-                        raw_items.append((number, parse_json_line(text)))
+                    raw = _parse_line(line, first=number == 1)
                 except EventError as exc:
-                    report.add(Outcome(number, None, REJECTED, str(exc)))
-            for outcome in self.ingest_raw(raw_items):
+                    decided.append(Outcome(number, None, REJECTED, str(exc), exc.field))
+                except Exception:  # noqa: BLE001 - one line must never stop the others
+                    log.exception("line %d could not be parsed", number)
+                    decided.append(Outcome(number, None, REJECTED, INTERNAL_ERROR))
+                else:
+                    if raw is not None:
+                        raw_items.append((number, raw))
+            outcomes, pending = self._check(raw_items)
+            try:
+                self._apply_checked(raw_items, outcomes, pending)
+            finally:
+                decided.extend(outcome for outcome in outcomes if outcome is not None)
+                decided.sort(key=lambda outcome: outcome.line)
+                if rejects is not None:
+                    originals = dict(chunk)
+                    for outcome in decided:
+                        if outcome.status == REJECTED:
+                            rejects(outcome, originals[outcome.line])
+            for outcome in decided:
                 report.add(outcome)
             if progress:
                 progress(len(chunk))
@@ -124,19 +181,31 @@ class Ingestor:
 
     def ingest_raw(self, items: list[tuple[int, dict]]) -> list[Outcome]:
         """Validate and apply parsed JSON objects given with their line numbers; one outcome per item, in order."""
+        outcomes, pending = self._check(items)
+        self._apply_checked(items, outcomes, pending)
+        return outcomes  # type: ignore[return-value]  # every position was filled
+
+    def _check(self, items: list[tuple[int, dict]]) -> tuple[list[Outcome | None], list[_Pending]]:
+        """Validate each item alone: an outcome for each rejected one, a _Pending for the others."""
         outcomes: list[Outcome | None] = [None] * len(items)
         pending: list[_Pending] = []
         for position, (line, raw) in enumerate(items):
             try:
                 pending.append(_Pending(position, *self._validate(raw)))
             except EventError as exc:
-                event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
-                outcomes[position] = Outcome(line, event_id, REJECTED, str(exc))
+                outcomes[position] = Outcome(line, _given_id(raw), REJECTED, str(exc), exc.field)
+            except Exception:  # noqa: BLE001 - one item must never stop the others
+                log.exception("item at line or index %d could not be validated", line)
+                outcomes[position] = Outcome(line, _given_id(raw), REJECTED, INTERNAL_ERROR)
+        return outcomes, pending
+
+    def _apply_checked(self, items: list[tuple[int, dict]], outcomes: list[Outcome | None],
+                       pending: list[_Pending]) -> None:
+        """Apply the valid items in batches, filling in their outcomes batch by batch."""
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start:start + self.batch_size]
             for item, (status, error) in zip(batch, self._apply(batch), strict=True):
                 outcomes[item.position] = Outcome(items[item.position][0], item.event.id, status, error)
-        return outcomes  # type: ignore[return-value]  # every position was filled above
 
     def _validate(self, raw: dict) -> tuple[Event, CompiledProgramme, bool]:
         envelope = parse_envelope(raw)
@@ -221,7 +290,13 @@ class _BatchWriter:
         context = context_at(event.client_id, event.occurred_at, self.tiers.get(event.client_id, []),
                              programme.lowest_tier.id, onboardings, record.first_seen_at)
         # May raise: nothing has been recorded for this event yet.
-        outcomes = evaluate(programme, event, context) if item.earns else []
+        try:
+            outcomes = evaluate(programme, event, context) if item.earns else []
+        except EvaluationError:
+            raise
+        except Exception:  # noqa: BLE001 - a failure of the pure evaluation rejects this event, not its batch
+            log.exception("event %s could not be evaluated", shown(event.id))
+            raise EvaluationError(INTERNAL_ERROR) from None
         self.onboardings[event.client_id] = onboardings
         if item.earns:
             self.earning.append(item)
@@ -332,6 +407,24 @@ def _onboard(record: ClientRecord, event: Event) -> ClientRecord:
     data = event.data
     return replace(record, name=data.get("name"), segment=data.get("segment"), industry=data.get("industry"),
                    onboarded_at=event.occurred_at)
+
+
+def _parse_line(line: InputLine, first: bool) -> dict | None:
+    """The JSON object of one input line, None for a blank line, or EventError; the length is checked first."""
+    if isinstance(line, OversizedLine):
+        raise EventError(f"the line is {line.size:,} bytes; an event is at most {MAX_LINE_BYTES:,} bytes")
+    if isinstance(line, bytes) and len(line) > MAX_LINE_BYTES:
+        size = len(line.rstrip(b"\r\n"))
+        if size > MAX_LINE_BYTES:
+            raise EventError(f"the line is {size:,} bytes; an event is at most {MAX_LINE_BYTES:,} bytes")
+    text = decode_line(line, first)
+    return parse_json_line(text) if text.strip() else None
+
+
+def _given_id(raw: dict) -> str | None:
+    """The event id a rejected item carried, when it is a plausible one (it is shown and printed)."""
+    value = raw.get("id")
+    return value if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable() else None
 
 
 def decode_line(line: str | bytes, first: bool) -> str:

@@ -105,3 +105,87 @@ def test_malformed_json_line():
         parse_json_line('{"id": "e1", ')
     with pytest.raises(EventError, match="expected a JSON object"):
         parse_json_line("[1, 2]")
+
+
+# --- bounds (engine/events.py): checked before any arithmetic --------------------------------------------------------
+
+def test_integer_attributes_without_declared_bounds_are_held_to_the_exact_range():
+    from engine.events import MAX_INTEGER, MIN_INTEGER, convert_value, integer_range
+    from engine.schema import AttributeSpec
+
+    free = AttributeSpec(type="integer")
+    assert integer_range(free) == (MIN_INTEGER, MAX_INTEGER) == (-(2**53 - 1), 2**53 - 1)
+    assert convert_value(free, MAX_INTEGER, "CNY", "data.n") == MAX_INTEGER
+    assert convert_value(free, MIN_INTEGER, "CNY", "data.n") == MIN_INTEGER
+    for value in (MAX_INTEGER + 1, MIN_INTEGER - 1, 2**63, -(10**30)):
+        with pytest.raises(EventError, match="out of range"):
+            convert_value(free, value, "CNY", "data.n")
+    wide = AttributeSpec(type="integer", min=-(10**30), max=10**30)  # a declared range never widens the bound
+    assert integer_range(wide) == (MIN_INTEGER, MAX_INTEGER)
+
+
+@pytest.mark.parametrize(("amount", "fragment"), [
+    ("1e400", "implausibly large"), (Decimal("1e400"), "implausibly large"), (10**30, "implausibly large"),
+    pytest.param(10**5000, "implausibly large", id="10^5000"), ("1" + "0" * 15, "implausibly large"), ("1e-999999999", "decimal places"),
+    (Decimal("1e-999999999"), "decimal places"), ("NaN", "expected an amount"), (Decimal("NaN"), "finite"),
+    (Decimal("-Infinity"), "finite"), ("-0", "greater than zero"), ("0.00", "greater than zero"),
+    ("1" * 41, "at most 40 characters"), (" 100", "expected an amount"), ("١٠٠", "ASCII digits"), (1.5, "expected"),
+])
+def test_amount_bounds_are_read_from_the_digits_before_any_arithmetic(amount, fragment):
+    from engine.events import parse_money
+
+    with pytest.raises(EventError, match=fragment):
+        parse_money(amount, "CNY", "data.amount")
+
+
+def test_amounts_at_the_bounds_are_exact():
+    from engine.events import parse_money
+
+    assert parse_money("999999999999999.99", "CNY", "a") == Decimal("999999999999999.99")
+    assert parse_money("1E+2", "CNY", "a") == 100 and parse_money("100.000", "CNY", "a") == 100
+    assert parse_money("0.001", "KWD", "a") == Decimal("0.001")
+    with pytest.raises(EventError, match="decimal places for JPY"):
+        parse_money("1.5", "JPY", "a")
+
+
+def test_json_numbers_that_cannot_be_used_stay_out_of_arithmetic():
+    from engine.events import UnusableNumber, parse_json
+
+    parsed = parse_json('{"a": ' + "9" * 5000 + ', "b": NaN, "c": -Infinity, "d": 1e400, "e": 12}')
+    assert isinstance(parsed["a"], UnusableNumber) and "5,000 characters" in parsed["a"].reason
+    assert isinstance(parsed["b"], UnusableNumber) and isinstance(parsed["c"], UnusableNumber)
+    assert parsed["d"] == Decimal("1e400") and parsed["e"] == 12
+
+
+def test_nesting_is_checked_without_recursion():
+    from engine.events import MAX_JSON_DEPTH, json_too_deep, nesting_depth
+
+    assert not json_too_deep("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)
+    assert json_too_deep("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1))
+    assert not json_too_deep('{"a": "' + "[" * 100 + '"}')  # brackets inside strings do not count
+    assert nesting_depth({"a": [[{"b": 1}]]}) == 4
+    with pytest.raises(EventError, match="nested"):
+        parse_json_line('{"id": ' + "[" * 40 + "]" * 40 + "}")
+
+
+@pytest.mark.parametrize(("occurred_at", "fragment"), [
+    ("9999-12-31T23:59:59-14:00", "year 9999"), ("0001-01-01T00:00:00+14:00", "year 1 "),
+    ("1900-01-01T00:00:00+01:00", "year 1899 (in UTC)"), ("2999-12-31T23:00:00-14:00", "year 3000 (in UTC)"),
+    ("2026-03-01T10:00:00+18:01", "beyond ±18:00"), ("1700000000", "ISO 8601"), ("2026-03-01T10:00:00Z" + " " * 30,
+                                                                                 "at most 40 characters"),
+])
+def test_timestamps_are_bounded_before_the_utc_conversion(contract, occurred_at, fragment):
+    raw = drawn()
+    raw["occurred_at"] = occurred_at
+    error = error_of(raw, contract)
+    assert error.field == "occurred_at" and fragment in str(error)
+
+
+def test_error_messages_repeat_a_bad_value_only_short_and_escaped(contract):
+    error = error_of(drawn(product="p\x1b[2J" * 10_000), contract)
+    assert error.field == "data.product" and len(str(error)) < 300 and "\x1b" not in str(error)
+    raw = drawn()
+    raw["data"]["k\ud800" * 1000] = 1
+    error = error_of(raw, contract)
+    assert error.field.startswith("data.'k\\ud800") and len(str(error)) < 400
+    str(error).encode("utf-8")  # printable as it is: no unpaired surrogate reaches a terminal or a file

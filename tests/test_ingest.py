@@ -280,17 +280,37 @@ def test_very_large_amounts_fit_on_every_database(engine, programmes):
     assert balance(engine, "C-1") == 9_999_999_999
 
 
-def test_an_event_that_cannot_be_stored_is_rejected_alone(engine, programmes, monkeypatch):
+def test_an_event_whose_evaluation_fails_unexpectedly_is_rejected_alone_and_logged(engine, programmes, monkeypatch,
+                                                                                     caplog):
     import service.ingest as ingest_module
 
     real = ingest_module.evaluate
 
     def fragile(programme, event_, client):
         if event_.id == "bad":
-            raise KeyError("simulated storage bug")
+            raise KeyError("simulated evaluation bug")
         return real(programme, event_, client)
 
     monkeypatch.setattr(ingest_module, "evaluate", fragile)
+    report = ingest(engine, programmes, ndjson(*(drawn(i, "C-1", "2026-03-01T00:00:00Z", "10000000")
+                                                 for i in ("a", "bad", "c"))))
+    assert (report.applied, report.rejected) == (2, 1)
+    assert report.errors == [{"line": 2, "id": "bad", "error": "internal error (logged)"}]
+    assert "simulated evaluation bug" in caplog.text  # the traceback is in the log, never in the answer
+    assert balance(engine, "C-1") == 2000 and verify(engine) == []
+
+
+def test_an_event_that_cannot_be_stored_is_rejected_alone(engine, programmes, monkeypatch):
+    import service.ingest as ingest_module
+
+    real = ingest_module.client_store.insert_processed
+
+    def fragile(conn, rows):
+        if any(row["event_id"] == "bad" for row in rows):
+            raise KeyError("simulated storage bug")
+        return real(conn, rows)
+
+    monkeypatch.setattr(ingest_module.client_store, "insert_processed", fragile)
     report = ingest(engine, programmes, ndjson(*(drawn(i, "C-1", "2026-03-01T00:00:00Z", "10000000")
                                                  for i in ("a", "bad", "c"))))
     assert (report.applied, report.rejected) == (2, 1)
