@@ -90,19 +90,26 @@ def _compile(doc: YamlDocument, model: Programme) -> CompiledProgramme:
     problems = list(_cross_reference_problems(doc, model))
     problems.extend(lint.semantic_errors(doc, model))
     rules = []
+    compiled: dict[tuple[str, str], object] = {}  # (source, event type) → expression or refusal: tried once
     for index, rule in enumerate(model.rules):
         points = None
         if rule.award.points:
             path = ("rules", index, "award", "points")
             unknown = list(_expression_reference_problems(doc, path, model, rule))
             problems.extend(unknown)
-            try:
-                if not unknown:
+            key = (rule.award.points, rule.when.event)
+            if not unknown and key not in compiled:
+                try:
                     samples, describe = boundary_activations(model, rule)
-                    points = compile_points(rule.award.points, samples, describe,
-                                            f"the points expression of rule {rule.id}")
-            except ExpressionError as exc:
-                problems.append(doc.problem(path, str(exc)))
+                    compiled[key] = compile_points(rule.award.points, samples, describe,
+                                                   f"the points expression of rule {rule.id}")
+                except ExpressionError as exc:
+                    compiled[key] = exc
+            outcome = None if unknown else compiled[key]
+            if isinstance(outcome, ExpressionError):
+                problems.append(doc.problem(path, str(outcome)))
+            else:
+                points = outcome  # type: ignore[assignment]
         rules.append(CompiledRule(rule, index, points))
     if problems:
         raise RuleFileError(problems)
