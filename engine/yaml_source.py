@@ -84,10 +84,7 @@ def load_yaml(file: str, text: str) -> YamlDocument:
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise_problems([Problem(file, line, "", f"not valid YAML: {reason}", column)])
+        raise_problems([_yaml_problem(file, exc)])
     finally:
         loader.dispose()
     if root is None:
@@ -101,8 +98,18 @@ def load_yaml(file: str, text: str) -> YamlDocument:
     if reader.problems:
         raise_problems(reader.problems)
     if reader.merges:  # `<<: *anchor` merge keys: let PyYAML apply them
-        data = loader.construct_document(root)
+        try:
+            data = loader.construct_document(root)
+        except yaml.YAMLError as exc:  # a merge of something that is not a mapping
+            raise_problems([_yaml_problem(file, exc)])
     return YamlDocument(file, data, reader.lines, reader.columns)
+
+
+def _yaml_problem(file: str, exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    reason = getattr(exc, "problem", None) or str(exc)
+    return Problem(file, line, "", f"not valid YAML: {reason}", column)
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
