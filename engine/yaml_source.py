@@ -127,6 +127,7 @@ class _Measure:
     def __init__(self, file: str):
         self.file = file
         self.sizes: dict[int, int] = {}
+        self._open: set[int] = set()  # the nodes being measured: one met again inside itself is a cycle
         self.aliases = 0
 
     def problem(self, root: yaml.Node) -> Problem | None:
@@ -142,6 +143,9 @@ class _Measure:
         return None
 
     def _size(self, node: yaml.Node, depth: int) -> int:
+        if id(node) in self._open:
+            raise _LimitReached(self._problem(node, "an alias (*name) refers to the list or mapping that contains "
+                                                    "it: the value would never end"))
         known = self.sizes.get(id(node))
         if known is not None:  # the same node again: an alias (`*name`)
             self.aliases += 1
@@ -153,12 +157,14 @@ class _Measure:
             raise _LimitReached(self._problem(node, f"lists and mappings nest more than {MAX_DEPTH} levels deep "
                                                     "here; the format needs far fewer"))
         size = 1
+        self._open.add(id(node))
         if isinstance(node, yaml.SequenceNode):
             for item in node.value:
                 size += self._size(item, depth + 1)
         elif isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 size += self._size(key, depth + 1) + self._size(value, depth + 1)
+        self._open.discard(id(node))
         self.sizes[id(node)] = size
         if size > MAX_NODES:  # stop early: the total can only be larger
             raise _LimitReached(self._problem(node, f"this value expands to {size:,} values (aliases counted each "

@@ -261,3 +261,7 @@ def test_any_generated_yaml_loads_or_is_refused(text):
         load_yaml("generated.yaml", text)
     except RuleFileError as exc:
         assert all(problem.line for problem in exc.problems), exc.problems
+
+
+def test_a_recursive_alias_is_refused_at_its_line(tmp_path):
+    refused(write(tmp_path, "loop: &a [1, *a]\n" + SHIPPED), "refers to the list or mapping that contains it")
