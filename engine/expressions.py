@@ -7,15 +7,37 @@ therefore gives exactly floor(amount / n), the documented rounding rule for poin
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cel
 
 from engine.errors import EvaluationError
+from engine.expression_limits import static_problem
+
+# Runtime budget of one evaluation, in CPU time of the evaluating thread (so a busy machine does not
+# reject good events): a slower evaluation rejects its event. The static limits keep the slowest
+# expression measured about ten times under it (rules/README.md, "Limits").
+EVALUATION_BUDGET_SECONDS = 0.05
 
 
 class ExpressionError(ValueError):
     """An expression that does not compile or does not give whole points."""
+
+
+class OverBudget(EvaluationError):
+    """An evaluation that took longer than EVALUATION_BUDGET_SECONDS."""
+
+    def __init__(self, source: str, seconds: float):
+        self.seconds = seconds
+        super().__init__(f"points expression {source!r} took {describe_seconds(seconds)} on this event; at most "
+                         f"{describe_seconds(EVALUATION_BUDGET_SECONDS)}, so the event is rejected")
+
+
+def describe_seconds(seconds: float) -> str:
+    """1.3 s, or 50 ms below a second."""
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
 @dataclass(frozen=True)
@@ -44,43 +66,68 @@ def _require_int(source: str, result: object) -> None:
             "number (int), e.g. event.amount / 10000")
 
 
-def compile_points(source: str, sample_activations: list[dict]) -> PointsExpression:
-    """Compile `source` and try it on typed sample events, so type errors surface at load time.
+def compile_points(source: str, sample_activations: list[dict], describe: Callable[[dict], str] = repr,
+                   what: str = "the points expression") -> PointsExpression:
+    """Check `source` against the static limits, compile it and try it on typed sample events.
 
-    The expression is accepted when any sample gives a whole number and none gives another type;
-    arithmetic that fails on one sample only (a division by a value that is zero there) is not an error.
+    The samples are boundary events (each attribute at its extremes, each enum value, each tier,
+    optional attributes present and absent), so type errors and slow branches surface at load time.
+    The expression is accepted when any sample gives a whole number, none gives another type and
+    none takes longer than the budget; arithmetic that fails on some samples only (a division by a
+    value that is zero there, an overflow at the largest amount) rejects those events at run time.
+    `describe` renders a sample for the messages, `what` names the expression in them.
     """
+    over = static_problem(source)
+    if over:
+        raise ExpressionError(over)
     try:
         program = cel.compile(source)
-    except ValueError as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - ValueError, or a Rust panic (a BaseException) on odd input
         raise ExpressionError(f"points expression does not compile: {_first_line(str(exc))}") from None
     expression = PointsExpression(source, program)
     failures: list[str] = []
     for activation in sample_activations:
         try:
             result = _execute(expression, activation)
+        except OverBudget as exc:
+            raise ExpressionError(f"{what} took {describe_seconds(exc.seconds)} on an event with "
+                                  f"{describe(activation)}; at most {describe_seconds(EVALUATION_BUDGET_SECONDS)}. "
+                                  "Simplify it (fewer or smaller comprehensions)") from None
         except EvaluationError as exc:
             failures.append(str(exc))
             continue
         try:  # the sign depends on real values and is checked per event; the type is checked here
             _require_int(source, result)
         except EvaluationError as exc:
-            raise ExpressionError(str(exc)) from None
+            raise ExpressionError(f"{exc} (on an event with {describe(activation)})") from None
     if len(failures) == len(sample_activations):
         raise ExpressionError(failures[0])
     return expression
 
 
 def _execute(expression: PointsExpression, activation: dict) -> object:
+    """The raw result of one evaluation; EvaluationError when it fails, OverBudget when it took too long."""
+    began = time.thread_time()
+    error: EvaluationError | None = None
     try:
-        return expression.program.execute(activation)  # type: ignore[attr-defined]
+        result = expression.program.execute(activation)  # type: ignore[attr-defined]
     except KeyError as exc:
-        raise EvaluationError(
+        error = EvaluationError(
             f"points expression {expression.source!r} read {exc.args[0]!r}, which is missing: name an "
             "attribute of the event type or a client field, and guard optional attributes with "
-            "has(event.NAME)") from None
-    except Exception as exc:
-        raise EvaluationError(f"points expression {expression.source!r} failed: {exc}") from None
+            "has(event.NAME)")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - CEL raises several types, and a Rust panic is a BaseException
+        error = EvaluationError(f"points expression {expression.source!r} failed: {exc}")
+    spent = time.thread_time() - began
+    if spent > EVALUATION_BUDGET_SECONDS:
+        raise OverBudget(expression.source, spent)
+    if error is not None:
+        raise error
+    return result
 
 
 def _first_line(text: str) -> str:

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import ValidationError
 
+from engine.boundary_events import boundary_activations
 from engine.errors import Problem, RuleFileError, did_you_mean
 from engine.events import matching_value, minor_unit_exponent, parse_day
 from engine.expressions import ExpressionError, compile_points
@@ -27,7 +28,7 @@ from engine.programme import CompiledProgramme, CompiledRule, ProgrammeSet
 from engine import lint, schema
 from engine.metrics import METRIC_INPUTS, METRICS
 from engine.schema import AttributeSpec, Condition, Programme, Rule
-from engine.yaml_source import YamlDocument, load_yaml
+from engine.yaml_source import MAX_FILE_BYTES, YamlDocument, load_yaml, size_problem
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 _ORDERED_TYPES = {"integer", "money", "date", "month"}
@@ -48,7 +49,12 @@ def load_programme(path: Path) -> CompiledProgramme:
 def read_source(path: Path) -> bytes:
     """The bytes of a rule file, or RuleFileError saying why it cannot be read."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # never more: a huge file is refused, not read whole
+            if len(data) > MAX_FILE_BYTES:
+                size = max(len(data), path.stat().st_size)
+                raise RuleFileError([size_problem(str(path), size)])  # type: ignore[list-item]
+            return data
     except OSError as exc:
         raise RuleFileError([Problem(str(path), None, "", f"cannot read the file: {exc.strerror}")]) from None
 
@@ -84,16 +90,26 @@ def _compile(doc: YamlDocument, model: Programme) -> CompiledProgramme:
     problems = list(_cross_reference_problems(doc, model))
     problems.extend(lint.semantic_errors(doc, model))
     rules = []
+    compiled: dict[tuple[str, str], object] = {}  # (source, event type) → expression or refusal: tried once
     for index, rule in enumerate(model.rules):
         points = None
         if rule.award.points:
             path = ("rules", index, "award", "points")
             unknown = list(_expression_reference_problems(doc, path, model, rule))
             problems.extend(unknown)
-            try:
-                points = None if unknown else compile_points(rule.award.points, _sample_activations(model, rule))
-            except ExpressionError as exc:
-                problems.append(doc.problem(path, str(exc)))
+            key = (rule.award.points, rule.when.event)
+            if not unknown and key not in compiled:
+                try:
+                    samples, describe = boundary_activations(model, rule)
+                    compiled[key] = compile_points(rule.award.points, samples, describe,
+                                                   f"the points expression of rule {rule.id}")
+                except ExpressionError as exc:
+                    compiled[key] = exc
+            outcome = None if unknown else compiled[key]
+            if isinstance(outcome, ExpressionError):
+                problems.append(doc.problem(path, str(outcome)))
+            else:
+                points = outcome  # type: ignore[assignment]
         rules.append(CompiledRule(rule, index, points))
     if problems:
         raise RuleFileError(problems)
@@ -414,26 +430,6 @@ def _expression_reference_problems(doc: YamlDocument, path: tuple, model: Progra
         if name not in known:
             owner = f"attribute of {rule.when.event}" if scope == "event" else "client field"
             yield doc.problem(path, f"points expression reads {scope}.{name}: {_unknown(owner, name, known)}")
-
-
-def _sample_activations(model: Programme, rule: Rule) -> list[dict]:
-    """Two typed sample events, so a points expression's type errors show up when the file loads."""
-    spec = model.event_types.get(rule.when.event)
-    activations = []
-    for number in (1, 7):  # a second sample avoids mistaking arithmetic on 1 (x / (n - 1)) for an error
-        event: dict = {}
-        for name, attribute in (spec.attributes.items() if spec else []):
-            if attribute.type == "enum":
-                event[name] = (attribute.values or [""])[0]
-            elif attribute.type == "integer":
-                low = attribute.min if attribute.min is not None else 0
-                event[name] = min(low + number, attribute.max) if attribute.max is not None else low + number
-            else:
-                event[name] = {"money": 1_000_000 * number, "string": "sample", "date": "2026-01-01",
-                               "month": "2026-01", "boolean": True}[attribute.type]
-        activations.append({"event": event,
-                            "client": {"tier": model.tiers[0].id, "segment": "", "tenure_months": number}})
-    return activations
 
 
 def load_programmes(location: Path) -> ProgrammeSet:

@@ -36,6 +36,17 @@ MAX_EQUALITY_VALUES_PER_ATTRIBUTE = 511
 # loaded; we refuse more than 64 range tests per event type, so no event can reach that.
 MAX_RANGE_TESTS_PER_EVENT_TYPE = 64
 
+# Measured in child processes (rules/README.md, "Limits"): 256 unconditional rules on one event type
+# crash the process when an event matches them all (a segfault), 257 fail to load (error 108); 511
+# rules told apart by eq on one attribute worked. So the bound is on the rules one event can match.
+MAX_RULES_PER_EVENT_TYPE = 255
+# 65 rules on one event type with a condition of alternatives (`in` of several values, `ne`, `not_in`,
+# `min_tier` below the top tier: each an $or in the core) fail with error 303 on an event matching them
+# all, and corrupt the heap (the process aborted later); 64 worked.
+MAX_ALTERNATIVE_RULES_PER_EVENT_TYPE = 64
+# 4,000 rules spread over 40 event types loaded; 4,500 failed with error 106. Half of what loaded.
+MAX_RULES = 2_000
+
 # Loaded rulesets kept at once; each costs the C engine about 1 MB per 100 rules.
 LOADED_RULESETS_LIMIT = int(os.environ.get("LOYALTY_LOADED_RULESETS", "16"))
 
@@ -90,12 +101,41 @@ def _condition(test: AttributeTest) -> dict:
     raise ValueError(f"unknown operator {op!r}")
 
 
+def _has_alternatives(test: AttributeTest) -> bool:
+    """Whether the core sees this test as an $or (see _condition)."""
+    return test.operator in ("ne", "not_in") or (test.operator == "in" and len(test.value) > 1)  # type: ignore[arg-type]
+
+
+def _most_matching(rules: Sequence[MatchRule]) -> int:
+    """An upper bound of how many of `rules` (one event type) can match one event.
+
+    A rule with an eq test matches only events with that value, and an event has one value per
+    attribute: of the rules whose first eq test is on one attribute, at most those sharing the most
+    common value can match together. Rules without an eq test may all match.
+    """
+    ungated = 0
+    gated: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for rule in rules:
+        gate = next((test for test in rule.tests if test.operator == "eq"), None)
+        if gate is None:
+            ungated += 1
+        else:
+            gated[gate.path][repr(gate.value)] += 1
+    return ungated + sum(max(counts.values()) for counts in gated.values())
+
+
 def check_limits(rules: Sequence[MatchRule]) -> None:
-    """Refuse rule sets that would hang or break the matching core."""
+    """Refuse rule sets that would hang, crash or break the matching core, naming the event type and count."""
+    if len(rules) > MAX_RULES:
+        raise MatcherLimitError(f"the file has {len(rules):,} rules; the matching core supports at most {MAX_RULES:,} "
+                                "in one programme version. Merge rules that differ only in a value into one rule "
+                                "with `in`, or scale the points with an expression")
     values: dict[str, set] = defaultdict(set)
     ranges: dict[str, int] = defaultdict(int)
+    by_type: dict[str, list[MatchRule]] = defaultdict(list)
     for rule in rules:
         values["type"].add(rule.event_type)
+        by_type[rule.event_type].append(rule)
         ranges[rule.event_type] += sum(test.operator in RANGE_OPERATORS for test in rule.tests)
         for test in rule.tests:
             if test.operator in ("eq", "ne"):
@@ -115,6 +155,19 @@ def check_limits(rules: Sequence[MatchRule]) -> None:
                 f"the rules test {event_type} events with {count} range conditions (lt, lte, gt, gte); the "
                 f"matching core supports at most {MAX_RANGE_TESTS_PER_EVENT_TYPE} per event type. Merge "
                 "thresholds into fewer rules, e.g. one rule whose points expression scales with the amount.")
+    for event_type, group in by_type.items():
+        count = _most_matching(group)
+        if count > MAX_RULES_PER_EVENT_TYPE:
+            raise MatcherLimitError(
+                f"up to {count} rules can match one {event_type} event; the matching core supports at most "
+                f"{MAX_RULES_PER_EVENT_TYPE} (more crash it). Merge rules that award alike into one, or tell them "
+                "apart with eq on an attribute")
+        count = _most_matching([rule for rule in group if any(map(_has_alternatives, rule.tests))])
+        if count > MAX_ALTERNATIVE_RULES_PER_EVENT_TYPE:
+            raise MatcherLimitError(
+                f"up to {count} rules that can match one {event_type} event have a condition with alternatives (in with several "
+                f"values, ne, not_in, min_tier below the top tier); the matching core supports at most "
+                f"{MAX_ALTERNATIVE_RULES_PER_EVENT_TYPE} per event type. Merge such rules, or test one value with eq")
 
 
 class Matcher:
@@ -132,7 +185,12 @@ class Matcher:
         weakref.finalize(self, _release, self._loaded)
         if self._rules:
             with self._lock:
-                self._load()  # a ruleset the core refuses fails here, when the rules are compiled
+                try:
+                    self._load()  # a ruleset the core refuses fails here, when the rules are compiled
+                except Exception as exc:  # noqa: BLE001 - the C core raises bare errors with a code
+                    raise MatcherLimitError(
+                        f"the matching core could not load these rules ({exc}); they are probably past one of its "
+                        "limits (rules/README.md, \"Limits\"): use fewer rules or fewer values per event type") from None
             _LIVE.touch(self)
 
     @property

@@ -14,6 +14,14 @@ except ImportError:  # pragma: no cover
 
 Path = tuple[str | int, ...]
 
+# Rule files are untrusted input (they arrive by hot reload): reading one is bounded in size, in the
+# values it expands to and in depth, so a hostile file is refused quickly with little memory.
+# Documented in rules/README.md, "Limits".
+MAX_FILE_BYTES = 4 * 1024 * 1024  # the 1,000-rule benchmark file is about 0.7 MiB
+MAX_ALIASES = 100  # `*name` references; a file uses a few, an alias bomb thousands
+MAX_NODES = 250_000  # values (keys, scalars, lists, mappings), each alias expansion counted; benchmark: 45k
+MAX_DEPTH = 32  # nesting of lists and mappings; the deepest key path of the format is under 10
+
 
 def format_path(path: Path) -> str:
     """Render a key path the way an editor thinks of it: tiers[2].benefits.fast_track."""
@@ -55,32 +63,125 @@ class YamlDocument:
         return self.problem(path, message, "warning")
 
 
+def size_problem(file: str, size: int) -> Problem | None:
+    """A Problem when a rule file of `size` bytes is over MAX_FILE_BYTES, else None."""
+    if size <= MAX_FILE_BYTES:
+        return None
+    return Problem(file, None, "", f"the file is {size:,} bytes; a rule file may have at most {MAX_FILE_BYTES:,} "
+                                   f"bytes ({MAX_FILE_BYTES // (1024 * 1024)} MiB): split it or remove unused parts")
+
+
 def load_yaml(file: str, text: str) -> YamlDocument:
-    """Parse YAML text, refusing duplicate keys and invalid values, and record each key's line and column."""
+    """Parse YAML text, refusing duplicate keys and invalid values, and record each key's line and column.
+
+    Bounded: at most MAX_FILE_BYTES, MAX_ALIASES alias references, MAX_NODES values counting alias
+    expansions, and MAX_DEPTH levels of nesting; a file past a bound is refused with the place.
+    """
+    too_big = size_problem(file, len(text) if len(text) * 4 <= MAX_FILE_BYTES else len(text.encode("utf-8")))
+    if too_big:
+        raise_problems([too_big])
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise_problems([Problem(file, line, "", f"not valid YAML: {reason}", column)])
+        raise_problems([_yaml_problem(file, exc)])
     finally:
         loader.dispose()
     if root is None:
         raise_problems([Problem(file, 1, "", "the file is empty; expected a programme definition", 1)])
+    over = _Measure(file).problem(root)
+    if over:
+        raise_problems([over])
     reader = _Reader(file, loader)
     reader.lines[()], reader.columns[()] = root.start_mark.line + 1, root.start_mark.column + 1
     data = reader.read(root, ())
     if reader.problems:
         raise_problems(reader.problems)
     if reader.merges:  # `<<: *anchor` merge keys: let PyYAML apply them
-        data = loader.construct_document(root)
+        try:
+            data = loader.construct_document(root)
+        except yaml.YAMLError as exc:  # a merge of something that is not a mapping
+            raise_problems([_yaml_problem(file, exc)])
     return YamlDocument(file, data, reader.lines, reader.columns)
+
+
+def _yaml_problem(file: str, exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    reason = getattr(exc, "problem", None) or str(exc)
+    return Problem(file, line, "", f"not valid YAML: {reason}", column)
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Measure:
+    """Counts what reading a composed document would cost, before reading it.
+
+    The composer shares one node between an anchor and its aliases, so composing an alias bomb is
+    cheap; expanding it is what costs. The expanded size of each distinct node is computed once
+    (memoised), so measuring costs as much as the file's text, whatever its aliases expand to.
+    """
+
+    def __init__(self, file: str):
+        self.file = file
+        self.sizes: dict[int, int] = {}
+        self._open: set[int] = set()  # the nodes being measured: one met again inside itself is a cycle
+        self.aliases = 0
+
+    def problem(self, root: yaml.Node) -> Problem | None:
+        """The first bound `root` crosses, or None."""
+        try:
+            total = self._size(root, 0)
+        except _LimitReached as exc:
+            return exc.problem
+        if total > MAX_NODES:
+            return self._problem(root, f"the document expands to {total:,} values (aliases counted each time they "
+                                       f"are used); at most {MAX_NODES:,}: write the content out once, or use "
+                                       "fewer aliases")
+        return None
+
+    def _size(self, node: yaml.Node, depth: int) -> int:
+        if id(node) in self._open:
+            raise _LimitReached(self._problem(node, "an alias (*name) refers to the list or mapping that contains "
+                                                    "it: the value would never end"))
+        known = self.sizes.get(id(node))
+        if known is not None:  # the same node again: an alias (`*name`)
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _LimitReached(self._problem(node, f"more than {MAX_ALIASES} aliases (*name) to this and other "
+                                                        f"anchors; a rule file may use at most {MAX_ALIASES}"))
+            return known
+        if depth > MAX_DEPTH:
+            raise _LimitReached(self._problem(node, f"lists and mappings nest more than {MAX_DEPTH} levels deep "
+                                                    "here; the format needs far fewer"))
+        size = 1
+        self._open.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                size += self._size(item, depth + 1)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                size += self._size(key, depth + 1) + self._size(value, depth + 1)
+        self._open.discard(id(node))
+        self.sizes[id(node)] = size
+        if size > MAX_NODES:  # stop early: the total can only be larger
+            raise _LimitReached(self._problem(node, f"this value expands to {size:,} values (aliases counted each "
+                                                    f"time they are used); a rule file may expand to at most "
+                                                    f"{MAX_NODES:,}: write the content out once, or use fewer aliases"))
+        return size
+
+    def _problem(self, node: yaml.Node, message: str) -> Problem:
+        mark = node.start_mark
+        return Problem(self.file, mark.line + 1, "", message, mark.column + 1)
+
+
+class _LimitReached(Exception):
+    """Stops measuring at the first bound crossed."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
 
 
 class _Reader:
