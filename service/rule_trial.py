@@ -15,6 +15,7 @@ send code. Verdicts are cached by file name and content digest, so a file is tri
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -62,10 +63,14 @@ _CHILD_CODE = "from service.rule_trial import child_main; child_main()"
 
 
 class TrialRefused(Exception):
-    """The child crashed, reached a limit, or failed: `reason` says which, for a person."""
+    """The child crashed, reached a limit, raised, or could not start: `reason` says which, for a person.
 
-    def __init__(self, reason: str):
-        self.reason = reason
+    `kind` is "limit" (CPU, memory or wall clock), "crash" (a signal), "error" (an exception in the
+    target) or "start" (no child could be started: nothing is known about the input).
+    """
+
+    def __init__(self, reason: str, kind: str):
+        self.reason, self.kind = reason, kind
         super().__init__(reason)
 
 
@@ -131,7 +136,7 @@ def try_rule_files(items: Sequence[tuple[str, bytes]], lint: bool = False, limit
     fresh = {}
     for key, outcome in zip(wanted, run_isolated(requests, limits)):
         fresh[key] = _verdict(key, outcome, limits)
-        if not (isinstance(outcome, TrialRefused) and outcome.reason.startswith(_NOT_STARTED)):
+        if not (isinstance(outcome, TrialRefused) and outcome.kind == "start"):
             _remember(key, fresh[key])  # a child that could not start says nothing about the file: try again later
     return [fresh.get(key) or _cache[key] for key in keys]
 
@@ -209,8 +214,9 @@ def _remember(key: tuple[str, str, bool], verdict: Verdict) -> None:
 def _verdict(key: tuple[str, str, bool], outcome: dict | TrialRefused, limits: Limits) -> Verdict:
     file, digest, _lint = key
     if isinstance(outcome, TrialRefused):
-        log.error("rule file %s refused by its trial: %s", file, outcome.reason)
-        message = f"did not compile within {limits.describe()} ({outcome.reason})"
+        log.info("rule file %s refused by its trial: %s", file, outcome.reason)
+        message = (f"cannot be loaded ({outcome.reason})" if outcome.kind == "error" else
+                   f"did not compile within {limits.describe()} ({outcome.reason})")
         return Verdict(file, digest, (Problem(file, None, "", message),), None, True)
     problems = tuple(Problem(**problem) for problem in outcome["problems"])
     version = outcome.get("version")
@@ -366,6 +372,9 @@ class _Child:
             self.pid = pid
             return
         try:  # the child: it never returns into the parent's code
+            # The parent's objects are not the child's garbage: collections that walked them would touch
+            # (and so copy) every page the child shares with the parent.
+            gc.freeze()
             os.dup2(self.errors.fileno(), 1)
             os.dup2(self.errors.fileno(), 2)
             _serve(_resolve(request.target), request.arguments, request.data, self.output.fileno(),
@@ -377,11 +386,11 @@ class _Child:
         """Wait for the child until its deadline (then kill it) and read its answer."""
         try:
             if self.failure is not None:
-                return TrialRefused(self.failure)
+                return TrialRefused(self.failure, "start")
             code = self._wait()
             if code is None:
                 return TrialRefused(f"stopped after {self.limits.wall_seconds:g} s of wall-clock time "
-                                    f"{self._stage(self._lines())}")
+                                    f"{self._stage(self._lines())}", "limit")
             return self._outcome(code)
         finally:
             self.output.close()
@@ -407,29 +416,29 @@ class _Child:
                 os.waitpid(self.pid, 0)
                 return None
             time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 2, 0.01)
 
     def _outcome(self, code: int) -> dict | TrialRefused:
         lines = self._lines()
         where = self._stage(lines)
         if code < 0:
             if -code == signal.SIGXCPU:
-                return TrialRefused(f"reached the CPU-time limit {where}")
-            return TrialRefused(f"killed by {_signal_name(-code)} {where}")
+                return TrialRefused(f"reached the CPU-time limit {where}", "limit")
+            return TrialRefused(f"killed by {_signal_name(-code)} {where}", "crash")
         answer = next((line[7:] for line in reversed(lines) if line.startswith("answer ")), None)
         if code != 0 or answer is None:
             self._log_errors()
-            return TrialRefused(f"the trial process ended with status {code} {where}")
+            return TrialRefused(f"the trial process ended with status {code} {where}", "crash")
         try:
             outcome = json.loads(answer)
         except ValueError:
-            return TrialRefused("the trial process gave an answer that is not JSON")
+            return TrialRefused("the trial process gave an answer that is not JSON", "crash")
         if outcome.get("outcome") == "memory":
-            return TrialRefused(f"reached the memory limit {where}")
+            return TrialRefused(f"reached the memory limit {where}", "limit")
         if outcome.get("outcome") == "error":
-            return TrialRefused(f"failed {where}: {outcome.get('message')}")
+            return TrialRefused(f"{outcome.get('message')} ({where})", "error")
         if not isinstance(outcome.get("result"), dict):
-            return TrialRefused("the trial process gave no result")
+            return TrialRefused("the trial process gave no result", "crash")
         return outcome["result"]
 
     def _lines(self) -> list[str]:
@@ -500,8 +509,6 @@ def _serve(target, arguments: dict, data: bytes, answer_fd: int, cpu_seconds: fl
         answer = {"outcome": "ok", "result": target(arguments, data)}
     except MemoryError:
         answer = {"outcome": "memory"}
-    except RecursionError:
-        answer = {"outcome": "error", "message": "nested too deeply (RecursionError)"}
     except Exception as exc:  # noqa: BLE001 - the parent turns it into a refusal that names the file
         answer = {"outcome": "error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
     try:
