@@ -15,6 +15,7 @@ send code. Verdicts are cached by file name and content digest, so a file is tri
 """
 from __future__ import annotations
 
+import faulthandler
 import gc
 import hashlib
 import json
@@ -375,6 +376,7 @@ class _Child:
             # The parent's objects are not the child's garbage: collections that walked them would touch
             # (and so copy) every page the child shares with the parent.
             gc.freeze()
+            faulthandler.disable()  # the parent reports a crash; a dump would go to the parent's terminal
             os.dup2(self.errors.fileno(), 1)
             os.dup2(self.errors.fileno(), 2)
             _serve(_resolve(request.target), request.arguments, request.data, self.output.fileno(),
