@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -122,6 +123,7 @@ class Verdict:
 
 
 _cache: OrderedDict[tuple[str, str, bool], Verdict] = OrderedDict()
+_cache_lock = threading.Lock()  # a server's watchers (rules, scheduler) look from threads of their own
 
 
 # --- trying rule files -----------------------------------------------------------------------------------
@@ -132,14 +134,15 @@ def try_rule_files(items: Sequence[tuple[str, bytes]], lint: bool = False, limit
     With `lint`, the child also looks for warnings (what `loyalty rules check` shows).
     """
     keys = [(file, hashlib.sha256(data).hexdigest(), lint) for file, data in items]
-    wanted = {key: data for key, (_file, data) in zip(keys, items) if key not in _cache}
+    with _cache_lock:
+        known = {key: _cache[key] for key in keys if key in _cache}
+    wanted = {key: data for key, (_file, data) in zip(keys, items) if key not in known}
     requests = [Request(RULE_TARGET, {"file": key[0], "lint": lint}, data) for key, data in wanted.items()]
-    fresh = {}
     for key, outcome in zip(wanted, run_isolated(requests, limits)):
-        fresh[key] = _verdict(key, outcome, limits)
+        known[key] = _verdict(key, outcome, limits)
         if not (isinstance(outcome, TrialRefused) and outcome.kind == "start"):
-            _remember(key, fresh[key])  # a child that could not start says nothing about the file: try again later
-    return [fresh.get(key) or _cache[key] for key in keys]
+            _remember(key, known[key])  # a child that could not start says nothing about the file: try again later
+    return [known[key] for key in keys]
 
 
 def require_tried(file: str, data: bytes) -> None:
@@ -203,13 +206,16 @@ def check_location(location: Path) -> list[FileResult]:
 
 def clear_cache() -> None:
     """Forget every verdict (tests)."""
-    _cache.clear()
+    with _cache_lock:
+        _cache.clear()
 
 
 def _remember(key: tuple[str, str, bool], verdict: Verdict) -> None:
-    _cache[key] = verdict
-    while len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
+    with _cache_lock:
+        _cache[key] = verdict
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
 
 
 def _verdict(key: tuple[str, str, bool], outcome: dict | TrialRefused, limits: Limits) -> Verdict:
