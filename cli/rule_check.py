@@ -8,7 +8,7 @@ import typer
 
 from cli import views
 from cli.output import emit_json
-from engine.loader import FileCheck, check_programmes
+from service.rule_trial import FileResult, check_location
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
@@ -37,6 +37,9 @@ def rules_check(
     points cap below the rule's constant award; tier benefits that fall as tiers rise; `exists:
     false` beside `ne`/`not_in`.
 
+    Each file is checked in a child process with CPU-time and memory limits (see rules/README.md): a
+    file that crashes the compiler or runs past them is an error naming the file and the limit.
+
     Exit status: 0 no errors (and, with --strict, no warnings); 1 otherwise.
 
     Example: `loyalty rules check rules/ --strict`, or `loyalty rules check draft.yaml --json`.
@@ -57,7 +60,7 @@ def rules_check(
 
 def _check_target(target: Path, strict: bool) -> dict:
     """One file or directory: its problems grouped per file and sorted by place, and the versions that load."""
-    checks = check_programmes(target)
+    checks = check_location(target)
     order = {check.file: position for position, check in enumerate(checks)}
     problems = sorted((problem for check in checks for problem in check.problems),
                       key=lambda p: (order.get(p.file, len(order)), p.line or 0, p.column or 0))
@@ -65,11 +68,10 @@ def _check_target(target: Path, strict: bool) -> dict:
     warnings = len(problems) - errors
     return {"path": str(target), "valid": errors == 0 and not (strict and warnings), "files": len(checks),
             "errors": errors, "warnings": warnings, "problems": [problem.as_dict() for problem in problems],
-            "versions": [_version(check) for check in checks if check.programme is not None]}
+            "versions": [_version(check) for check in checks if check.version is not None]}
 
 
-def _version(check: FileCheck) -> dict:
-    programme = check.programme
-    assert programme is not None
-    return {"file": check.file, "programme": programme.id, "version": programme.version,
-            "rules": len(programme.rules)}
+def _version(check: FileResult) -> dict:
+    version = check.version
+    assert version is not None
+    return {"file": check.file, "programme": version.id, "version": version.version, "rules": version.rules}

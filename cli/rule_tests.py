@@ -10,9 +10,9 @@ from rich.markup import escape
 
 from cli.output import console, emit_json, errors
 from engine.errors import Problem, RuleFileError
-from engine.loader import load_programme
 from engine.programme import ProgrammeSet
 from engine.rule_cases import case_files
+from service.rule_trial import load_tried
 from service.rule_tests import (
     CaseResult,
     RuleTestReport,
@@ -83,7 +83,7 @@ def _programmes(ctx: typer.Context, programme: Path | None, as_json: bool) -> Pr
     if not programme.is_file():
         _cannot_run(f"--programme {programme} is not a rule file", [], as_json)
     try:
-        return only_version(load_programme(programme))
+        return only_version(load_tried(programme))  # tried in a child process first
     except RuleFileError as exc:
         _cannot_run(f"the rule file {programme} does not load", exc.problems, as_json)
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.output import console, emit_json, fail, parse_moment, progress_bar
 from engine.errors import RuleFileError
-from engine.loader import load_programmes
+from service.rule_trial import load_tried_programmes
 from service.simulate import CURRENT, DEFAULT_BATCH, NEW, Candidate, SimulationError, count_lines, impact, simulate
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -87,7 +87,7 @@ def _candidate(label: str, location: Path, as_json: bool) -> Candidate:
     if not location.exists():
         raise fail(f"{option}: no rule file or folder at {location}", as_json=as_json)
     try:
-        programmes = load_programmes(location)
+        programmes = load_tried_programmes(location)  # each file tried in a child process first
     except RuleFileError as exc:
         problems = "\n  ".join(str(p) for p in exc.problems)
         raise fail(f"{option}: the rules at {location} do not load ({len(exc.problems)} problem(s)); "

@@ -8,7 +8,9 @@ overwritten. A version must start late enough that no event it would cover has a
 evaluated under the previous one: after every event already stored, and after the clock-skew
 allowance plus the time running services take to notice the new file (`lead`). Activations of one
 directory take turns under a file lock, and the checks that depend on the directory or the clock
-are made again under it, just before the install.
+are made again under it, just before the install. Every file (the new version and the installed ones
+it is compared with) is tried in a child process first (service/rule_trial.py), so a file that crashes
+the compiler or runs past the limits is refused with the reason instead of ending the command.
 """
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 
 from engine.errors import Problem, RuleFileError
-from engine.loader import RULE_FILE_SUFFIXES, compile_source, load_programme, read_source, rule_files, version_problems
+from engine.loader import RULE_FILE_SUFFIXES, compile_source, read_source, rule_files, version_problems
 from engine.programme import CompiledProgramme
 from service.clock import MAX_CLOCK_SKEW
 from service.errors import ConflictError, InputError
+from service.rule_trial import require_tried, try_rule_files
 from storage.models import ProcessedEvent
 
 # Events up to MAX_CLOCK_SKEW ahead of the clock are accepted, and services look for new files at
@@ -66,6 +69,7 @@ def check_candidate(rules_dir: Path, source: Path) -> Candidate:
         raise InputError(f"{source.name}: a rule file's name ends in {' or '.join(RULE_FILE_SUFFIXES)} (lower case); "
                          "services load nothing else")
     content = read_source(source)
+    require_tried(str(source), content)
     candidate = compile_source(str(source), content)
     target = rules_dir / source.name
     return Candidate(candidate, content, target, _same_content(target, content))
@@ -79,7 +83,12 @@ def check_agreement(candidate: Candidate) -> None:
                             "entries name it): give the new version a file name of its own, e.g. "
                             f"{candidate.programme.id}-{candidate.programme.version}.yaml", "version-file-exists",
                             target=str(target))
-    others = [load_programme(path) for path in rule_files(target.parent) if path.resolve() != target.resolve()]
+    installed = [(str(path), read_source(path)) for path in rule_files(target.parent)
+                 if path.resolve() != target.resolve()]
+    refused = [problem for verdict in try_rule_files(installed) for problem in verdict.errors]
+    if refused:
+        raise RuleFileError(refused)
+    others = [compile_source(file, data) for file, data in installed]
     problems = list(version_problems([*others, candidate.programme]))
     if problems:
         raise RuleFileError(problems)

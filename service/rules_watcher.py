@@ -6,7 +6,9 @@ keeps it to the end, so no event is evaluated half under one set and half under 
 does not load, or a set whose versions contradict each other, is refused: the process keeps the last
 good set and reports the problems. Unchanged files are not compiled again (compiled versions are
 cached by content digest), and the matching core frees rulesets nobody holds (engine/matching.py), so
-memory stays bounded across any number of activations.
+memory stays bounded across any number of activations. A new or changed file is tried in a child
+process first (service/rule_trial.py): one that crashes the compiler or reaches a limit there is
+refused like any other, and never loaded here.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from engine.errors import Problem, RuleFileError
 from engine.loader import compile_source, read_source, rule_files, version_problems
 from engine.programme import CompiledProgramme, ProgrammeSet
 from service.clock import Clock, utc_now
+from service.rule_trial import try_rule_files
 
 log = logging.getLogger("loyalty.rules")
 # A rule file modified less than this long ago may still be being written: it is loaded at a later look.
@@ -45,8 +48,9 @@ class RulesWatcher:
     """The programme versions at a rules location, reloaded when a rule file changes."""
 
     def __init__(self, location: Path, interval: float = 1.0, settle: float = SETTLE_SECONDS,
-                 clock: Clock = utc_now):
+                 clock: Clock = utc_now, trial: bool = True):
         self.location = location
+        self.trial = trial  # try new or changed files in a child process before compiling them here
         self.interval = interval
         self.settle = settle
         self.clock = clock
@@ -85,14 +89,7 @@ class RulesWatcher:
             if self._current is not None and self.clock().timestamp() - newest / 1e9 < self.settle:
                 return True  # a file was written just now, maybe not to the end: look again once it settles
             self._signature = signature
-            keys, problems = [], []
-            for path in rule_files(self.location):
-                try:
-                    keys.append(self._compile(path))
-                except RuleFileError as exc:
-                    problems.extend(exc.problems)
-                except Exception as exc:  # noqa: BLE001 - a file the loader did not foresee is refused like any other
-                    problems.append(Problem(str(path), None, "", f"cannot be loaded ({type(exc).__name__}: {exc})"))
+            keys, problems = self._compile_all(rule_files(self.location))
             loaded = [self._compiled[key] for key in keys]
             if not loaded and not problems:
                 problems.append(Problem(str(self.location), None, "", "no rule files (*.yaml) here"))
@@ -127,13 +124,33 @@ class RulesWatcher:
                                         "already evaluated under the versions in force; use `loyalty rules activate`"))
         return problems
 
-    def _compile(self, path: Path) -> tuple[str, str]:
-        """Compile `path` unless this content was compiled before; returns its cache key."""
-        data = read_source(path)
-        key = (str(path), hashlib.sha256(data).hexdigest())
-        if key not in self._compiled:
-            self._compiled[key] = compile_source(str(path), data)
-        return key
+    def _compile_all(self, paths: list[Path]) -> tuple[list[tuple[str, str]], list[Problem]]:
+        """Compile each file unless its content was compiled before, after trying the new ones (together) in
+        child processes; the cache keys of those that load, and the problems of the others."""
+        keys, problems, read = [], [], []
+        for path in paths:
+            try:
+                data = read_source(path)
+            except RuleFileError as exc:
+                problems.extend(exc.problems)
+                continue
+            read.append(((str(path), hashlib.sha256(data).hexdigest()), data))
+        new = [(key[0], data) for key, data in read if key not in self._compiled]
+        verdicts = {verdict.file: verdict for verdict in try_rule_files(new)} if self.trial and new else {}
+        for key, data in read:
+            verdict = verdicts.get(key[0])
+            if verdict is not None and not verdict.ok:
+                problems.extend(verdict.errors)
+                continue
+            try:
+                if key not in self._compiled:
+                    self._compiled[key] = compile_source(key[0], data)
+                keys.append(key)
+            except RuleFileError as exc:
+                problems.extend(exc.problems)
+            except Exception as exc:  # noqa: BLE001 - a file the loader did not foresee is refused like any other
+                problems.append(Problem(key[0], None, "", f"cannot be loaded ({type(exc).__name__}: {exc})"))
+        return keys, problems
 
     def _install(self, programmes: ProgrammeSet) -> None:
         self._current = programmes
