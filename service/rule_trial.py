@@ -236,8 +236,8 @@ def _verdict(key: tuple[str, str, bool], outcome: dict | TrialRefused, limits: L
 # --- the child's target for rule files ------------------------------------------------------------------------
 
 def try_source(arguments: dict, data: bytes) -> dict:
-    """In the child: compile the bytes (with `lint`, check the file as `rules check` does), then exercise
-    every points expression on edge values of its event's attributes."""
+    """In the child: compile the bytes (with `lint`, check the file as `rules check` does); compiling tries
+    every points expression on boundary events (engine/boundary_events.py), where a costly branch runs."""
     from engine.loader import check_programme
 
     file = arguments["file"]
@@ -250,56 +250,10 @@ def try_source(arguments: dict, data: bytes) -> dict:
             programme, problems = compile_source(file, data), []
         except RuleFileError as exc:
             programme, problems = None, list(exc.problems)
-    if programme is not None:
-        exercise(programme)
     version = None if programme is None else {
         "id": programme.id, "version": programme.version, "effective_from": programme.effective_from.isoformat(),
         "tier_ids": programme.tier_ids, "rules": len(programme.rules)}
     return {"problems": [problem.as_dict() for problem in problems], "version": version}
-
-
-def exercise(programme: CompiledProgramme) -> None:
-    """Evaluate each points expression on the lowest and highest values its event can carry.
-
-    The loader tries expressions on typed samples; an expensive branch behind a condition on a large
-    amount (`event.amount > 900000000 ? ... : 0`) only runs on values like these. An expression that
-    fails on them is not an error here (events carry such values rarely, and are rejected one by one);
-    one that crashes or runs past the limits refuses the file.
-    """
-    tiers = programme.tier_ids
-    for compiled in programme.rules:
-        if compiled.points is None:
-            continue
-        stage(f"while exercising the points expression of rule {compiled.rule.id}")
-        spec = programme.model.event_types.get(compiled.rule.when.event)
-        attributes = spec.attributes if spec else {}
-        for high in (False, True):
-            event = {name: _edge(attribute, high) for name, attribute in attributes.items()}
-            client = {"tier": tiers[-1] if high else tiers[0], "segment": "", "tenure_months": 600 if high else 0}
-            try:
-                compiled.points.evaluate({"event": event, "client": client})
-            except Exception:  # noqa: BLE001 - failing on an edge value is the event's problem, not the file's
-                pass
-    stage("after exercising the expressions")
-
-
-# Large enough to take any branch guarded by a plausible amount (10^15 currency units), small enough
-# to stay an ordinary 64-bit integer in CEL.
-_LARGEST_AMOUNT = 10**15
-
-
-def _edge(attribute, high: bool) -> object:  # noqa: ANN001 - an engine.schema.AttributeSpec
-    kind = attribute.type
-    if kind == "integer":
-        bound = attribute.max if high else attribute.min
-        return bound if bound is not None else (_LARGEST_AMOUNT if high else 0)
-    if kind == "money":
-        return _LARGEST_AMOUNT if high else 1
-    if kind == "enum":
-        values = attribute.values or [""]
-        return values[-1] if high else values[0]
-    return {"string": "x" * 200 if high else "", "date": "9999-12-31" if high else "1970-01-01",
-            "month": "9999-12" if high else "1970-01", "boolean": high}.get(kind, "")
 
 
 # --- running a target in a child -----------------------------------------------------------------------------
