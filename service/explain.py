@@ -42,7 +42,7 @@ from storage.models import (Client, Entitlement, EventReversal, LedgerEntry, Pro
 ENTRY, CLIENT, ENTITLEMENT = LedgerEntry.__table__, Client.__table__, Entitlement.__table__
 EVENTS, REVERSAL = ProcessedEvent.__table__, EventReversal.__table__
 TIERS, REVIEWS = TierAssignment.__table__, TierReview.__table__
-MAX_ID = 2**63 - 1  # ledger ids are 64-bit at most: a larger one names nothing (and would overflow a query)
+MAX_ID = 2**31 - 1  # ledger ids are INTEGER columns (32 bits on PostgreSQL): a larger one names nothing
 
 ACTIVE, EXPIRED, NOT_YET = "active", "expired", "not_yet_granted"
 _ENDED_BY = {Reason.CONSUME: "consumed", Reason.REVOKE: "revoked", Reason.REVERSE: "reversed"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import multiprocessing
 import os
 import queue
@@ -47,7 +48,7 @@ from engine.programme import ProgrammeSet
 from rewards.kinds import Kind, Reason, Use
 from rewards.stacking import Entitlement, rate_discount
 from service.clock import Clock, utc_now
-from service.ingest import IngestReport, Ingestor, decode_line
+from service.ingest import INTERNAL_ERROR, IngestReport, Ingestor, decode_line
 from service.review import run_review
 from service.scheduler import cron_trigger
 from storage import clients as client_store
@@ -55,6 +56,7 @@ from storage.db import init_schema, make_engine, read_snapshot
 from storage.ledger import held_entitlements_of_all
 from storage.models import LedgerEntry, ProcessedEvent
 
+log = logging.getLogger(__name__)
 ENTRY = LedgerEntry.__table__
 PROCESSED = ProcessedEvent.__table__
 
@@ -104,6 +106,9 @@ def read_history(path: Path) -> History:
                     events.append((_occurred_at(text), number, text))
             except EventError as exc:
                 rejected.append({"line": number, "id": getattr(exc, "event_id", None), "error": str(exc)})
+            except Exception:  # noqa: BLE001 - one line must never stop the replay, as in ingest
+                log.exception("line %d of %s could not be read", number, path)
+                rejected.append({"line": number, "id": None, "error": INTERNAL_ERROR})
     events.sort(key=lambda item: (item[0], item[1]))
     return History(path, number, events, rejected)
 
