@@ -2,7 +2,6 @@
 quotes and their holds, redemptions, idempotency keys, and the problem+json error format."""
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
