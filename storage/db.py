@@ -87,8 +87,9 @@ def make_engine(url: str | None = None, role: str = BATCH) -> Engine:
     bounds = timeouts(role)
     if url.startswith("sqlite"):
         # SQLite has no statement timeout; the busy timeout bounds the wait for the write lock.
-        engine = create_engine(url, pool_timeout=bounds.pool,
-                               connect_args={"timeout": bounds.lock, "check_same_thread": False})
+        # An in-memory database has one connection per thread and no pool to wait for.
+        pooled = {} if make_url(url).database in (None, "", ":memory:") else {"pool_timeout": bounds.pool}
+        engine = create_engine(url, **pooled, connect_args={"timeout": bounds.lock, "check_same_thread": False})
         _configure_sqlite(engine, bounds.lock)
         return engine
     # Server-side bounds ride on the connection's start-up options, so they cost no round trip; they
