@@ -9,9 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 
-from api.guard import RequestGuard
+from api.deadlines import HEALTH_TIMEOUT, DeadlineExceeded, in_thread
+from api.guard import BODY_TIMEOUT, RequestGuard
 from api.problems import ProblemError, problem_response
 from api.routes import router
 from engine.programme import ProgrammeSet
@@ -24,8 +26,10 @@ log = logging.getLogger("loyalty.api")
 
 
 def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
-               hold: timedelta = DEFAULT_HOLD, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The API over `engine` and `programmes`; `hold` is how long a quote reserves its entitlements."""
+               hold: timedelta = DEFAULT_HOLD, max_body_bytes: int = MAX_BODY_BYTES,
+               request_seconds: float | None = None, body_seconds: float = BODY_TIMEOUT) -> FastAPI:
+    """The API over `engine` and `programmes`; `hold` is how long a quote reserves its entitlements,
+    `request_seconds` bounds each request's database work (default $LOYALTY_API_REQUEST_TIMEOUT or 10 s)."""
     app = FastAPI(title="Loyalty engine benefits API", version="1",
                   description="Benefits, quotes with holds, redemptions, events and ledgers for loan systems. "
                               "Authenticate with an API key from `loyalty apikey create`. Every POST accepts an "
@@ -33,18 +37,27 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
     app.state.engine, app.state.programmes, app.state.clock, app.state.hold = engine, programmes, clock, hold
     app.state.rules_status = None  # set by `loyalty serve` when it watches the rules for new versions
     app.include_router(router)
-    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
+    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, request_seconds=request_seconds,
+                       body_seconds=body_seconds)
     _add_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> JSONResponse:
-        """Liveness and database reachability (no key needed)."""
+    async def healthz() -> JSONResponse:
+        """Liveness and database reachability (no key needed); answers within 2 s even if the database does not."""
         programme = app.state.programmes.for_moment(clock())
-        try:
+
+        def ping() -> None:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except OperationalError:
-            return problem_response(503, "database-unavailable", "the database does not answer")
+
+        try:
+            await in_thread(ping, HEALTH_TIMEOUT)
+        except (OperationalError, PoolTimeoutError):
+            return problem_response(503, "database-unavailable", "the database does not answer", None,
+                                    {"Retry-After": "2"})
+        except DeadlineExceeded as exc:
+            return problem_response(503, "database-unavailable", f"the database does not answer: {exc}", None,
+                                    {"Retry-After": "2"})
         rules = app.state.rules_status() if app.state.rules_status else None
         return JSONResponse({"status": "ok", "database": engine.dialect.name,
                              "programme": {"id": programme.id, "version": programme.version},
@@ -88,9 +101,11 @@ def _add_error_handlers(app: FastAPI) -> None:
             detail = f"no endpoint {request.method} {request.url.path}; the API is described at /docs"
         return problem_response(exc.status_code, "http-error", detail, path(request), exc.headers)
 
+    @app.exception_handler(PoolTimeoutError)
     @app.exception_handler(OperationalError)
-    async def _database(request: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error on %s %s: %s", request.method, request.url.path, str(exc.orig).splitlines()[0])
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        log.error("database error on %s %s: %s", request.method, request.url.path, reason[0] if reason else "")
         return problem_response(503, "database-unavailable", "the database did not answer; retry shortly "
                                 "(POSTs with the same Idempotency-Key are safe to retry)", path(request),
                                 {"Retry-After": "2"})

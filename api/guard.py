@@ -1,29 +1,47 @@
-"""Request guard (ASGI middleware): body size limit, and Idempotency-Key replay for POST requests.
+"""Request guard (ASGI middleware): body size and time limits, a bound on each request's database
+work, and Idempotency-Key replay for POST requests.
+
+Every request's work is bounded (`api.deadlines`): past the bound it answers 503 with Retry-After and
+the work left behind is rolled back when the database answers again.
 
 Same key and same request (method, path, query and JSON body, compared canonically): the first
-response is replayed, with `Idempotent-Replayed: true`. Same key, different request: 409. A retry
-while the first is still running: 409 with Retry-After. Responses of 5xx, 401 and 403 are not stored,
-so a retry after fixing the cause runs for real. Keys are per API key: two callers never collide.
-The key is authenticated before anything is replayed: a revoked key gets 401, not a stored answer.
-A first request that never recorded its response (its process died) leaves its key answering 409
-"outcome unknown" rather than running again, since its effect may already be committed.
+response is replayed, with `Idempotent-Replayed: true`. Same key, different request: 409. Keys are per
+API key: two callers never collide. The key is authenticated before anything is replayed: a revoked
+key gets 401, not a stored answer.
+
+A POST with a key runs in ONE write transaction (`storage.db.RequestTransaction`): the key's record is
+inserted first, the route's writes nest in it as savepoints, the response is stored in it, and it
+commits before the response is sent. Any failure (a 5xx, 401 or 403 answer, a timeout, a lost
+database) rolls all of it back, so a retry runs for real; once committed, the key replays. The key's
+outcome therefore cannot disagree with the work. A concurrent retry waits on the record's lock (the
+lock timeout) and then replays, or answers 409 with Retry-After if the first is still running.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
+from collections.abc import Awaitable
 
-from anyio import to_thread
-from sqlalchemy.exc import OperationalError
+import anyio
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deadlines import DeadlineExceeded, backlog, check_backlog, in_thread, request_timeout
 from api.problems import problem_response
 from api.security import presented_key
 from service.apikeys import authenticate
 from storage import idempotency
+from storage.db import RequestTransaction
 
 MAX_KEY_LENGTH = 255
+# A body (at most 2 MiB) must arrive within this: a client dribbling bytes holds a connection and
+# memory, and 2 MiB at 100 kB/s takes 20 s.
+BODY_TIMEOUT = 30.0
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
 class _TooLarge(Exception):
@@ -31,11 +49,15 @@ class _TooLarge(Exception):
 
 
 class RequestGuard:
-    """Refuses oversized bodies with 413 and makes POSTs with an Idempotency-Key safe to retry."""
+    """Refuses oversized or slow bodies, bounds every request's database work, and makes POSTs with an
+    Idempotency-Key safe to retry."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, request_seconds: float | None = None,
+                 body_seconds: float = BODY_TIMEOUT):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.request_seconds = request_seconds if request_seconds is not None else request_timeout()
+        self.body_seconds = body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,22 +65,36 @@ class RequestGuard:
             return
         headers = Headers(scope=scope)
         try:
-            body = await self._read_body(headers, receive)
+            with anyio.fail_after(self.body_seconds):
+                body = await self._read_body(headers, receive)
         except _TooLarge:
             await problem_response(413, "body-too-large", f"the request body is over {self.max_body_bytes:,} bytes; "
                                    "send fewer events per request (at most 1,000)", scope["path"])(scope, receive, send)
             return
+        except TimeoutError:
+            await problem_response(408, "body-timeout", f"the request body did not arrive within "
+                                   f"{self.body_seconds:g} s; send it at once", scope["path"],
+                                   {"Connection": "close"})(scope, receive, send)
+            return
         replay = _replayer(body)
-        key = headers.get("idempotency-key")
-        credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
-        if scope["method"] != "POST" or key is None or credential is None:
-            await self.app(scope, replay, send)
-            return
-        if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
-            await problem_response(400, "bad-idempotency-key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} "
-                                   "printable characters, e.g. a UUID", scope["path"])(scope, receive, send)
-            return
-        await self._idempotent(scope, replay, send, credential, key, request_hash(scope, body))
+        deadline = anyio.current_time() + self.request_seconds
+        try:
+            check_backlog(self.request_seconds)
+            key = headers.get("idempotency-key")
+            credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
+            if scope["method"] != "POST" or key is None or credential is None:
+                tracked = _Tracked(send)
+                await _bounded(self.app(scope, replay, tracked), tracked, deadline, self.request_seconds)
+                return
+            if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+                await problem_response(400, "bad-idempotency-key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} "
+                                       "printable characters, e.g. a UUID", scope["path"])(scope, receive, send)
+                return
+            await self._idempotent(scope, replay, send, credential, key, request_hash(scope, body), deadline)
+        except DeadlineExceeded as exc:
+            await problem_response(503, "database-timeout", f"{exc}; retry shortly (a POST with the same "
+                                   "Idempotency-Key is safe to retry)", scope["path"],
+                                   {"Retry-After": "2"})(scope, receive, send)
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
         declared = headers.get("content-length")
@@ -78,58 +114,181 @@ class RequestGuard:
         return b"".join(chunks)
 
     async def _idempotent(self, scope: Scope, receive: Receive, send: Send, credential: str, key: str,
-                          request_hash: str) -> None:
+                          request_hash: str, deadline: float) -> None:
         state = scope["app"].state
+        engine = state.engine
+
+        def left() -> float:
+            return deadline - anyio.current_time()
+
+        def open_and_claim() -> tuple[RequestTransaction, idempotency.Claim]:
+            transaction = RequestTransaction(engine)
+            try:
+                return transaction, idempotency.claim(transaction.conn, caller.key_id, key, request_hash,
+                                                      state.clock())
+            except BaseException:
+                transaction.rollback()
+                raise
+
         try:
-            caller = await to_thread.run_sync(authenticate, state.engine, credential)
+            caller = await in_thread(lambda: authenticate(engine, credential), left())
             if caller is None:  # the route answers 401; nothing is stored or replayed for an unknown key
-                await self.app(scope, receive, send)
+                tracked = _Tracked(send)
+                await _bounded(self.app(scope, receive, tracked), tracked, deadline, self.request_seconds)
                 return
-            claim = await to_thread.run_sync(idempotency.claim, state.engine, caller.key_id, key, request_hash,
-                                             state.clock())
-        except OperationalError:
-            await problem_response(503, "database-unavailable", "the database did not answer; retry shortly with "
-                                   "the same Idempotency-Key", scope["path"], {"Retry-After": "2"})(scope, receive, send)
+            transaction, claim = await in_thread(open_and_claim, left(), cleanup=lambda result: result[0].rollback())
+        except (DBAPIError, PoolTimeoutError) as exc:
+            if getattr(getattr(exc, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                await _refuse(scope, receive, send, "idempotency-key-in-use", key)
+            else:
+                await _database_unavailable(scope, receive, send)
             return
-        refusal = _REFUSALS.get(claim.outcome)
-        if refusal:
-            code, detail, headers = refusal
-            await problem_response(409, code, detail.format(key=key), scope["path"], headers)(scope, receive, send)
+        if claim.outcome != idempotency.NEW:
+            await _quietly(transaction.rollback, left())
+            if claim.outcome == idempotency.REPLAY:
+                headers = {"Idempotent-Replayed": "true", "content-type": claim.content_type or "application/json"}
+                await _send_stored(send, claim.status_code, headers, (claim.body or "").encode())
+            else:
+                await _refuse(scope, receive, send, claim.outcome, key)
             return
-        if claim.outcome == idempotency.REPLAY:
-            headers = {"Idempotent-Replayed": "true", "content-type": claim.content_type or "application/json"}
-            await _send_stored(send, claim.status_code, headers, (claim.body or "").encode())
-            return
-        await self._run_and_record(scope, receive, send, caller.key_id, key)
+        await self._run_and_record(scope, receive, send, transaction, caller.key_id, key, deadline)
 
-    async def _run_and_record(self, scope: Scope, receive: Receive, send: Send, caller: str, key: str) -> None:
-        engine = scope["app"].state.engine
-        status, content_type, parts = 500, None, []
+    async def _run_and_record(self, scope: Scope, receive: Receive, send: Send, transaction: RequestTransaction,
+                              caller: str, key: str, deadline: float) -> None:
+        """Run the route inside the request transaction; commit its work with the response, then send it."""
+        buffered = _Buffered()
+        with transaction.ambient():  # the route's task (and its worker threads) copy this context
+            task = asyncio.ensure_future(self.app(scope, receive, buffered))
+        try:
+            finished = await _wait(task, deadline)
+        except BaseException:
+            await _quietly(transaction.rollback, deadline - anyio.current_time())
+            raise
+        if not finished:
+            _abandon(task, transaction.rollback)
+            raise DeadlineExceeded(self.request_seconds)
+        if buffered.status < 500 and buffered.status not in (401, 403):
+            body = buffered.body.decode("utf-8", errors="replace")
 
-        async def capture(message: Message) -> None:
-            nonlocal status, content_type
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                content_type = Headers(raw=message["headers"]).get("content-type")
-            elif message["type"] == "http.response.body":
-                parts.append(message.get("body", b""))
+            def store() -> None:
+                try:
+                    idempotency.complete(transaction.conn, caller, key, buffered.status, buffered.content_type, body)
+                except BaseException:
+                    transaction.rollback()
+                    raise
+                transaction.commit()
+
+            try:
+                await in_thread(store, deadline - anyio.current_time())
+            except (DBAPIError, PoolTimeoutError):
+                await _database_unavailable(scope, receive, send)
+                return
+        else:
+            await _quietly(transaction.rollback, deadline - anyio.current_time())
+        for message in buffered.messages:
             await send(message)
 
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            if status < 500 and status not in (401, 403):
-                body = b"".join(parts).decode("utf-8", errors="replace")
-                await to_thread.run_sync(idempotency.complete, engine, caller, key, status, content_type, body)
-            else:
-                await to_thread.run_sync(idempotency.release, engine, caller, key)
+
+class _Tracked:
+    """Forwards a response as it is sent, remembering whether it started; drops it once abandoned."""
+
+    def __init__(self, send: Send):
+        self.send, self.started, self.dropped = send, False, False
+
+    async def __call__(self, message: Message) -> None:
+        if self.dropped:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
+class _Buffered:
+    """Keeps a response until its work is committed."""
+
+    def __init__(self) -> None:
+        self.status, self.content_type, self.messages, self.parts = 500, None, [], []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.content_type = Headers(raw=message["headers"]).get("content-type")
+        elif message["type"] == "http.response.body":
+            self.parts.append(message.get("body", b""))
+        self.messages.append(message)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.parts)
+
+
+async def _bounded(work: Awaitable[None], tracked: _Tracked, deadline: float, seconds: float) -> None:
+    """Run the app for a request, answering 503 (DeadlineExceeded) if it has not started its response by
+    the deadline; the app is then left to finish in the background, its response dropped."""
+    task = asyncio.ensure_future(work)
+    if await _wait(task, deadline):
+        return
+    if tracked.started:  # the answer is on its way: let it finish
+        await task
+        return
+    tracked.dropped = True
+    _abandon(task, None)
+    raise DeadlineExceeded(seconds)
+
+
+async def _wait(task: asyncio.Future, deadline: float) -> bool:
+    """Wait for `task` until `deadline`; True if it finished (its exception, if any, is raised)."""
+    done, _ = await asyncio.wait({task}, timeout=max(deadline - anyio.current_time(), 0))
+    if done:
+        task.result()
+        return True
+    return False
+
+
+_PENDING: set[asyncio.Future] = set()  # abandoned requests, kept referenced until they finish
+
+
+def _abandon(task: asyncio.Future, cleanup) -> None:  # noqa: ANN001 - a callable or None
+    """Leave a timed-out request's task to finish on its own, then run `cleanup` (a rollback) in a thread."""
+    backlog.add(1)
+    _PENDING.add(task)
+
+    def finished(done: asyncio.Future) -> None:
+        _PENDING.discard(done)
+        backlog.add(-1)
+        if not done.cancelled():
+            done.exception()  # retrieved, so asyncio does not log it as never retrieved
+        if cleanup is not None:
+            threading.Thread(target=cleanup, daemon=True).start()
+
+    task.add_done_callback(finished)
+
+
+async def _quietly(work, seconds: float) -> None:  # noqa: ANN001 - a blocking callable
+    """Run cleanup (a rollback) in a thread without letting a slow or dead database hold the answer."""
+    try:
+        await in_thread(work, max(seconds, 0.5))
+    except (DeadlineExceeded, DBAPIError, PoolTimeoutError):
+        pass
+
+
+async def _database_unavailable(scope: Scope, receive: Receive, send: Send) -> None:
+    await problem_response(503, "database-unavailable", "the database did not answer; nothing was applied. Retry "
+                           "shortly with the same Idempotency-Key", scope["path"],
+                           {"Retry-After": "2"})(scope, receive, send)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, outcome: str, key: str) -> None:
+    code, detail, headers = _REFUSALS[outcome]
+    await problem_response(409, code, detail.format(key=key), scope["path"], headers)(scope, receive, send)
 
 
 _REFUSALS = {
     idempotency.MISMATCH: ("idempotency-key-reused", "Idempotency-Key {key!r} was first used with a different "
                            "request; use a new key for a new request", None),
-    idempotency.IN_PROGRESS: ("idempotency-key-in-use", "a request with Idempotency-Key {key!r} is still running; "
-                              "retry in a moment to get its response", {"Retry-After": "1"}),
+    "idempotency-key-in-use": ("idempotency-key-in-use", "a request with Idempotency-Key {key!r} is still running; "
+                               "retry in a moment to get its response", {"Retry-After": "1"}),
+    # Only for records left by the previous version, which stored the response after committing the work.
     idempotency.UNKNOWN: ("idempotency-outcome-unknown", "the first request with Idempotency-Key {key!r} stopped "
                           "before recording its response, and it may have taken effect; check the resource (the "
                           "quote, the ledger) before sending it again with a new key", None),

@@ -13,9 +13,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from sqlalchemy import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from typer.core import TyperGroup
 from rich.markup import escape
 
 from cli import explain, reviews, rule_activate, rule_check, rule_diff, rule_schema, rule_tests, simulate, views
@@ -37,11 +41,32 @@ from service.reversal import reverse_event
 from service.review import run_review
 from service.rules_watcher import RulesWatcher
 from storage import ledger
-from storage.db import SchemaMissingError, database_url, init_schema, make_engine, read_snapshot, require_schema
+from storage.db import (API, BATCH, SchemaMissingError, SettingError, database_url, init_schema, make_engine,
+                        read_snapshot, require_schema, timeouts)
 
 PROJECT_RULES = Path(__file__).resolve().parent.parent / "rules"
 
+
+class _DatabaseErrorsExit2(TyperGroup):
+    """Any command: a database that stops answering or refuses the work mid-way ends the command with
+    exit 2 and one line naming the database and what to do, never a traceback."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - whatever the command returns
+        words = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        try:
+            return super().invoke(ctx)
+        except (DBAPIError, PoolTimeoutError) as exc:
+            settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings(None, None)
+            where = make_url(settings.db_url).render_as_string(hide_password=True)
+            lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            reason = lines[0] if lines else type(exc).__name__
+            raise fail(f"the database {where} failed: {reason}. Check that it is running, reachable and not locked "
+                       "by a stuck process, then run the command again (committed work is kept; re-running "
+                       "ingest counts applied events as duplicates)", as_json="--json" in words) from None
+
+
 app = typer.Typer(
+    cls=_DatabaseErrorsExit2,
     help="Loyalty-programme rules engine for corporate lenders: rule files in, entitlements out.\n\n"
          "Typical session: `loyalty init`, `loyalty ingest events.jsonl`, `loyalty benefits C-1001 "
          "--product working_capital`, `loyalty ledger C-1001`.",
@@ -69,13 +94,15 @@ class Settings:
         self.db_url = database_url(db)
         self.rules = rules or PROJECT_RULES
 
-    def engine(self, as_json: bool, need_schema: bool = True) -> Engine:
+    def engine(self, as_json: bool, need_schema: bool = True, role: str = BATCH) -> Engine:
         """The database engine; exits with a clear message when `loyalty init` has not been run."""
         try:
-            engine = make_engine(self.db_url)
+            engine = make_engine(self.db_url, role)
         except (ArgumentError, NoSuchModuleError):
             raise fail(f"--db {self.db_url!r} is not a database URL; expected e.g. sqlite:///loyalty.db or "
                        "postgresql+psycopg://user@host:5432/dbname", as_json=as_json) from None
+        except SettingError as exc:
+            raise fail(str(exc), as_json=as_json) from None
         try:
             if need_schema:
                 require_schema(engine)
@@ -86,7 +113,9 @@ class Settings:
         except OperationalError as exc:
             where = engine.url.render_as_string(hide_password=True)
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise fail(f"cannot open the database {where}: {reason}", as_json=as_json) from None
+            raise fail(f"cannot open the database {where}: {reason}; check that it is running and reachable "
+                       f"(connect timeout {timeouts(role).connect:g} s, LOYALTY_DB_CONNECT_TIMEOUT)",
+                       as_json=as_json) from None
         return engine
 
     def initialised_engine(self, as_json: bool) -> Engine:
@@ -468,6 +497,27 @@ def serve(
     with_scheduler: Annotated[bool, typer.Option(
         "--scheduler", help="Also run the review and expiry jobs in this process (see `loyalty scheduler`).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Announce the address as one JSON line on stdout.")] = False,
+    request_timeout: Annotated[float, typer.Option(
+        min=0.5, max=3600, envvar="LOYALTY_API_REQUEST_TIMEOUT", show_envvar=True,
+        help="Seconds a request's database work may take before it answers 503 (a frozen database).")] = 10.0,
+    head_timeout: Annotated[float, typer.Option(
+        min=0.5, max=600, envvar="LOYALTY_API_HEAD_TIMEOUT", show_envvar=True,
+        help="Seconds a request's line and headers may take to arrive (slow clients are cut off: 408).")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(
+        min=0.5, max=3600, envvar="LOYALTY_API_BODY_TIMEOUT", show_envvar=True,
+        help="Seconds a request body may take to arrive (408).")] = 30.0,
+    keep_alive: Annotated[int, typer.Option(
+        min=1, max=3600, envvar="LOYALTY_API_KEEP_ALIVE", show_envvar=True,
+        help="Seconds an idle kept-alive connection stays open.")] = 5,
+    max_head_bytes: Annotated[int, typer.Option(
+        min=1024, max=1024 * 1024, envvar="LOYALTY_API_MAX_HEAD_BYTES", show_envvar=True,
+        help="Largest request line plus headers, in bytes (431 beyond).")] = 32 * 1024,
+    max_headers: Annotated[int, typer.Option(
+        min=8, max=1000, envvar="LOYALTY_API_MAX_HEADERS", show_envvar=True,
+        help="Most header lines in a request (431 beyond).")] = 100,
+    max_connections: Annotated[int, typer.Option(
+        min=1, max=100_000, envvar="LOYALTY_API_MAX_CONNECTIONS", show_envvar=True,
+        help="Most open connections; the ones beyond are closed at once.")] = 1000,
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -475,16 +525,21 @@ def serve(
     the other commands; stop with Ctrl-C. A version installed with `loyalty rules activate` is picked
     up without a restart; a rule file that does not load is refused and the last good rules are kept
     (see /healthz). With `--scheduler`, every replica may run the jobs: one
-    review still runs at a time.
+    review still runs at a time. Every wait is bounded (see README, "Limits"): e.g.
+    `loyalty serve --request-timeout 5 --max-connections 200`.
     """
     import uvicorn  # imported here: the other commands do not need the web stack
 
     from api.app import create_app
+    from api.server import Limits, bounded_protocol
 
     settings: Settings = ctx.obj
     watcher = settings.rules_watcher(as_json, interval=reload_seconds)
-    engine = settings.engine(as_json)
-    application = create_app(engine, watcher.current(), hold=timedelta(seconds=hold_seconds))
+    engine = settings.engine(as_json, role=API)
+    application = create_app(engine, watcher.current(), hold=timedelta(seconds=hold_seconds),
+                             request_seconds=request_timeout, body_seconds=body_timeout)
+    limits = Limits(max_head_bytes=max_head_bytes, max_headers=max_headers, head_timeout=head_timeout,
+                    keep_alive=keep_alive, max_connections=max_connections)
     # A new version installed by `loyalty rules activate` replaces the set whole; each request keeps
     # the set it started with.
     watcher.on_install = lambda programmes: setattr(application.state, "programmes", programmes)
@@ -503,7 +558,8 @@ def serve(
     scheduler = _start_scheduler(settings, background=True) if with_scheduler else None
     watcher.start()
     try:
-        uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False)
+        uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False,
+                    http=bounded_protocol(limits), timeout_keep_alive=limits.keep_alive)
     finally:
         watcher.stop()
         if scheduler is not None:

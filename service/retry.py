@@ -18,8 +18,10 @@ def _retryable(exc: DBAPIError) -> bool:
         # Other integrity errors fail the same way every time and are not retried.
         return getattr(exc.orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(exc.orig)
     if isinstance(exc, OperationalError):
+        # Not "database is locked" (SQLite) nor a lock timeout (PostgreSQL): those already waited
+        # their whole bound for the lock, and retrying would multiply it.
         text = str(exc.orig).lower()
-        return any(word in text for word in ("deadlock", "could not serialize", "database is locked"))
+        return any(word in text for word in ("deadlock", "could not serialize"))
     return False
 
 

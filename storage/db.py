@@ -4,8 +4,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
+from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from storage import models  # noqa: F401  (registers the tables)
@@ -22,6 +25,51 @@ class SchemaMissingError(RuntimeError):
     """The database has no loyalty schema yet."""
 
 
+class SettingError(ValueError):
+    """A LOYALTY_* database setting that is not a number of seconds in range."""
+
+
+# Every wait on the database is bounded. Two roles: the API answers callers who wait on it (short
+# statements, short lock waits: a frozen database becomes a 503 within seconds) and batch work
+# (commands, ingest, reviews, the scheduler, simulations) whose statements may aggregate a whole
+# portfolio. Values in seconds; (environment variable, API default, batch default, upper bound).
+API, BATCH = "api", "batch"
+_SETTINGS = {
+    "connect": ("LOYALTY_DB_CONNECT_TIMEOUT", 5.0, 5.0, 300.0),
+    "statement": ("LOYALTY_{role}_STATEMENT_TIMEOUT", 5.0, 600.0, 86_400.0),
+    "lock": ("LOYALTY_{role}_LOCK_TIMEOUT", 3.0, 15.0, 3_600.0),
+    "pool": ("LOYALTY_{role}_POOL_TIMEOUT", 3.0, 30.0, 3_600.0),
+}
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long one role waits for the database: to connect, per statement, for a lock, for a pooled connection."""
+
+    connect: float
+    statement: float
+    lock: float
+    pool: float
+
+
+def timeouts(role: str = BATCH) -> Timeouts:
+    """The bounds of `role` (API or BATCH), from LOYALTY_* variables or the defaults (see README, The database)."""
+    values = {}
+    for name, (variable, api_default, batch_default, upper) in _SETTINGS.items():
+        variable = variable.format(role=role.upper())
+        raw = os.environ.get(variable)
+        value = api_default if role == API else batch_default
+        if raw is not None and raw.strip():
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if not 0 < value <= upper:
+                raise SettingError(f"{variable}={raw!r} is not a number of seconds between 0 and {upper:g}")
+        values[name] = value
+    return Timeouts(**values)
+
+
 def database_url(explicit: str | None = None) -> str:
     """The database URL: the explicit one, else $LOYALTY_DATABASE_URL, else loyalty.db in the working directory."""
     url = explicit or os.environ.get(URL_ENV) or DEFAULT_URL
@@ -32,17 +80,33 @@ def database_url(explicit: str | None = None) -> str:
     return url
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """An engine for `url`, configured for safe concurrent writers on SQLite and PostgreSQL."""
+def make_engine(url: str | None = None, role: str = BATCH) -> Engine:
+    """An engine for `url`, configured for safe concurrent writers on SQLite and PostgreSQL, with the
+    bounded waits of `role` (API or BATCH)."""
     url = database_url(url)
+    bounds = timeouts(role)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-        _configure_sqlite(engine)
+        # SQLite has no statement timeout; the busy timeout bounds the wait for the write lock.
+        # An in-memory database has one connection per thread and no pool to wait for.
+        pooled = {} if make_url(url).database in (None, "", ":memory:") else {"pool_timeout": bounds.pool}
+        engine = create_engine(url, **pooled, connect_args={"timeout": bounds.lock, "check_same_thread": False})
+        _configure_sqlite(engine, bounds.lock)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # Server-side bounds ride on the connection's start-up options, so they cost no round trip; they
+    # are added to any options the URL already carries (e.g. a search_path).
+    options = " ".join(filter(None, [
+        make_url(url).query.get("options") or None,
+        f"-c statement_timeout={int(bounds.statement * 1000)}",
+        f"-c lock_timeout={int(bounds.lock * 1000)}"]))
+    connect_args = {"connect_timeout": max(2, round(bounds.connect)),  # libpq's minimum is 2 s
+                    # a network that drops everything (no ACKs) breaks the connection instead of hanging
+                    "tcp_user_timeout": int((bounds.connect + bounds.statement) * 1000),
+                    "options": options}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=bounds.pool,
+                         connect_args=connect_args)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_seconds: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
@@ -51,7 +115,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -120,8 +184,63 @@ def autocommit_reads(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+# The write transaction of the request being served, if it has one (see `RequestTransaction`).
+# Context variables follow the request into the worker threads that run its routes.
+_AMBIENT: ContextVar[Connection | None] = ContextVar("loyalty_ambient_write", default=None)
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A write transaction that commits on success and rolls back on any error."""
+    """A write transaction that commits on success and rolls back on any error. Inside a request
+    transaction on the same engine it is a savepoint of that transaction instead: its work commits
+    or rolls back with the request's, and an error undoes only its own part."""
+    ambient = _AMBIENT.get()
+    if ambient is not None and ambient.engine is engine:
+        with ambient.begin_nested():
+            yield ambient
+        return
     with engine.connect().execution_options(**{_WRITE_OPTION: True}) as conn, conn.begin():
         yield conn
+
+
+class RequestTransaction:
+    """One write transaction spanning a whole request: opened, then made ambient while the request
+    runs (every `write_transaction` on the engine nests in it), then committed or rolled back whole.
+    Used by the API so an idempotency record commits if and only if the work it records does."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.conn = engine.connect().execution_options(**{_WRITE_OPTION: True})
+        try:
+            self.conn.begin()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @contextmanager
+    def ambient(self) -> Iterator[Connection]:
+        """Make this transaction the one `write_transaction` joins, for the code run inside the block."""
+        token = _AMBIENT.set(self.conn)
+        try:
+            yield self.conn
+        finally:
+            _AMBIENT.reset(token)
+
+    def commit(self) -> None:
+        """Commit everything the request wrote, and give the connection back."""
+        try:
+            self.conn.commit()
+        finally:
+            self.conn.close()
+
+    def rollback(self) -> None:
+        """Undo everything the request wrote, and give the connection back (never raises: it is cleanup)."""
+        try:
+            self.conn.rollback()
+        except Exception:  # noqa: BLE001 - a broken connection rolls back by closing
+            pass
+        finally:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,20 +1,21 @@
-"""Records of requests sent with an Idempotency-Key, so a retry gets the first response again."""
+"""Records of requests sent with an Idempotency-Key, so a retry gets the first response again.
+
+A record is written in the same transaction as the request's work (see `storage.db.RequestTransaction`),
+together with the response: it exists if and only if the work committed, so a key never claims an
+outcome the database does not hold, and a first attempt that failed leaves nothing behind.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import Engine, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.db import write_transaction
 from storage.models import IdempotencyRecord
 
 RECORDS = IdempotencyRecord.__table__
-# A first request unfinished after this long died with its process, perhaps after its effect was
-# committed: running it again could apply it twice, so its key answers "outcome unknown" instead.
-ABANDONED_AFTER = timedelta(minutes=2)
-NEW, REPLAY, MISMATCH, IN_PROGRESS, UNKNOWN = "new", "replay", "mismatch", "in_progress", "unknown"
+NEW, REPLAY, MISMATCH, UNKNOWN = "new", "replay", "mismatch", "unknown"
 
 
 @dataclass(frozen=True)
@@ -27,35 +28,27 @@ class Claim:
     body: str | None = None
 
 
-def claim(engine: Engine, caller: str, key: str, request_hash: str, now: datetime) -> Claim:
-    """Record that a request with this key has started, or say why it must not run (`caller`: the API key id)."""
-    try:
-        with write_transaction(engine) as conn:
-            conn.execute(insert(RECORDS).values(caller=caller, key=key, request_hash=request_hash, created_at=now))
+def claim(conn: Connection, caller: str, key: str, request_hash: str, now: datetime) -> Claim:
+    """Record, in the request's transaction `conn`, that this key is being used (`caller`: the API key id),
+    or say why the request must not run. A concurrent first attempt holds the record's lock until it
+    commits or rolls back: this waits for it (up to the lock timeout), then replays or runs."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    inserted = conn.execute(dialect.insert(RECORDS).values(caller=caller, key=key, request_hash=request_hash,
+                                                           created_at=now)
+                            .on_conflict_do_nothing().returning(RECORDS.c.key)).first()
+    if inserted is not None:
         return Claim(NEW)
-    except IntegrityError:
-        pass
-    with write_transaction(engine) as conn:
-        row = conn.execute(select(RECORDS).where(RECORDS.c.caller == caller, RECORDS.c.key == key)).first()
-        if row is None:  # the first request failed and released the key meanwhile
-            conn.execute(insert(RECORDS).values(caller=caller, key=key, request_hash=request_hash, created_at=now))
-            return Claim(NEW)
-        if row.request_hash != request_hash:
-            return Claim(MISMATCH)
-        if row.status_code is not None:
-            return Claim(REPLAY, row.status_code, row.content_type, row.response)
-        return Claim(IN_PROGRESS if now - row.created_at < ABANDONED_AFTER else UNKNOWN)
+    row = conn.execute(select(RECORDS).where(RECORDS.c.caller == caller, RECORDS.c.key == key)).first()
+    if row is None:  # unreachable: the conflicting record was committed before the insert gave up
+        return Claim(UNKNOWN)
+    if row.request_hash != request_hash:
+        return Claim(MISMATCH)
+    if row.status_code is None:  # written by a version that stored the response separately (schema 3)
+        return Claim(UNKNOWN)
+    return Claim(REPLAY, row.status_code, row.content_type, row.response)
 
 
-def complete(engine: Engine, caller: str, key: str, status_code: int, content_type: str | None, body: str) -> None:
-    """Store the first response for replay."""
-    with write_transaction(engine) as conn:
-        conn.execute(update(RECORDS).where(RECORDS.c.caller == caller, RECORDS.c.key == key)
-                     .values(status_code=status_code, content_type=content_type, response=body))
-
-
-def release(engine: Engine, caller: str, key: str) -> None:
-    """Forget an unfinished claim (the request failed before deciding anything), so a retry runs again."""
-    with write_transaction(engine) as conn:
-        conn.execute(delete(RECORDS).where(RECORDS.c.caller == caller, RECORDS.c.key == key,
-                                           RECORDS.c.status_code.is_(None)))
+def complete(conn: Connection, caller: str, key: str, status_code: int, content_type: str | None, body: str) -> None:
+    """Store the first response for replay, in the request's transaction."""
+    conn.execute(update(RECORDS).where(RECORDS.c.caller == caller, RECORDS.c.key == key)
+                 .values(status_code=status_code, content_type=content_type, response=body))

@@ -1,0 +1,114 @@
+"""Client-side bounds on the database work of a request: a frozen database (process stopped, TCP still
+accepted by the kernel) cannot enforce its own statement timeout, so the API stops waiting instead.
+
+Blocking work runs in worker threads that are abandoned past the deadline: the request answers 503
+and the thread finishes whenever the database answers (its transaction is then rolled back). The
+work left behind is counted; past `MAX_ABANDONED` new requests are refused at once instead of piling
+up more of it, until the database answers again and the abandoned work drains.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+from anyio import to_thread
+
+from storage.db import SettingError
+
+T = TypeVar("T")
+
+REQUEST_TIMEOUT_ENV = "LOYALTY_API_REQUEST_TIMEOUT"
+# A request's whole database work (key check, claim, route, commit): above the API statement
+# timeout (5 s), so a slow statement fails with the database's own error first.
+DEFAULT_REQUEST_TIMEOUT = 10.0
+# /healthz is what load balancers poll: it must answer fast, even when the database does not.
+HEALTH_TIMEOUT = 2.0
+# Work abandoned to a frozen database holds a thread (and a pooled connection) until it thaws.
+MAX_ABANDONED = 64
+
+
+class DeadlineExceeded(Exception):
+    """The database did not answer within the request's bound (or too much work already waits on it)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the database did not answer within {seconds:g} s")
+        self.seconds = seconds
+
+
+def request_timeout() -> float:
+    """The bound on one request's database work, in seconds ($LOYALTY_API_REQUEST_TIMEOUT, default 10)."""
+    raw = os.environ.get(REQUEST_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REQUEST_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise SettingError(f"{REQUEST_TIMEOUT_ENV}={raw!r} is not a number of seconds between 0 and 3600")
+    return value
+
+
+class _Backlog:
+    """How much abandoned work still waits on the database (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+
+    def full(self) -> bool:
+        return self.count >= MAX_ABANDONED
+
+
+backlog = _Backlog()
+
+
+def check_backlog(seconds: float) -> None:
+    """Refuse new database work while too much abandoned work waits on a frozen database."""
+    if backlog.full():
+        raise DeadlineExceeded(seconds)
+
+
+async def in_thread(work: Callable[[], T], seconds: float, cleanup: Callable[[T], None] | None = None) -> T:
+    """Run blocking `work` in a worker thread for at most `seconds`; past that raise DeadlineExceeded and
+    leave the thread to finish on its own, calling `cleanup` on its result (e.g. a rollback) when it does."""
+    check_backlog(seconds)
+    lock = threading.Lock()
+    state: dict[str, object] = {"abandoned": False}
+
+    def run() -> T:
+        try:
+            result = work()
+        finally:
+            with lock:
+                state["finished"] = True
+                abandoned = state["abandoned"]
+            if abandoned:
+                backlog.add(-1)
+        if abandoned:
+            if cleanup is not None:
+                cleanup(result)
+        else:
+            state["result"] = result
+        return result
+
+    try:
+        with anyio.fail_after(max(seconds, 0.001)):
+            return await to_thread.run_sync(run, abandon_on_cancel=True)
+    except TimeoutError:
+        with lock:
+            finished = state.get("finished", False)
+            if not finished:
+                state["abandoned"] = True
+                backlog.add(1)
+        if finished and cleanup is not None and "result" in state:
+            # The thread finished just as the deadline passed: its result still needs the cleanup.
+            threading.Thread(target=cleanup, args=(state["result"],), daemon=True).start()
+        raise DeadlineExceeded(seconds) from None

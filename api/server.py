@@ -1,0 +1,137 @@
+"""uvicorn settings for `loyalty serve`: bounds on what one client can make the server hold or wait for.
+
+uvicorn's httptools protocol (the fast one) bounds neither the request head nor the time it takes to
+arrive: four 64 MB header lines took a server from 104 to 360 MiB, and a client sending a header byte
+now and then held its connection for good. `BoundedHttpToolsProtocol` adds, per connection:
+- the request head (request line and headers) at most `max_head_bytes`, and at most `max_headers`
+  header lines: 431 and the connection closed (counted as bytes arrive, before the parser buffers them);
+- the request head complete within `head_timeout` seconds of its first byte, or of the connection's
+  opening (slowloris): 408 and closed;
+- at most `max_connections` open connections: the ones beyond are closed at once.
+The idle keep-alive timeout is uvicorn's own (`timeout_keep_alive`); slow bodies are cut by the
+request guard (`api.guard.BODY_TIMEOUT`).
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The HTTP server's bounds (see README, The HTTP API: limits)."""
+
+    max_head_bytes: int = 32 * 1024  # browsers and proxies send a few kB; nginx's default buffers total 32 kB
+    max_headers: int = 100  # the same bound as Python's http.client; our clients send about ten
+    head_timeout: float = 10.0  # a request head is a few hundred bytes: seconds are plenty even on a bad link
+    keep_alive: int = 5  # idle seconds before a kept-alive connection is closed (uvicorn's default)
+    max_connections: int = 1000  # each open connection costs a few kB and a file descriptor
+
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def bounded_protocol(limits: Limits) -> type[asyncio.Protocol]:
+    """The httptools protocol class enforcing `limits`, to pass to uvicorn as `http=`."""
+
+    class Protocol(BoundedHttpToolsProtocol):
+        LIMITS = limits
+
+    return Protocol
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds on the request head's size, header count and arrival time."""
+
+    LIMITS = Limits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._in_head, self._head_bytes, self._header_count, self._refusal = True, 0, 0, None
+        self._head_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        if len(self.connections) > self.LIMITS.max_connections:
+            self.logger.warning("connection refused: %d connections open (limit %d)", len(self.connections) - 1,
+                                self.LIMITS.max_connections)
+            transport.close()
+            return
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            if self._head_timer is None:
+                self._start_head_timer()
+            room = self.LIMITS.max_head_bytes - self._head_bytes
+            if len(data) > room:
+                # Feed what fits: if the head ends within it, the rest is body or the next request.
+                super().data_received(data[:room])
+                if self._in_head and not self.transport.is_closing():
+                    self._refuse(431, f"the request head is over {self.LIMITS.max_head_bytes:,} bytes")
+                    return
+                if data[room:] and not self.transport.is_closing():
+                    self.data_received(data[room:])
+                return
+            self._head_bytes += len(data)
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        self._in_head, self._header_count = True, 0
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.LIMITS.max_headers:
+            self._refusal = 431
+            raise ValueError("too many headers")  # stops the parser; answered in send_400_response
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._in_head, self._head_bytes = True, 0  # the next request's head, on a kept-alive connection
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal == 431:
+            self._refuse(431, f"more than {self.LIMITS.max_headers} header lines")
+            return
+        super().send_400_response(msg)
+
+    def _start_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.LIMITS.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            if self._head_bytes:
+                self._refuse(408, f"the request head did not arrive within {self.LIMITS.head_timeout:g} s")
+            else:  # nothing sent at all: nobody to answer
+                self.transport.close()
+
+    def _refuse(self, status: int, why: str) -> None:
+        """Answer `status` with a one-line reason and close the connection (the request is never run)."""
+        self.logger.warning("request refused (%d): %s", status, why)
+        self._cancel_head_timer()
+        body = why.encode("ascii", "replace")
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body))
+        self.transport.close()
+        self._in_head = False
+
+
+assert httptools  # the protocol above needs it (uvicorn[standard] installs it)

@@ -1,0 +1,145 @@
+"""Helpers for the bounded-wait tests: a TCP proxy that can freeze a database, and `loyalty serve` in a subprocess."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.api_support import free_port
+from tests.conftest import ROOT
+
+
+class FreezingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a database. Frozen, it stops forwarding in both directions
+    but keeps every socket open and keeps accepting: what a stopped (SIGSTOP) database looks like."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def freeze(self) -> None:
+        """Stop forwarding (sockets stay open); done when this returns."""
+        asyncio.run_coroutine_threadsafe(self._set(False), self._loop).result(5)
+
+    def thaw(self) -> None:
+        """Forward again, including what was held back."""
+        asyncio.run_coroutine_threadsafe(self._set(True), self._loop).result(5)
+
+    async def _set(self, running: bool) -> None:
+        if running:
+            self._gate.set()
+        else:
+            self._gate.clear()
+
+    def close(self) -> None:
+        """Stop the proxy, closing every socket it holds."""
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _shutdown(self) -> None:
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._loop.call_soon(self._ready.set)
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._gate.wait()
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pump(reader, upstream_writer), self._pump(upstream_reader, writer),
+                             return_exceptions=True)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._gate.wait()  # frozen: hold the data, keep the socket
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+@contextlib.contextmanager
+def frozen_capable(db_url: str) -> Iterator[tuple[FreezingProxy, str]]:
+    """A proxy in front of the PostgreSQL of `db_url`, and the same URL through the proxy."""
+    url = make_url(db_url)
+    proxy = FreezingProxy(url.host or "127.0.0.1", url.port or 5432)
+    try:
+        yield proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    finally:
+        proxy.thaw()
+        proxy.close()
+
+
+@dataclass
+class Server:
+    """A `loyalty serve` process: its base URL and process (for its memory)."""
+
+    base: str
+    process: subprocess.Popen
+    port: int
+
+    def rss_mib(self) -> float:
+        """The server's resident memory now."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def serve(db_url: str, log: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`loyalty serve` on a free port with `options` and extra environment, until the block ends."""
+    port = free_port()
+    script = Path(sys.executable).parent / "loyalty"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}, **(env or {})}
+    with log.open("w") as sink:
+        process = subprocess.Popen([*command, "--db", db_url, "serve", "--port", str(port), "--log-level", "warning",
+                                    *options], stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(400):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"the server did not start: {log.read_text()}")
+        yield Server(base, process, port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
