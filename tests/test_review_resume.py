@@ -2,6 +2,7 @@
 an uninterrupted run; losing the database half-way is one clear error naming the id to resume."""
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from storage.db import read_snapshot
 from storage.models import TierAssignment
 from tests.conftest import cli_json, run_cli
 from tests.test_review_policy import drawn, ingest, verified
+from tests.waits_support import frozen_capable
 
 NOW = datetime(2027, 6, 1, tzinfo=UTC)
 MOMENT = datetime(2025, 6, 30, tzinfo=UTC)
@@ -89,39 +91,59 @@ def test_the_command_resumes_at_the_recorded_moment_and_refuses_another(db_url, 
     assert bad.returncode == 2 and "is not one" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_losing_the_database_half_way_names_the_review_to_finish(tmp_path, programmes, monkeypatch):
-    """SQLite: the file disappears under a running review (a directory stands in its place)."""
+def test_losing_the_database_half_way_names_the_review_to_finish(db_url, tmp_path, programmes, monkeypatch):
+    """SQLite: the file disappears under a running review; PostgreSQL: every connection drops and new ones
+    are refused (a proxy in front of the server cuts them)."""
     from storage.db import init_schema, make_engine
 
-    path = tmp_path / "loyalty.db"
-    engine = make_engine(f"sqlite:///{path}")
-    init_schema(engine)
-    portfolio(engine, programmes)
-    monkeypatch.setattr(review_module, "PAGE", 1)
-    moved_away: list[Path] = []
+    with _losable(db_url, tmp_path) as (url, lose, restore):
+        engine = make_engine(url)
+        init_schema(engine)
+        portfolio(engine, programmes)
+        monkeypatch.setattr(review_module, "PAGE", 1)
+        lost: list[bool] = []
 
-    def lose_the_database(_count: int) -> None:
-        if moved_away:
-            return
+        def lose_the_database(_count: int) -> None:
+            if not lost:
+                lost.append(True)
+                lose(engine)
+
+        with pytest.raises(ReviewInterruptedError) as interrupted:
+            run_review(engine, programmes, MOMENT, clock=lambda: NOW, review_id="review-lost",
+                       progress=lose_the_database)
+        message = str(interrupted.value)
+        assert "review-lost" in message and "loyalty review --id review-lost" in message and "\n" not in message
+
+        restore()
         engine.dispose()
-        for file in tmp_path.glob("loyalty.db*"):
-            moved_away.append(_move(file, tmp_path / "away"))
+        finished = run_review(engine, programmes, None, clock=lambda: NOW, review_id="review-lost")
+        assert finished.resumed and finished.as_of == MOMENT
+        assert {valid_from for *_, valid_from in moves(engine, "review-lost")} == {MOMENT}
+        verified(engine)
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _losable(db_url: str, folder: Path):
+    """(url, lose(engine), restore()) for a database that a test can take away and give back."""
+    if db_url.startswith("postgresql"):
+        with frozen_capable(db_url) as (proxy, url):
+            yield url, lambda _engine: proxy.cut(), proxy.restore
+        return
+    path = Path(db_url.removeprefix("sqlite:///"))
+    moved: list[Path] = []
+
+    def lose(engine) -> None:
+        engine.dispose()
+        moved.extend(_move(file, folder / "away") for file in folder.glob(f"{path.name}*"))
         os.mkdir(path)  # opening it now fails: the database is gone
 
-    with pytest.raises(ReviewInterruptedError) as lost:
-        run_review(engine, programmes, MOMENT, clock=lambda: NOW, review_id="review-lost",
-                   progress=lose_the_database)
-    message = str(lost.value)
-    assert "review-lost" in message and "loyalty review --id review-lost" in message and "\n" not in message
+    def restore() -> None:
+        os.rmdir(path)
+        for file in moved:
+            file.rename(path.parent / file.name)
 
-    os.rmdir(path)
-    for file in moved_away:
-        file.rename(tmp_path / file.name)
-    engine.dispose()
-    finished = run_review(engine, programmes, None, clock=lambda: NOW, review_id="review-lost")
-    assert finished.resumed and finished.as_of == MOMENT
-    assert {valid_from for *_, valid_from in moves(engine, "review-lost")} == {MOMENT}
-    verified(engine)
+    yield db_url, lose, restore
 
 
 def _move(file: Path, folder: Path) -> Path:

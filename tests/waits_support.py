@@ -41,6 +41,20 @@ class FreezingProxy:
         """Forward again, including what was held back."""
         asyncio.run_coroutine_threadsafe(self._set(True), self._loop).result(5)
 
+    def cut(self) -> None:
+        """Lose the database: close every open connection and refuse new ones until `restore`."""
+        asyncio.run_coroutine_threadsafe(self._cut(True), self._loop).result(5)
+
+    def restore(self) -> None:
+        """Accept and forward connections again after `cut`."""
+        asyncio.run_coroutine_threadsafe(self._cut(False), self._loop).result(5)
+
+    async def _cut(self, cut: bool) -> None:
+        self._refusing = cut
+        if cut:
+            for writer in list(self._writers):
+                writer.close()
+
     async def _set(self, running: bool) -> None:
         if running:
             self._gate.set()
@@ -63,17 +77,23 @@ class FreezingProxy:
         asyncio.set_event_loop(self._loop)
         self._gate = asyncio.Event()
         self._gate.set()
+        self._refusing = False
+        self._writers: set[asyncio.StreamWriter] = set()
         self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
         self._loop.call_soon(self._ready.set)
         self._loop.run_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._gate.wait()
+        if self._refusing:
+            writer.close()
+            return
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
             return
+        self._writers.update((writer, upstream_writer))
         await asyncio.gather(self._pump(reader, upstream_writer), self._pump(upstream_reader, writer),
                              return_exceptions=True)
 
