@@ -15,6 +15,7 @@ is left. `dry_run` decides and writes nothing.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -24,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from engine.churn import fired_signals
 from engine.events import minor_unit_exponent
@@ -58,6 +61,7 @@ PAGE = 2000
 LEASE = "tier-review"
 LEASE_TTL = timedelta(minutes=10)  # renewed after every page; a holder silent this long is presumed dead
 _RUNNING: set[str] = set()  # lease holders of this process whose review is running
+_DATABASE_GONE = (DBAPIError, PoolTimeoutError)
 REVIEW_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # the audit row's key holds 64 characters
 
 
@@ -170,8 +174,11 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime | None 
         return report
     try:
         return _run(engine, programmes, programme, report, clock, progress)
-    except OperationalError as exc:  # the database went away or stopped answering: nothing half-written
-        reason = str(exc.orig or exc).strip().splitlines()[0]
+    except _DATABASE_GONE as exc:  # the database went away or stopped answering: nothing half-written
+        if isinstance(exc, DBAPIError) and not isinstance(exc, (OperationalError, InterfaceError)) \
+                and not exc.connection_invalidated:
+            raise  # a statement the database refused: a fault of ours, not an outage
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ReviewInterruptedError(
             f"the database stopped answering during review {report.review_id} ({reason}); what it wrote is "
             f"kept: once the database is back, finish it with `loyalty review --id {report.review_id}`",
@@ -185,7 +192,7 @@ def _recorded(engine: Engine, review_id: str) -> reviews.ReviewRun | None:
 
 def _run(engine: Engine, programmes: ProgrammeSet, programme: CompiledProgramme, report: ReviewReport, clock: Clock,
          progress: Callable[[int], None] | None) -> ReviewReport:
-    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    holder = f"{socket.gethostname()[:48]}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{_place()}"
     lease = leases.current(engine, LEASE)
     if lease is not None and _abandoned(lease[0]):
         leases.release(engine, LEASE, lease[0])  # its holder can no longer renew it: no need to wait for it to lapse
@@ -215,21 +222,33 @@ def _run(engine: Engine, programmes: ProgrammeSet, programme: CompiledProgramme,
 
 
 def _abandoned(holder: str) -> bool:
-    """Whether a lease holder ("host:pid:nonce") of this machine is gone: its process ended, or it is this
-    process and no review of it runs any more (the database went away before it could release the lease)."""
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    """Whether a lease holder ("host:pid:nonce:place") is gone: a process of this kernel and pid namespace
+    that ended, or this process with no review of it running any more (the database went away before it
+    could release the lease). Holders elsewhere (another machine, another container) are left to lapse."""
+    parts = holder.split(":")
+    if len(parts) != 4 or not _place() or parts[3] != _place() or not parts[1].isdigit():
         return False
-    if int(pid) == os.getpid():
+    pid = int(parts[1])
+    if pid == os.getpid():
         return holder not in _RUNNING
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:
         return False  # it exists (owned by another user)
     return False
+
+
+@functools.cache
+def _place() -> str:
+    """This kernel's boot and this process's pid namespace: where a process id means the same process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    except OSError:
+        return ""  # not Linux: never take a lease over early
+    return f"{boot}.{namespace}"
 
 
 def _release(engine: Engine, holder: str) -> None:
@@ -299,7 +318,8 @@ class _Page:
 
 def _review_pages(engine: Engine, programme: CompiledProgramme, report: ReviewReport, clock: Clock,
                   progress: Callable[[int], None] | None, renew: Callable[[], None] | None = None) -> None:
-    client_ids = reviews.all_client_ids(engine)
+    with read_snapshot(engine) as conn:
+        client_ids = reviews.all_client_ids(conn)
     for start in range(0, len(client_ids), PAGE):
         ids = client_ids[start:start + PAGE]
 

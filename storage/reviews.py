@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
-from storage.db import read_snapshot
 from storage.models import Client, TierReview
 
 REVIEWS = TierReview.__table__
@@ -50,7 +49,6 @@ def record_finish(conn: Connection, review_id: str, now: datetime, clients: int,
         points_expired=points_expired, churn_flagged=churn_flagged))
 
 
-def all_client_ids(engine: Engine) -> list[str]:
+def all_client_ids(conn: Connection) -> list[str]:
     """Every client id, in order (the pages of a review)."""
-    with read_snapshot(engine) as conn:
-        return list(conn.execute(select(CLIENTS.c.client_id).order_by(CLIENTS.c.client_id)).scalars())
+    return list(conn.execute(select(CLIENTS.c.client_id).order_by(CLIENTS.c.client_id)).scalars())

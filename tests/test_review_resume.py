@@ -162,11 +162,14 @@ def test_a_lease_left_by_a_process_that_died_on_this_machine_is_taken_over(engin
     portfolio(engine, programmes)
     gone = subprocess.Popen(["true"])  # a process of this machine that has ended
     gone.wait()
-    host = socket.gethostname()
-    assert leases.acquire(engine, review_module.LEASE, f"{host}:{os.getppid()}:alive", timedelta(minutes=5), NOW)
-    with pytest.raises(ConflictError, match="another tier review is running"):
-        run_review(engine, programmes, MOMENT, clock=lambda: NOW)
-    leases.release(engine, review_module.LEASE, f"{host}:{os.getppid()}:alive")
-    assert leases.acquire(engine, review_module.LEASE, f"{host}:{gone.pid}:dead", timedelta(minutes=5), NOW)
+    host, place = socket.gethostname(), review_module._place()
+    for holder in (f"{host}:{os.getppid()}:alive:{place}",  # a live process here
+                   f"{host}:{gone.pid}:elsewhere:0123456789ab.4026531836",  # same name, another machine or container
+                   f"{host}:{gone.pid}:old"):  # no place: wait for the lease to lapse
+        assert leases.acquire(engine, review_module.LEASE, holder, timedelta(minutes=5), NOW)
+        with pytest.raises(ConflictError, match="another tier review is running"):
+            run_review(engine, programmes, MOMENT, clock=lambda: NOW)
+        leases.release(engine, review_module.LEASE, holder)
+    assert leases.acquire(engine, review_module.LEASE, f"{host}:{gone.pid}:dead:{place}", timedelta(minutes=5), NOW)
     assert run_review(engine, programmes, MOMENT, clock=lambda: NOW).clients == len(AMOUNTS)
     assert leases.current(engine, review_module.LEASE) is None
