@@ -411,14 +411,19 @@ def _onboard(record: ClientRecord, event: Event) -> ClientRecord:
 
 def _parse_line(line: InputLine, first: bool) -> dict | None:
     """The JSON object of one input line, None for a blank line, or EventError; the length is checked first."""
+    text = line_text(line, first)
+    return parse_json_line(text) if text.strip() else None
+
+
+def line_text(line: InputLine, first: bool) -> str:
+    """One input line as text, or EventError when it is over MAX_LINE_BYTES or not UTF-8."""
     if isinstance(line, OversizedLine):
         raise EventError(f"the line is {line.size:,} bytes; an event is at most {MAX_LINE_BYTES:,} bytes")
     if isinstance(line, bytes) and len(line) > MAX_LINE_BYTES:
         size = len(line.rstrip(b"\r\n"))
         if size > MAX_LINE_BYTES:
             raise EventError(f"the line is {size:,} bytes; an event is at most {MAX_LINE_BYTES:,} bytes")
-    text = decode_line(line, first)
-    return parse_json_line(text) if text.strip() else None
+    return decode_line(line, first)
 
 
 def _given_id(raw: dict) -> str | None:

@@ -48,7 +48,7 @@ from engine.programme import ProgrammeSet
 from rewards.kinds import Kind, Reason, Use
 from rewards.stacking import Entitlement, rate_discount
 from service.clock import Clock, utc_now
-from service.ingest import INTERNAL_ERROR, IngestReport, Ingestor, decode_line
+from service.ingest import INTERNAL_ERROR, IngestReport, Ingestor, bounded_lines, line_text
 from service.review import run_review
 from service.scheduler import cron_trigger
 from storage import clients as client_store
@@ -99,9 +99,9 @@ def read_history(path: Path) -> History:
     rejected: list[dict] = []
     number = 0
     with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(bounded_lines(handle), start=1):
             try:
-                text = decode_line(line, first=number == 1)
+                text = line_text(line, first=number == 1)
                 if text.strip():
                     events.append((_occurred_at(text), number, text))
             except EventError as exc:
@@ -142,7 +142,7 @@ def _occurred_at(text: str) -> datetime:
 def count_lines(path: Path) -> int:
     """Non-blank lines of a file (for a progress bar's total)."""
     with path.open("rb") as handle:
-        return sum(1 for line in handle if line.strip())
+        return sum(1 for line in bounded_lines(handle) if not isinstance(line, bytes) or line.strip())
 
 
 # --- review moments ----------------------------------------------------------------------------------

@@ -316,3 +316,24 @@ def test_as_of_stops_the_replay(history, proposed, shipped):
     assert found["review_moments"][NEW] == ["2025-03-31T18:00:00+00:00"]
     assert found["clients"]["total"] == {"current": 2, "new": 2, "difference": 0}  # C-2 was onboarded in January
     assert any("after the as-of moment" in warning for warning in found["warnings"])
+
+
+def test_a_hostile_line_in_the_history_is_rejected_alone(tmp_path):
+    """Lines over the length bound (read in bounded pieces) and unusable numbers are rejected with their
+    line; the rest of the history is replayed."""
+    from service.simulate import count_lines, read_history
+
+    good = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()][:2]
+    history = tmp_path / "history.jsonl"
+    history.write_bytes(b"".join([
+        json.dumps(good[0]).encode() + b"\n",
+        b'{"id": "' + b"x" * 200_000 + b'"}\n',
+        json.dumps(good[1]).replace('"data": {', '"data": {"amount": ' + "9" * 5000 + ", ").encode() + b"\n",
+        b'{"id": "e", "occurred_at": "9999-12-31T23:59:59-14:00"}\n',
+        json.dumps(good[1]).encode(),  # no newline at the end
+    ]))
+    read = read_history(history)
+    assert [line for _, line, _ in read.events] == [1, 3, 5]  # line 3's amount is rejected when it is replayed
+    reasons = {error["line"]: error["error"] for error in read.rejected}
+    assert "200,010 bytes" in reasons[2] and "2999" in reasons[4] and set(reasons) == {2, 4}
+    assert count_lines(history) == 5
