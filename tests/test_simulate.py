@@ -329,7 +329,7 @@ def test_a_hostile_line_in_the_history_is_rejected_alone(tmp_path):
         json.dumps(good[0]).encode() + b"\n",
         b'{"id": "' + b"x" * 200_000 + b'"}\n',
         json.dumps(good[1]).replace('"data": {', '"data": {"amount": ' + "9" * 5000 + ", ").encode() + b"\n",
-        b'{"id": "e", "occurred_at": "9999-12-31T23:59:59-14:00"}\n',
+        json.dumps({**good[0], "id": "e", "occurred_at": "9999-12-31T23:59:59-14:00"}).encode() + b"\n",
         json.dumps(good[1]).encode(),  # no newline at the end
     ]))
     read = read_history(history)
