@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import json
 import sys
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,6 +22,7 @@ from typer.core import TyperGroup
 from rich.markup import escape
 
 from cli import explain, reviews, rule_activate, rule_check, rule_diff, rule_schema, rule_tests, simulate, views
+from cli.logs import log_for_people
 from cli.review_view import print_review
 from cli.output import console, emit_json, fail, parse_moment, progress_bar
 from demo.generator import DEFAULT_END
@@ -158,6 +158,8 @@ def main(
 ) -> None:
     """Options shared by every command."""
     ctx.obj = Settings(db, rules)
+    if ctx.invoked_subcommand not in ("serve", "scheduler"):  # those two log for operators, as services do
+        log_for_people()
 
 
 @app.command()
@@ -207,7 +209,6 @@ def ingest(
         sink = RejectsFile(rejects) if rejects is not None else None
     except OSError as exc:
         raise fail(f"cannot write the rejects file {rejects}: {exc.strerror or exc}", as_json=as_json) from None
-    detach = _log_internal_errors()
     try:
         if source == "-":
             report = ingestor.ingest_lines(sys.stdin.buffer, rejects=sink)
@@ -223,7 +224,6 @@ def ingest(
         raise fail(f"cannot write the rejects file {rejects}: {exc.strerror or exc}. Batches before this one were "
                    "applied; running the same command again is safe.", as_json=as_json) from None
     finally:
-        detach()
         if sink is not None:
             sink.close()
     if as_json:
@@ -238,38 +238,6 @@ def ingest(
         if rejects is not None and report.rejected:
             console.print(f"  rejected lines written to {escape(str(rejects))}", highlight=False)
     raise typer.Exit(1 if report.rejected else 0)
-
-
-def _log_internal_errors() -> Callable[[], None]:
-    """Send ingest's log of lines rejected as "internal error (logged)" to a file in the temporary directory, with
-    each traceback, and one line per error to stderr naming that file: a person never reads a traceback.
-    Returns the function that detaches both handlers."""
-    import logging
-    import os
-    import tempfile
-
-    where = Path(tempfile.gettempdir()) / f"loyalty-ingest-{os.getpid()}.log"
-    to_file = logging.FileHandler(where, delay=True, encoding="utf-8")  # created only if something is logged
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-
-    class OneLine(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return f"{record.name}: {record.getMessage()} (traceback in {where})"
-
-    to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setFormatter(OneLine())
-    logger = logging.getLogger("loyalty.ingest")
-    logger.addHandler(to_file)
-    logger.addHandler(to_stderr)
-    logger.propagate = False
-
-    def detach() -> None:
-        for handler in (to_file, to_stderr):
-            logger.removeHandler(handler)
-            handler.close()
-        logger.propagate = True
-
-    return detach
 
 
 def _ingest_file(ingestor: Ingestor, path: Path, show_progress: bool, rejects: RejectsFile | None) -> IngestReport:

@@ -56,7 +56,7 @@ from storage.db import init_schema, make_engine, read_snapshot
 from storage.ledger import held_entitlements_of_all
 from storage.models import LedgerEntry, ProcessedEvent
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loyalty.simulate")
 ENTRY = LedgerEntry.__table__
 PROCESSED = ProcessedEvent.__table__
 
