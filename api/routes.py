@@ -15,7 +15,7 @@ from api.problems import ProblemError, problem_schema
 from api.reads import run_read
 from api.security import authorize, credential, require
 from engine.errors import EventError
-from engine.events import MAX_JSON_DEPTH, nesting_depth, parse_json
+from engine.json_input import MAX_JSON_DEPTH, nesting_depth, parse_json_items
 from service.apikeys import caller_of
 from service.benefits import benefits_answer
 from service.explain import MAX_ID, explain_client
@@ -61,11 +61,10 @@ async def post_events(request: Request) -> dict:
     as a duplicate. A body that is not JSON at all is a 422 (there are no items to answer for).
     """
     try:
-        payload = parse_json(await request.body(), max_depth=None)
+        items = parse_json_items(await request.body())
     except EventError as exc:
         raise ProblemError(422, "invalid-request", f"the request body is not JSON: {exc}; send one event object "
                            f"or a list of up to {MAX_EVENTS}") from None
-    items = payload if isinstance(payload, list) else [payload]
     if not items or len(items) > MAX_EVENTS:
         raise ProblemError(422, "batch-size", f"send 1 to {MAX_EVENTS} events per request, not {len(items)}; "
                            "split larger batches")
@@ -75,7 +74,9 @@ async def post_events(request: Request) -> dict:
 def _apply_events(state: Any, items: list[Any]) -> dict:
     outcomes: list[Outcome | None] = [None] * len(items)
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
+        if isinstance(item, EventError):  # nested too deep to parse: found and refused on its own
+            outcomes[index] = Outcome(index, None, "rejected", f"item {index}: {item}")
+        elif not isinstance(item, dict):
             outcomes[index] = Outcome(index, None, "rejected", f"item {index} is not an event object")
         elif (depth := nesting_depth(item)) > MAX_JSON_DEPTH:  # an NDJSON line is refused as text for the same
             outcomes[index] = Outcome(index, None, "rejected", f"objects and arrays nested {depth} deep in item "

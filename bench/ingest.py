@@ -27,7 +27,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from demo.generator import DEFAULT_END, generate  # noqa: E402
 from engine.context import ClientContext  # noqa: E402
 from engine.evaluator import evaluate  # noqa: E402
-from engine.events import matching_value, parse_json_line, validate_event  # noqa: E402
+from engine.events import matching_value, validate_event  # noqa: E402
+from engine.json_input import parse_json_line  # noqa: E402
 from engine.loader import load_programmes  # noqa: E402
 from service.ingest import Ingestor  # noqa: E402
 from service.review import run_review  # noqa: E402

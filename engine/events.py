@@ -1,7 +1,6 @@
 """The activity-event input contract: the envelope, typed attributes, and their views for matching and CEL."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -13,6 +12,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import EventError, did_you_mean
+from engine.json_input import MAX_NUMBER_LENGTH, UnusableNumber
 from engine.schema import AttributeSpec, EventTypeSpec
 
 # ISO 4217 minor units of the currencies whose exponent is not 2.
@@ -25,9 +25,7 @@ _MINOR_UNITS = {
 # --- Bounds on every input value (README "Events" gives each with its reason). ---------------------------
 # Each is checked before any conversion or arithmetic on the value, so no value can make a parser or
 # Decimal raise, run long or allocate much; a value outside them rejects its own line or item only.
-MAX_LINE_BYTES = 64 * 1024  # one NDJSON line; a real event is under 2 KiB, the largest legal one under 40 KiB
-MAX_JSON_DEPTH = 32  # nested objects and arrays in one event; a valid event has 2 (envelope, data)
-MAX_NUMBER_LENGTH = 40  # characters of one JSON number literal (or amount text): int() and Decimal() stay cheap
+# The bounds of the JSON text itself (line length, nesting, number literals) are in engine/json_input.py.
 MAX_TEXT_LENGTH = 200  # a string attribute
 MAX_AMOUNT_INTEGER_DIGITS = 15  # digits before the point: below 10^15 in any currency
 # Integer attributes without a declared min/max are still bounded by these: the integers every consumer
@@ -158,105 +156,6 @@ def _jsonable(value: object) -> object:
     if isinstance(value, date):
         return value.isoformat()
     return value
-
-
-class UnusableNumber:
-    """A JSON number that is kept out of arithmetic: a literal longer than MAX_NUMBER_LENGTH, or NaN/Infinity.
-
-    The parser returns it in place of the value, so the field that holds it is rejected by name
-    (an integer of 5,000 digits never reaches int(), which would raise for the whole line).
-    """
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        if len(self.text) > MAX_NUMBER_LENGTH:
-            return f"a number of {len(self.text):,} characters"
-        return self.text
-
-    @property
-    def reason(self) -> str:
-        """Why the number cannot be used."""
-        if len(self.text) > MAX_NUMBER_LENGTH:
-            return f"a number of {len(self.text):,} characters (at most {MAX_NUMBER_LENGTH})"
-        return f"{self.text} is not a number JSON allows"
-
-
-def _bounded_int(text: str) -> int | UnusableNumber:
-    return int(text) if len(text) <= MAX_NUMBER_LENGTH else UnusableNumber(text)
-
-
-def _bounded_decimal(text: str) -> Decimal | UnusableNumber:
-    return Decimal(text) if len(text) <= MAX_NUMBER_LENGTH else UnusableNumber(text)
-
-
-_STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether the JSON text nests objects and arrays more than `limit` deep (strings ignored); no parsing."""
-    if text.count("[") + text.count("{") <= limit:  # the common case, at C speed
-        return False
-    depth = 0
-    for bracket in _BRACKET.finditer(_STRING_LITERAL.sub("", text)):
-        depth += 1 if bracket.group() in "[{" else -1
-        if depth > limit:
-            return True
-    return False
-
-
-def nesting_depth(value: object) -> int:
-    """How deep objects and arrays nest in a parsed JSON value (iterative: no recursion limit to hit)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is not None:
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def parse_json(text: str | bytes, max_depth: int | None = MAX_JSON_DEPTH) -> object:
-    """Parse JSON text within the bounds: numbers with a fraction become Decimal (never float), number literals
-    longer than MAX_NUMBER_LENGTH and NaN/Infinity become UnusableNumber; EventError when it is not JSON.
-
-    With `max_depth` None the nesting is not pre-checked (the parser's recursion limit still holds): the
-    caller checks each item's depth itself, so one deep item does not refuse a whole HTTP batch.
-    """
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise EventError(f"not UTF-8 text (byte {exc.start + 1})") from None
-    if max_depth is not None and json_too_deep(text, max_depth):
-        raise EventError(f"not accepted: objects and arrays nested more than {max_depth} deep")
-    try:
-        return json.loads(text, parse_float=_bounded_decimal, parse_int=_bounded_int, parse_constant=UnusableNumber)
-    except json.JSONDecodeError as exc:
-        raise EventError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError:
-        raise EventError("not valid JSON here: nested too deeply") from None
-
-
-def parse_json_line(line: str) -> dict:
-    """Parse one NDJSON line within the bounds (see parse_json); it must hold one JSON object."""
-    if len(line) > MAX_LINE_BYTES or (len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8", "surrogatepass"))
-                                      > MAX_LINE_BYTES):
-        raise EventError(f"the line is over {MAX_LINE_BYTES:,} bytes; an event is at most that long")
-    value = parse_json(line)
-    if not isinstance(value, dict):
-        raise EventError(f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def raw_base64(line: bytes) -> str:
-    """Bytes as base64 text, to carry a line that is not UTF-8 losslessly in JSON."""
-    return base64.b64encode(line).decode("ascii")
 
 
 def parse_envelope(raw: dict) -> EventEnvelope:

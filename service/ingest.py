@@ -29,8 +29,8 @@ from sqlalchemy.exc import OperationalError
 from engine.context import ONBOARDING_EVENT, context_at
 from engine.errors import EvaluationError, EventError
 from engine.evaluator import RuleOutcome, evaluate
-from engine.events import (MAX_LINE_BYTES, Event, content_digest, matching_value, parse_envelope, parse_json_line,
-                           shown, typed_event)
+from engine.events import Event, content_digest, matching_value, parse_envelope, shown, typed_event
+from engine.json_input import MAX_LINE_BYTES, parse_json_line
 from engine.metrics import METRIC_INPUTS
 from engine.programme import CompiledProgramme, ProgrammeSet
 from engine.schema import Rule

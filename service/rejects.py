@@ -7,10 +7,10 @@ its first MAX_LINE_BYTES bytes only, marked `"truncated": true` with its full si
 """
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
-from engine.events import raw_base64
 from service.ingest import InputLine, Outcome, OversizedLine
 
 
@@ -65,4 +65,9 @@ def _text_or_bytes(data: bytes, first: bool, cut: bool = False) -> dict[str, obj
             return {"input": data[:len(data) - drop].decode("utf-8")}
         except UnicodeDecodeError:
             continue
-    return {"input_base64": raw_base64(data)}
+    return {"input_base64": _base64(data)}
+
+
+def _base64(line: bytes) -> str:
+    """Bytes as base64 text, to carry a line that is not UTF-8 losslessly in JSON."""
+    return base64.b64encode(line).decode("ascii")

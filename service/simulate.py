@@ -42,7 +42,8 @@ from typing import NamedTuple
 from sqlalchemy import Engine, event, func, select
 
 from engine.errors import EventError
-from engine.events import minor_unit_exponent, parse_envelope, parse_json_line
+from engine.events import minor_unit_exponent, parse_envelope
+from engine.json_input import parse_json_line
 from engine.loader import load_programmes
 from engine.programme import ProgrammeSet
 from rewards.kinds import Kind, Reason, Use

@@ -6,7 +6,8 @@ from decimal import Decimal
 import pytest
 
 from engine.errors import EventError
-from engine.events import content_digest, parse_json_line, validate_event
+from engine.events import content_digest, validate_event
+from engine.json_input import parse_json_line
 from tests.conftest import event
 
 
@@ -149,7 +150,7 @@ def test_amounts_at_the_bounds_are_exact():
 
 
 def test_json_numbers_that_cannot_be_used_stay_out_of_arithmetic():
-    from engine.events import UnusableNumber, parse_json
+    from engine.json_input import UnusableNumber, parse_json
 
     parsed = parse_json('{"a": ' + "9" * 5000 + ', "b": NaN, "c": -Infinity, "d": 1e400, "e": 12}')
     assert isinstance(parsed["a"], UnusableNumber) and "5,000 characters" in parsed["a"].reason
@@ -158,7 +159,7 @@ def test_json_numbers_that_cannot_be_used_stay_out_of_arithmetic():
 
 
 def test_nesting_is_checked_without_recursion():
-    from engine.events import MAX_JSON_DEPTH, json_too_deep, nesting_depth
+    from engine.json_input import MAX_JSON_DEPTH, json_too_deep, nesting_depth
 
     assert not json_too_deep("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)
     assert json_too_deep("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1))

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli.main import app
-from engine.events import MAX_INTEGER, MAX_JSON_DEPTH, MAX_LINE_BYTES, MAX_NUMBER_LENGTH
+from engine.events import MAX_INTEGER
+from engine.json_input import MAX_JSON_DEPTH, MAX_LINE_BYTES, MAX_NUMBER_LENGTH
 from service.ingest import INTERNAL_ERROR, Ingestor, bounded_lines
 from storage import ledger
 from tests.api_support import make_api
@@ -148,7 +149,7 @@ HOSTILE = [
     hostile("an empty object", "{}", "id", "missing"),
     hostile("a list instead of an object", "[1, 2]", None, "expected a JSON object", whole_body=False),
     hostile("a bare number of 5,000 digits", DIGITS_5000, None, "expected a JSON object"),
-    hostile("arrays nested 30,000 deep", "[" * 30_000 + "]" * 30_000, None, "nested more than", whole_body=True),
+    hostile("arrays nested 30,000 deep", "[" * 30_000 + "]" * 30_000, None, "nested more than", whole_body=False),
     hostile("not JSON", '{"id": "h", ', None, "not valid JSON", whole_body=True),
     hostile("not UTF-8", b'{"id": "h\xff\xfe", "client_id": "C-1"}', None, "not UTF-8", whole_body=True),
     hostile("a line of 100,000 bytes", with_data("h", note="n" * 100_000), None, "100,", whole_body=False),
@@ -485,3 +486,19 @@ def test_property_hostile_items_in_an_api_batch_are_rejected_alone(engine, progr
             assert ledger.verify(conn) == []
 
     check()
+
+
+@pytest.mark.parametrize("deep", [40, 5000])
+def test_an_item_nested_too_deep_to_parse_is_rejected_alone(engine, programmes, deep):
+    """A batch item nested past the parser's recursion limit does not cost the other items their answer."""
+    from tests.api_support import make_api
+
+    api = make_api(engine, programmes)
+    items = [text_of(good("first")), "[" * deep + "]" * deep, '{"x": ' + "[" * deep + "]" * deep + "}",
+             text_of(good("last"))]
+    answer = api.client.post("/v1/events", content="[" + ", ".join(items) + "]",
+                             headers={"content-type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["applied", "rejected", "rejected", "applied"]
+    assert all("nested" in r["error"] for r in results[1:3])
