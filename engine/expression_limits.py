@@ -38,6 +38,7 @@ _BEFORE_LITERAL = frozenset("+ - * / % == != < <= > >= && || ! ? : , ( [ { in".s
 class _Open:
     comprehension: bool
     literal: bool
+    variable: str | None = None  # the name a comprehension binds
 
 
 def static_problem(source: str) -> str | None:
@@ -61,6 +62,11 @@ def static_problem(source: str) -> str | None:
         if kind == "name" and text in SCOPES and previous not in (".", "in") and not _member_follows(lexemes, index):
             return (f"{text} (at column {column}) can only be read one value at a time: {text}.NAME, {text}[\"NAME\"] "
                     f"or \"NAME\" in {text}")
+        if kind == "name" and previous == "(" and stack and stack[-1].comprehension and stack[-1].variable is None:
+            stack[-1].variable = text
+        elif kind == "name" and previous != "." and _repeats_variable(stack, text):
+            return (f"{text} (at column {column}) is a comprehension's variable inside a list or map literal: that "
+                    "repeats each item, and chained, multiplies the size of the result")
         if previous in ("[", "{") and stack and stack[-1].literal and text not in _CLOSING:
             items += 1  # the first item of a literal; each comma adds one more
         if text in _OPERATORS and (kind == "operator" or text == "in"):
@@ -92,6 +98,14 @@ def static_problem(source: str) -> str | None:
                     f"at most {MAX_LITERAL_ITEMS}")
         previous = text if kind in ("operator", "name") else kind
     return None
+
+
+def _repeats_variable(stack: list[_Open], name: str) -> bool:
+    """Whether `name` is bound by an open comprehension and stands inside a literal opened within it."""
+    for depth, opened in enumerate(stack):
+        if opened.comprehension and opened.variable == name:
+            return any(inner.literal for inner in stack[depth + 1:])
+    return False
 
 
 def _member_follows(lexemes: list[Token], index: int) -> bool:
