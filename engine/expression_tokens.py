@@ -83,7 +83,7 @@ def compared_literals(source: str) -> dict[tuple[str, str], list[object]]:
         after, before = lexemes[index + 3:], lexemes[:index]
         if after and after[0].kind == "operator" and after[0].text in _COMPARISONS:
             values.extend(_literal(after[1:3] if len(after) > 1 and after[1].is_operator("-") else after[1:2]))
-        elif after and after[0].kind == "name" and after[0].text == "in" and len(after) > 1 and after[1].is_operator("["):
+        elif len(after) > 1 and after[0].kind == "name" and after[0].text == "in" and after[1].is_operator("["):
             values.extend(_list_literal(after[2:]))
         if before and before[-1].kind == "operator" and before[-1].text in _COMPARISONS:
             values.extend(_literal(before[-3:-1]) if len(before) >= 3 and before[-3].is_operator("-")
