@@ -4,35 +4,42 @@ An expensive or ill-typed branch often hides behind a condition (`event.amount >
 so trying an expression on one typical event is not enough. These samples put each attribute the
 expression reads at its extremes (the largest amount the event contract accepts, an integer's
 min and max, every enum value, true and false, text at its longest, an optional attribute absent),
-and the client at every tier, so such a branch runs at load time, where it is refused, rather than
+at each literal the expression compares it with and next to it (`event.term_months == 7 ? …`), and
+the client at every tier, so such a branch runs at load time, where it is refused, rather than
 inside an ingest.
 """
 from __future__ import annotations
 
-import functools
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import date, timedelta
 
 from engine import events
+from engine.errors import EventError
+from engine.expression_tokens import CLIENT_FIELDS, compared_literals, reads_any, references
 from engine.schema import AttributeSpec, Programme, Rule
 
 ABSENT = object()  # an optional attribute left out
-_INT64 = (-(2 ** 63), 2 ** 63 - 1)  # CEL integers
-_STRING_LITERAL = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
-_CLIENT_VALUES = {"tenure_months": (0, 1200)}
+_TENURES = [0, 1200]  # months: a new client and a century-old relationship
+_LARGEST_UNITS = 10 ** events.MAX_AMOUNT_INTEGER_DIGITS - 1  # the largest amount accepted, in whole units
+# Values tried per attribute for the literals it is compared with (each literal, one below, one
+# above): enough for the guards a formula has, and few enough that trying them stays quick.
+MAX_COMPARED_VALUES = 24
 
 
 def boundary_activations(model: Programme, rule: Rule) -> tuple[list[dict], Callable[[dict], str]]:
     """Typical and boundary activations for `rule`'s points expression, and a way to describe one."""
     spec = model.event_types.get(rule.when.event)
     attributes = dict(spec.attributes) if spec else {}
-    code = _STRING_LITERAL.sub('""', rule.award.points or "")
-    event_reads = [name for name in attributes if _reads(code, "event", name)]
-    client_reads = [name for name in ("tier", "segment", "tenure_months") if _reads(code, "client", name)]
+    source = rule.award.points or ""
+    read = references(source)
+    event_reads = [name for name in attributes if ("event", name) in read or reads_any(source, "event")]
+    client_reads = [name for name in CLIENT_FIELDS if ("client", name) in read or reads_any(source, "client")]
+    compared = compared_literals(source)
     base = [_typical(model, attributes, number) for number in (1, 7)]
     samples = list(base)
     currency = model.programme.currency
-    extremes: dict[str, list] = {name: boundary_values(attributes[name], currency) for name in event_reads}
+    extremes: dict[str, list] = {name: boundary_values(attributes[name], currency, compared.get(("event", name), []))
+                                 for name in event_reads}
     for name, values in extremes.items():
         samples.extend(_with(base[0], "event", name, value) for value in values)
     for end in (0, -1):  # every attribute read at its lowest, then at its highest, at once
@@ -43,7 +50,8 @@ def boundary_activations(model: Programme, rule: Rule) -> tuple[list[dict], Call
                 combined = _with(combined, "event", name, present[end])
         samples.append(combined)
     segments = _segments(model)
-    client_values = {"tier": [tier.id for tier in model.tiers], "segment": ["", *segments], **_CLIENT_VALUES}
+    tenures = _TENURES + _near(compared.get(("client", "tenure_months"), []), 0, events.MAX_INTEGER)
+    client_values = {"tier": [tier.id for tier in model.tiers], "segment": ["", *segments], "tenure_months": tenures}
     for name in client_reads:
         samples.extend(_with(base[0], "client", name, value) for value in client_values[name])
 
@@ -55,73 +63,57 @@ def boundary_activations(model: Programme, rule: Rule) -> tuple[list[dict], Call
     return samples, describe
 
 
-def boundary_values(attribute: AttributeSpec, currency: str) -> list:
-    """The values of one attribute worth trying, as an expression sees them (ABSENT when optional)."""
+def boundary_values(attribute: AttributeSpec, currency: str, compared: Sequence[object] = ()) -> list:
+    """The values of one attribute worth trying, as an expression sees them (ABSENT when optional).
+
+    `compared` are the literals the expression compares the attribute with: each, and the integers
+    next to it, is tried too, within what the event contract accepts for the attribute.
+    """
     kind = attribute.type
-    if kind == "money":
-        values: list = [0, 1, _largest_money_units(currency)]  # 0.01 is seen as 0 whole units
+    if kind == "money":  # whole currency units: 0.01 is seen as 0
+        values: list = [0, 1, *_near(compared, 0, _LARGEST_UNITS), _LARGEST_UNITS]
     elif kind == "integer":
-        low, high = _integer_range(attribute.min, attribute.max, currency)
-        values = sorted({low, high, min(max(0, low), high)})
+        low, high = events.integer_range(attribute)
+        values = [low, min(max(0, low), high), *_near(compared, low, high), high]
     elif kind == "enum":
         values = list(attribute.values or [])
     elif kind == "boolean":
         values = [False, True]
     elif kind == "string":
-        values = ["x", "x" * events.MAX_TEXT_LENGTH]
+        values = ["x", *_accepted(attribute, currency, compared), "x" * events.MAX_TEXT_LENGTH]
     elif kind == "date":
-        values = ["0001-01-01", "9999-12-31"]
+        values = ["0001-01-01", *_days_near(attribute, currency, compared), "9999-12-31"]
     else:  # month
-        values = ["0001-01", "9999-12"]
-    return values + ([ABSENT] if not attribute.required else [])
+        values = ["0001-01", *_accepted(attribute, currency, compared), "9999-12"]
+    return list(dict.fromkeys(values)) + ([ABSENT] if not attribute.required else [])
 
 
-@functools.cache
-def _largest_money_units(currency: str) -> int:
-    """The largest amount the event contract accepts in `currency`, in whole units (read, not assumed)."""
-    return _largest_accepted(lambda units: _accepts(events.parse_money, str(units), currency, "amount"), 1, 10 ** 40)
+def _near(compared: Sequence[object], low: int, high: int) -> list[int]:
+    """Each integer literal and its neighbours, within [low, high], at most MAX_COMPARED_VALUES of them."""
+    near = (value + step for value in compared if isinstance(value, int) for step in (0, -1, 1))
+    return list(dict.fromkeys(value for value in near if low <= value <= high))[:MAX_COMPARED_VALUES]
 
 
-@functools.cache
-def _integer_range(low: int | None, high: int | None, currency: str) -> tuple[int, int]:
-    """The lowest and highest integer the event contract accepts for an attribute with these bounds."""
-    spec = AttributeSpec(type="integer", min=low, max=high)
-
-    def accepted(value: int) -> bool:
-        return _accepts(events.convert_value, spec, value, currency, "value")
-
-    start = next((value for value in (low, high, 0, 1, -1) if value is not None and accepted(value)), None)
-    if start is None:
-        return (low or 0, high or 0)
-    top = _largest_accepted(accepted, start, _INT64[1])
-    bottom = -_largest_accepted(lambda value: accepted(-value), -start, -_INT64[0])
-    return bottom, top
+def _accepted(attribute: AttributeSpec, currency: str, compared: Sequence[object]) -> list[str]:
+    """The text literals the event contract accepts for this attribute, at most MAX_COMPARED_VALUES."""
+    texts = [value for value in compared if isinstance(value, str)][:MAX_COMPARED_VALUES]
+    return [text for text in texts if _valid(attribute, currency, text)]
 
 
-def _largest_accepted(accepted: Callable[[int], bool], good: int, limit: int) -> int:
-    """The largest value in [good, limit] that `accepted` takes, `good` being taken (binary search)."""
-    if accepted(limit):
-        return limit
-    bad = limit
-    while bad - good > 1:
-        middle = (good + bad) // 2
-        good, bad = (middle, bad) if accepted(middle) else (good, middle)
-    return good
+def _days_near(attribute: AttributeSpec, currency: str, compared: Sequence[object]) -> list[str]:
+    """Each date literal and the days next to it, as ISO text."""
+    days = (events.parse_day(text) for text in _accepted(attribute, currency, compared))
+    near = [(day + timedelta(days=step)).isoformat() for day in days if isinstance(day, date)
+            and date.min < day < date.max for step in (0, -1, 1)]
+    return [text for text in near if _valid(attribute, currency, text)][:MAX_COMPARED_VALUES]
 
 
-def _accepts(parse: Callable, *args: object) -> bool:
+def _valid(attribute: AttributeSpec, currency: str, value: str) -> bool:
     try:
-        parse(*args)
-    except Exception:  # noqa: BLE001 - any refusal, whatever its type, means "not accepted"
+        events.convert_value(attribute, value, currency, "value")
+    except EventError:
         return False
     return True
-
-
-def _reads(code: str, scope: str, name: str) -> bool:
-    """Whether the expression may read scope.name (any indexing such as event["x"] may read anything)."""
-    if re.search(rf"(?<![\w.]){scope}\s*\.\s*{re.escape(name)}\b", code):
-        return True
-    return re.search(rf"(?<![\w.]){scope}\b(?!\s*\.\s*[A-Za-z_])", code) is not None
 
 
 def _typical(model: Programme, attributes: dict[str, AttributeSpec], number: int) -> dict:

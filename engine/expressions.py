@@ -82,9 +82,9 @@ def compile_points(source: str, sample_activations: list[dict], describe: Callab
         raise ExpressionError(over)
     try:
         program = cel.compile(source)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - ValueError, or a Rust panic (a BaseException) on odd input
+    except BaseException as exc:  # noqa: BLE001 - narrowed by _cel_failure: a Rust panic is a BaseException
+        if not _cel_failure(exc):
+            raise
         raise ExpressionError(f"points expression does not compile: {_first_line(str(exc))}") from None
     expression = PointsExpression(source, program)
     failures: list[str] = []
@@ -118,9 +118,9 @@ def _execute(expression: PointsExpression, activation: dict) -> object:
             f"points expression {expression.source!r} read {exc.args[0]!r}, which is missing: name an "
             "attribute of the event type or a client field, and guard optional attributes with "
             "has(event.NAME)")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - CEL raises several types, and a Rust panic is a BaseException
+    except BaseException as exc:  # noqa: BLE001 - narrowed by _cel_failure: a Rust panic is a BaseException
+        if not _cel_failure(exc):
+            raise
         error = EvaluationError(f"points expression {expression.source!r} failed: {exc}")
     spent = time.thread_time() - began
     if spent > EVALUATION_BUDGET_SECONDS:
@@ -128,6 +128,13 @@ def _execute(expression: PointsExpression, activation: dict) -> object:
     if error is not None:
         raise error
     return result
+
+
+def _cel_failure(exc: BaseException) -> bool:
+    """Whether `exc` is CEL refusing its input: any Exception, or a Rust panic, which pyo3 raises as
+    pyo3_runtime.PanicException, a BaseException it does not export; never a cancellation or an interrupt."""
+    kind = type(exc)
+    return isinstance(exc, Exception) or (kind.__module__ == "pyo3_runtime" and kind.__name__ == "PanicException")
 
 
 def _first_line(text: str) -> str:
