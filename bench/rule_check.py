@@ -30,7 +30,7 @@ import yaml  # noqa: E402
 
 from bench.common import verdict  # noqa: E402
 from engine import lint  # noqa: E402
-from engine.loader import check_programmes, compile_document  # noqa: E402
+from engine.loader import check_source, compile_document  # noqa: E402
 from engine.matching import MAX_RANGE_TESTS_PER_EVENT_TYPE  # noqa: E402
 from engine.yaml_source import load_yaml  # noqa: E402
 
@@ -160,7 +160,7 @@ def main() -> None:
         doc, *parse = timed(lambda: load_yaml(str(path), text), args.repeat)
         compiled, *compile_ = timed(lambda: compile_document(doc), args.repeat)
         found, *linting = timed(lambda: lint.warnings(doc, compiled.model), args.repeat)
-        [check], *checking = timed(lambda: check_programmes(path), args.repeat)
+        check, *checking = timed(lambda: check_source(str(path), path.read_bytes()), args.repeat)
         command = [sys.executable, "-m", "cli", "rules", "check", str(path), "--json"]
         result, *whole = timed(lambda: subprocess.run(command, capture_output=True, text=True, cwd=ROOT), args.repeat)
         _, *start_up = timed(lambda: subprocess.run([sys.executable, "-c", "import cli.main"], cwd=ROOT), args.repeat)
@@ -169,7 +169,7 @@ def main() -> None:
     print(f"{len(compiled.rules)} rules ({args.rules} generated over {args.event_types} event types, plus the shipped "
           f"ones), {len(text.splitlines()):,} lines of YAML; {len(found)} warnings. Median and best of {args.repeat} runs:")
     for label, (median, best) in [("parse YAML (with positions)", parse), ("schema, checks, CEL, matcher", compile_),
-                                  ("lint (warnings)", linting), ("check_programmes (all of the above)", checking),
+                                  ("lint (warnings)", linting), ("check_source (all of the above)", checking),
                                   ("`loyalty rules check` in a subprocess", whole),
                                   ("of which: start-up (import cli.main)", start_up)]:
         print(f"  {label:<40} {median * 1000:7.0f} ms {best * 1000:7.0f} ms")

@@ -12,9 +12,9 @@ from rich.markup import escape
 
 from cli.output import console, emit_json, errors
 from engine.errors import Problem, RuleFileError
-from engine.loader import load_programme
 from engine.programme import CompiledProgramme
 from engine.rule_diff import SECTIONS, Change, ProgrammeDiff, diff_programmes
+from service.rule_trial import load_tried
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the structured diff as JSON on stdout.")]
 
@@ -63,11 +63,11 @@ def rules_diff(
 
 
 def _load(path: Path) -> CompiledProgramme | list[Problem]:
-    """The compiled file, or its problems."""
+    """The compiled file (tried in a child process first: a proposed file is untrusted), or its problems."""
     if path.is_dir():
         return [Problem(str(path), None, "", "is a directory; name one rule file, e.g. rules/corporate_lending.yaml")]
     try:
-        return load_programme(path)
+        return load_tried(path)
     except RuleFileError as exc:
         return exc.problems
 

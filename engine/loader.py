@@ -1,14 +1,14 @@
 """Load rule files: YAML → pydantic schema → cross-reference and semantic checks → CEL and matcher compilation.
 
 A file either loads completely or not at all; every problem found is reported at once, each with
-its file, line, column and key path. `check_programmes` (for `loyalty rules check`) also lints the
-files: warnings (engine/lint.py) never keep a file from loading.
+its file, line, column and key path. `check_source` (for `loyalty rules check`) also lints a file:
+warnings (engine/lint.py) never keep a file from loading.
 """
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -90,7 +90,9 @@ def _compile(doc: YamlDocument, model: Programme) -> CompiledProgramme:
     problems = list(_cross_reference_problems(doc, model))
     problems.extend(lint.semantic_errors(doc, model))
     rules = []
-    compiled: dict[tuple[str, str], object] = {}  # (source, event type) → expression or refusal: tried once
+    # (source, event type) → expression or refusal, tried once: the samples depend on no more than that.
+    # Cached without the rule's name, which is added when reporting (another rule may share the expression).
+    compiled: dict[tuple[str, str], object] = {}
     for index, rule in enumerate(model.rules):
         points = None
         if rule.award.points:
@@ -101,13 +103,12 @@ def _compile(doc: YamlDocument, model: Programme) -> CompiledProgramme:
             if not unknown and key not in compiled:
                 try:
                     samples, describe = boundary_activations(model, rule)
-                    compiled[key] = compile_points(rule.award.points, samples, describe,
-                                                   f"the points expression of rule {rule.id}")
+                    compiled[key] = compile_points(rule.award.points, samples, describe, _POINTS)
                 except ExpressionError as exc:
                     compiled[key] = exc
             outcome = None if unknown else compiled[key]
             if isinstance(outcome, ExpressionError):
-                problems.append(doc.problem(path, str(outcome)))
+                problems.append(doc.problem(path, _naming_rule(str(outcome), rule.id)))
             else:
                 points = outcome  # type: ignore[assignment]
         rules.append(CompiledRule(rule, index, points))
@@ -118,6 +119,14 @@ def _compile(doc: YamlDocument, model: Programme) -> CompiledProgramme:
     except MatcherLimitError as exc:
         raise RuleFileError([doc.problem(("rules",), str(exc))]) from None
     return CompiledProgramme(model, doc.file, tuple(rules), matcher)
+
+
+_POINTS = "the points expression"
+
+
+def _naming_rule(message: str, rule_id: str) -> str:
+    """A message about a points expression (cached for every rule that shares it), naming one rule."""
+    return f"{_POINTS} of rule {rule_id}{message[len(_POINTS):]}" if message.startswith(_POINTS) else message
 
 
 # --- schema errors -------------------------------------------------------------------------------
@@ -434,12 +443,37 @@ def _expression_reference_problems(doc: YamlDocument, path: tuple, model: Progra
 
 def load_programmes(location: Path) -> ProgrammeSet:
     """Load every rule file at `location` as versions of one programme, or raise listing every problem."""
-    checks = _check_location(location, _load_file)
-    problems = [problem for check in checks for problem in check.problems]
+    return load_sources(read_sources(location))
+
+
+def read_sources(location: Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every rule file at `location`, or RuleFileError listing every one that cannot be read."""
+    files = rule_files(location)
+    if not files:
+        raise RuleFileError([Problem(str(location), None, "", "no rule files (*.yaml) here")])
+    sources, problems = [], []
+    for path in files:
+        try:
+            sources.append((str(path), read_source(path)))
+        except RuleFileError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise RuleFileError(problems)
-    return ProgrammeSet(tuple(sorted((check.programme for check in checks if check.programme),
-                                     key=lambda p: p.effective_from)))
+    return sources
+
+
+def load_sources(sources: Iterable[tuple[str, bytes]]) -> ProgrammeSet:
+    """Compile each (name, bytes) as a version of one programme, or raise listing every problem."""
+    loaded, problems = [], []
+    for file, data in sources:
+        try:
+            loaded.append(compile_source(file, data))
+        except RuleFileError as exc:
+            problems.extend(exc.problems)
+    problems.extend(version_problems(loaded))
+    if problems:
+        raise RuleFileError(problems)
+    return ProgrammeSet(tuple(sorted(loaded, key=lambda p: p.effective_from)))
 
 
 @dataclass(frozen=True)
@@ -452,50 +486,26 @@ class FileCheck:
 
     @property
     def errors(self) -> list[Problem]:
-        """The problems that keep the file (or its set of versions) from loading."""
+        """The problems that keep the file from loading."""
         return [p for p in self.problems if p.is_error]
 
 
-def check_programme(path: Path) -> FileCheck:
-    """Load one rule file and lint it: every error and warning at once, and the programme when it loads.
+def check_source(file: str, data: bytes) -> FileCheck:
+    """Check and lint the bytes of rule file `file`: every error and warning at once, and the programme when it loads.
 
     Warnings are looked for whenever the file fits the schema, so a file with a broken reference
     still shows them.
     """
     try:
-        doc = _parse(str(path), read_source(path))
+        doc = _parse(file, data)
         model = _validate(doc)
     except RuleFileError as exc:
-        return FileCheck(str(path), None, list(exc.problems))
+        return FileCheck(file, None, list(exc.problems))
     warnings = lint.warnings(doc, model)
     try:
         return FileCheck(doc.file, _compile(doc, model), warnings)
     except RuleFileError as exc:
         return FileCheck(doc.file, None, list(exc.problems) + warnings)
-
-
-def check_programmes(location: Path) -> list[FileCheck]:
-    """`check_programme` for every rule file at `location`; problems between versions go to the file they name."""
-    return _check_location(location, check_programme)
-
-
-def _load_file(path: Path) -> FileCheck:
-    try:
-        programme = load_programme(path)
-    except RuleFileError as exc:
-        return FileCheck(str(path), None, list(exc.problems))
-    return FileCheck(programme.source, programme, [])
-
-
-def _check_location(location: Path, check: Callable[[Path], FileCheck]) -> list[FileCheck]:
-    files = rule_files(location)
-    if not files:
-        return [FileCheck(str(location), None, [Problem(str(location), None, "", "no rule files (*.yaml) here")])]
-    checks = [check(path) for path in files]
-    by_file = {c.file: c for c in checks}
-    for problem in version_problems([c.programme for c in checks if c.programme]):
-        by_file[problem.file].problems.append(problem)
-    return checks
 
 
 def version_problems(loaded: list[CompiledProgramme]) -> Iterable[Problem]:

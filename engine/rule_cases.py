@@ -31,6 +31,7 @@ from pydantic import (
 from engine.context import ONBOARDING_EVENT
 from engine.errors import EventError, Problem, RuleFileError, did_you_mean
 from engine.events import EARLIEST_YEAR, LATEST_YEAR, parse_envelope, typed_event
+from engine.loader import read_source
 from engine.programme import ProgrammeSet
 from engine.schema import Name
 from engine.yaml_source import YamlDocument, load_yaml
@@ -273,16 +274,16 @@ def load_cases(paths: Iterable[Path], programmes: ProgrammeSet) -> list[RuleCase
 def load_case_file(path: Path, programmes: ProgrammeSet) -> list[RuleCase]:
     """Load one case file, or raise RuleFileError listing every problem with its line and key path."""
     file = str(path)
+    data = read_source(path)  # at most MAX_FILE_BYTES are read: a case file is untrusted input too
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise RuleFileError([Problem(file, None, "", f"cannot read the file: {exc.strerror}")]) from None
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise RuleFileError([Problem(file, line, "", "not UTF-8 text; save the file as UTF-8")]) from None
     if not text.strip():
         raise RuleFileError([Problem(file, 1, "", "the file is empty; expected `cases:` with a list of cases")])
-    doc = load_yaml(file, text)
+    # Counted while composed: a case file is read in this process, with no trial process to contain it.
+    doc = load_yaml(file, text, fast=False)
     if not isinstance(doc.data, dict):
         raise RuleFileError([doc.problem((), "expected a mapping with a `cases:` list")])
     problems: list[Problem] = []

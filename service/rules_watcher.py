@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ from service.rule_trial import try_rule_files
 log = logging.getLogger("loyalty.rules")
 # A rule file modified less than this long ago may still be being written: it is loaded at a later look.
 SETTLE_SECONDS = 1.0
+# A trial that could not start (no process or file handle to spare) or ran out of wall-clock time (a
+# loaded machine) says nothing certain about the file: the same files are looked at again after this
+# long, doubled after each such failure up to RETRY_MAX_SECONDS, so a busy machine is not made busier.
+RETRY_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,15 @@ class RulesWatcher:
     """The programme versions at a rules location, reloaded when a rule file changes."""
 
     def __init__(self, location: Path, interval: float = 1.0, settle: float = SETTLE_SECONDS,
-                 clock: Clock = utc_now, trial: bool = True):
+                 clock: Clock = utc_now):
         self.location = location
-        self.trial = trial  # try new or changed files in a child process before compiling them here
         self.interval = interval
         self.settle = settle
         self.clock = clock
         self._lock = threading.Lock()
         self._signature: tuple | None = None
+        self._retry_at: float | None = None  # monotonic time to look again at unchanged files (a trial failed)
+        self._retry_delay = RETRY_SECONDS
         self._compiled: dict[tuple[str, str], CompiledProgramme] = {}
         self._installed: set[tuple[str, str]] = set()  # cache keys (file, digest) of the set in use
         self._current: ProgrammeSet | None = None
@@ -83,13 +90,14 @@ class RulesWatcher:
                 signature = _signature(self.location)
             except OSError as exc:
                 return self._refuse([Problem(str(self.location), None, "", f"cannot read the rules: {exc}")], [])
-            if signature == self._signature:
+            if signature == self._signature and (self._retry_at is None or time.monotonic() < self._retry_at):
                 return self._current is not None
             newest = max((modified for _path, modified, _size in signature), default=0)
             if self._current is not None and self.clock().timestamp() - newest / 1e9 < self.settle:
                 return True  # a file was written just now, maybe not to the end: look again once it settles
             self._signature = signature
-            keys, problems = self._compile_all(rule_files(self.location))
+            keys, problems, retry = self._compile_all(rule_files(self.location))
+            self._schedule_retry(retry)
             loaded = [self._compiled[key] for key in keys]
             if not loaded and not problems:
                 problems.append(Problem(str(self.location), None, "", "no rule files (*.yaml) here"))
@@ -124,9 +132,18 @@ class RulesWatcher:
                                         "already evaluated under the versions in force; use `loyalty rules activate`"))
         return problems
 
-    def _compile_all(self, paths: list[Path]) -> tuple[list[tuple[str, str]], list[Problem]]:
+    def _schedule_retry(self, retry: bool) -> None:
+        """After a trial that said nothing certain, look at the same files again later, with backoff."""
+        if not retry:
+            self._retry_at, self._retry_delay = None, RETRY_SECONDS
+            return
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
+
+    def _compile_all(self, paths: list[Path]) -> tuple[list[tuple[str, str]], list[Problem], bool]:
         """Compile each file unless its content was compiled before, after trying the new ones (together) in
-        child processes; the cache keys of those that load, and the problems of the others."""
+        child processes; the cache keys of those that load, the problems of the others, and whether a
+        trial failed for a reason that may be the machine's (then the files are worth another look)."""
         keys, problems, read = [], [], []
         for path in paths:
             try:
@@ -136,7 +153,7 @@ class RulesWatcher:
                 continue
             read.append(((str(path), hashlib.sha256(data).hexdigest()), data))
         new = [(key[0], data) for key, data in read if key not in self._compiled]
-        verdicts = {verdict.file: verdict for verdict in try_rule_files(new)} if self.trial and new else {}
+        verdicts = {verdict.file: verdict for verdict in try_rule_files(new)} if new else {}
         for key, data in read:
             verdict = verdicts.get(key[0])
             if verdict is not None and not verdict.ok:
@@ -150,7 +167,7 @@ class RulesWatcher:
                 problems.extend(exc.problems)
             except Exception as exc:  # noqa: BLE001 - a file the loader did not foresee is refused like any other
                 problems.append(Problem(key[0], None, "", f"cannot be loaded ({type(exc).__name__}: {exc})"))
-        return keys, problems
+        return keys, problems, any(verdict.transient for verdict in verdicts.values())
 
     def _install(self, programmes: ProgrammeSet) -> None:
         self._current = programmes

@@ -8,11 +8,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import yaml
+from typer.testing import CliRunner
 
+from cli.main import app
 from cli.rule_diff import format_value
 from engine.loader import load_programme
 from engine.rule_diff import ProgrammeDiff, diff_programmes
+from service import rule_trial
 from tests.conftest import RULES, run_cli
+
+RUNNER = CliRunner()
 
 SHIPPED = RULES / "corporate_lending.yaml"
 
@@ -486,3 +491,14 @@ def test_cli_help_teaches_with_an_example():
     assert result.returncode == 0
     assert "loyalty rules diff rules/corporate_lending.yaml proposed.yaml --exit-code" in result.stdout
     assert "--exit-code" in result.stdout and "--json" in result.stdout
+
+
+def test_both_files_are_tried_in_a_child_process_first(tmp_path, monkeypatch):
+    # A proposed file is untrusted: what the trial refuses (here, a trial that crashes) is never compiled here.
+    rule_trial.clear_cache()
+    monkeypatch.setattr(rule_trial, "RULE_TARGET", "tests.test_rule_trial:segfault")
+    result = RUNNER.invoke(app, ["rules", "diff", str(RULES / "corporate_lending.yaml"), str(edited(tmp_path))])
+    rule_trial.clear_cache()
+    assert result.exit_code == 2, result.output
+    assert "crashed the process that compiled it (killed by SIGSEGV while compiling)" in result.output
+    assert "Traceback" not in result.output

@@ -15,6 +15,7 @@ import yaml
 
 from engine.errors import RuleFileError
 from engine.loader import load_programmes, rule_files
+from engine.yaml_source import MAX_FILE_BYTES, MAX_NODES
 from service.rule_tests import EARLIEST, only_version, run_rule_tests
 from tests.conftest import RULES, cli_json, run_cli
 
@@ -279,6 +280,18 @@ def test_a_broken_case_file_raises_every_problem(programmes, tmp_path):
         run_rule_tests(programmes, [good, bad, empty])
     assert [(p.file, p.line, p.path) for p in caught.value.problems] == [(str(bad), 1, "cases"), (str(empty), 1, "")]
     assert run_rule_tests(programmes, [good]).ok
+
+
+def test_a_huge_or_oversized_case_file_is_refused_before_it_is_built(programmes, tmp_path):
+    # Case files are read in this process, not in a trial child: their size and values are bounded first.
+    huge = case_file(tmp_path, "cases: [" + "{}, " * (MAX_NODES + 1) + "]\n", "huge.yaml")
+    large = tmp_path / "large.yaml"
+    large.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(RuleFileError) as caught:
+        run_rule_tests(programmes, [huge, large])
+    assert [(p.file, p.line) for p in caught.value.problems] == [(str(huge), 1), (str(large), None)]
+    assert f"more than {MAX_NODES:,} values" in caught.value.problems[0].message
+    assert f"at most {MAX_FILE_BYTES:,} bytes" in caught.value.problems[1].message
 
 
 def test_an_event_the_engine_refuses_fails_the_case_with_the_reason(programmes, tmp_path):

@@ -1,15 +1,18 @@
 """Rule files are tried in a child process with limits before any process accepts them (service/rule_trial.py).
 
-The mechanism is tested with child targets that crash, spin, allocate, raise and block, under both
-ways of starting a child; then hostile rule files go through the commands and into the rules
+The mechanism (service/isolation.py) is tested with child targets that crash, spin, allocate, raise
+and block, under both ways of starting a child; then hostile rule files go through the commands and into the rules
 directory of a running `loyalty serve`, which must keep answering with the last good rules.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,9 +21,10 @@ import httpx
 import pytest
 
 from engine.errors import RuleFileError
-from engine.loader import check_programmes, compile_source, load_programme
-from service import rule_trial
-from service.rule_trial import Limits, Request, TrialRefused, run_isolated, stage, try_rule_files
+from engine.loader import check_source, compile_source, load_programme, version_problems
+from service import isolation, rule_trial, rules_watcher
+from service.isolation import Limits, Request, TrialRefused, run_isolated
+from service.rule_trial import try_rule_files
 from service.rules_watcher import RulesWatcher
 from tests.api_support import running_server
 from tests.conftest import RULES, SAMPLE, cli_json, event, run_cli
@@ -28,6 +32,7 @@ from tests.conftest import RULES, SAMPLE, cli_json, event, run_cli
 SHIPPED = (RULES / "corporate_lending.yaml").read_text(encoding="utf-8")
 HERE = "tests.test_rule_trial"
 SMALL = Limits(cpu_seconds=1, memory_mib=64, wall_seconds=30)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- child targets: importable functions of (arguments, bytes) -> dict -------------------------------------
@@ -39,7 +44,6 @@ def echo(arguments: dict, data: bytes) -> dict:
 
 def segfault(arguments: dict, data: bytes) -> dict:
     """Crash as a C extension would."""
-    stage("while crashing on purpose")
     os.kill(os.getpid(), signal.SIGSEGV)
     return {}
 
@@ -68,18 +72,24 @@ def block(arguments: dict, data: bytes) -> dict:
     return {}
 
 
+def fail_loudly(arguments: dict, data: bytes) -> dict:
+    """Print a traceback and exit with a status, as an interpreter that failed at its end would."""
+    os.write(2, b"Traceback (most recent call last):\n  ...\nRecursionError: maximum recursion depth exceeded\n")
+    os._exit(3)
+
+
 # --- the mechanism --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_each_way_a_child_can_end_becomes_a_clear_refusal_and_the_parent_goes_on(method):
-    requests = [Request(f"{HERE}:{name}", {"n": number}, b"rule file bytes")
+    requests = [Request(f"{HERE}:{name}", {"n": number}, b"rule file bytes", "while crashing on purpose")
                 for number, name in enumerate(["segfault", "spin", "allocate", "raise_error", "echo"])]
     segv, spun, allocated, raised, echoed = run_isolated(requests, SMALL, method)
 
-    assert isinstance(segv, TrialRefused) and segv.kind == "crash"
+    assert isinstance(segv, TrialRefused) and segv.kind == "crash" and not segv.transient
     assert segv.reason == "killed by SIGSEGV while crashing on purpose"
-    assert isinstance(spun, TrialRefused) and spun.kind == "limit" and "CPU-time limit" in spun.reason
-    assert isinstance(allocated, TrialRefused) and allocated.kind == "limit" and "memory limit" in allocated.reason
+    assert isinstance(spun, TrialRefused) and spun.kind == "cpu" and "CPU-time limit" in spun.reason
+    assert isinstance(allocated, TrialRefused) and allocated.kind == "memory" and "memory limit" in allocated.reason
     assert isinstance(raised, TrialRefused) and raised.kind == "error"
     assert "ValueError: the target failed on purpose" in raised.reason
     # The answers are not mixed up, and the target ran in another process.
@@ -90,19 +100,100 @@ def test_each_way_a_child_can_end_becomes_a_clear_refusal_and_the_parent_goes_on
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_a_child_that_blocks_is_killed_at_the_wall_clock_limit(method):
     [blocked] = run_isolated([Request(f"{HERE}:block", {})], Limits(1, 64, wall_seconds=3), method)
-    assert isinstance(blocked, TrialRefused) and blocked.kind == "limit"
+    assert isinstance(blocked, TrialRefused) and blocked.kind == "wall" and blocked.transient
     assert blocked.reason.startswith("stopped after 3 s of wall-clock time")
     [answer] = run_isolated([Request(f"{HERE}:echo", {})], SMALL, method)  # nothing is left behind
     assert answer["length"] == 0
 
 
+def test_a_failing_child_is_summed_up_in_one_line_and_nothing_reaches_the_log_above_debug(caplog):
+    caplog.set_level("DEBUG")
+    [failed] = run_isolated([Request(f"{HERE}:fail_loudly", {}, b"", "while compiling")], SMALL, "fork")
+    assert isinstance(failed, TrialRefused) and failed.kind == "crash"
+    assert failed.reason == ("the trial process ended with status 3 while compiling "
+                             "(RecursionError: maximum recursion depth exceeded)")
+    # A command has no log handler: a record at info or above would reach the person as a traceback.
+    assert [record.levelname for record in caplog.records if "Traceback" in record.getMessage()] == ["DEBUG"]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_no_child_outlives_an_interrupted_run(method):
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_isolated([Request(f"{HERE}:block", {})] * 2, Limits(1, 64, wall_seconds=60), method)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    children = Path(f"/proc/self/task/{threading.get_native_id()}/children").read_text().split()
+    assert children == []  # killed and waited for: not running, and no zombie either
+
+
+def test_a_child_keeps_within_hard_limits_it_inherited():
+    # `ulimit -Hv` and a hard CPU limit below what the trial would ask for: the trial asks for less
+    # instead of failing every file as a crash.
+    script = f"""
+from service.isolation import Limits, Request, _address_space, run_isolated
+room = _address_space() + 200 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (room, room))
+used = resource.getrusage(resource.RUSAGE_SELF)
+cpu = int(used.ru_utime + used.ru_stime) + 3
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+for method in ("fork", "spawn"):
+    [answer] = run_isolated([Request("{HERE}:echo", {{}}, b"abc")], Limits(2, 256, 60), method)
+    print(method, answer["length"] if isinstance(answer, dict) else answer.reason)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.split() == ["fork", "3", "spawn", "3"], result
+
+
+def test_a_child_that_could_not_start_or_finish_in_time_is_not_a_verdict_on_the_file():
+    rule_trial.clear_cache()
+    good = RULES / "corporate_lending.yaml"
+    [late] = try_rule_files([(str(good), good.read_bytes())], limits=Limits(2, 256, wall_seconds=0))
+    assert late.refused and late.transient
+    [problem] = late.errors
+    assert problem.file == str(good) and problem.message.startswith("did not compile within 0 s of wall-clock time")
+    [tried] = try_rule_files([(str(good), good.read_bytes())])
+    assert tried.ok  # tried again, not answered from the cache
+
+
+def cannot_start(*_args, **_kwargs):
+    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+
+def test_a_watcher_tries_a_file_again_when_its_trial_could_not_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(rules_watcher, "RETRY_SECONDS", 0.0)
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    shutil.copy(RULES / "corporate_lending.yaml", folder)
+    watcher = RulesWatcher(folder, settle=0)
+    newer = SHIPPED.replace('version: "2026.1"', 'version: "2031.1"').replace(
+        "effective_from: 2025-01-01T00:00:00Z", "effective_from: 2031-01-01T00:00:00Z")
+    (folder / "next.yaml").write_text(newer)
+    with monkeypatch.context() as busy:  # no process can be started: EAGAIN, as under a process limit
+        busy.setattr(isolation.os, "fork", cannot_start)
+        busy.setattr(isolation.subprocess, "Popen", cannot_start)
+        assert watcher.refresh()
+    [problem] = watcher.status().problems
+    assert problem.file == str(folder / "next.yaml") and problem.message.startswith("could not be tried")
+    assert watcher.status().installed == ("2026.1",)
+    assert watcher.refresh()  # the files did not change, but their trial said nothing: it is tried again
+    assert watcher.status().installed == ("2026.1", "2031.1") and watcher.status().problems == ()
+
+
 def test_a_server_with_threads_spawns_and_a_single_threaded_command_forks():
-    assert rule_trial.start_method() == ("fork" if len(os.listdir("/proc/self/task")) == 1 else "spawn")
+    assert isolation.start_method() == ("fork" if len(os.listdir("/proc/self/task")) == 1 else "spawn")
     stop = threading.Event()
     helper = threading.Thread(target=stop.wait)
     helper.start()
     try:
-        assert rule_trial.start_method() == "spawn"
+        assert isolation.start_method() == "spawn"
     finally:
         stop.set()
         helper.join()
@@ -158,10 +249,12 @@ def test_rules_check_in_a_child_reports_exactly_what_the_loader_reports(tmp_path
     (folder / "a.yaml").write_text(SHIPPED.replace("id: gold", "id: Gold"))  # errors
     (folder / "b.yaml").write_text(SHIPPED.replace("use: single, valid_for_days: 180}", "use: standing}", 1))  # a warning
     (folder / "c.yaml").write_text(SHIPPED.replace('version: "2026.1"', 'version: "2027.1"'))  # clashes with b
-    expected = check_programmes(folder)
+    expected = [check_source(str(path), path.read_bytes()) for path in sorted(folder.iterdir())]
+    clash = list(version_problems([check.programme for check in expected if check.programme]))
+    assert clash and {problem.file for problem in clash} == {str(folder / "c.yaml")}
     got = rule_trial.check_location(folder)
     assert [c.file for c in got] == [c.file for c in expected]
-    assert [c.problems for c in got] == [c.problems for c in expected]
+    assert [c.problems for c in got] == [c.problems + [p for p in clash if p.file == c.file] for c in expected]
     assert any(problem.severity == "warning" for check in got for problem in check.problems)
 
 
