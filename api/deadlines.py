@@ -81,22 +81,32 @@ async def in_thread(work: Callable[[], T], seconds: float, cleanup: Callable[[T]
     leave the thread to finish on its own, calling `cleanup` on its result (e.g. a rollback) when it does."""
     check_backlog(seconds)
     lock = threading.Lock()
-    state: dict[str, object] = {"abandoned": False}
+    # Everything the caller and the thread both read or write changes under `lock`, so each outcome is
+    # settled by exactly one of them: whoever sees the other's mark second does the follow-up.
+    state: dict[str, object] = {"gave_up": False, "started": False, "finished": False, "counted": False}
 
     def run() -> T:
+        with lock:
+            if state["gave_up"]:  # the deadline passed while waiting for a thread: nobody wants the work
+                raise _NotWanted
+            state["started"] = True
         try:
             result = work()
-        finally:
+        except BaseException:
             with lock:
                 state["finished"] = True
-                abandoned = state["abandoned"]
-            if abandoned:
+                if state["counted"]:
+                    backlog.add(-1)
+            raise
+        with lock:
+            state["finished"] = True
+            counted = state["counted"]
+            if counted:
                 backlog.add(-1)
-        if abandoned:
-            if cleanup is not None:
-                cleanup(result)
-        else:
-            state["result"] = result
+            else:
+                state["result"] = result
+        if counted and cleanup is not None:
+            cleanup(result)
         return result
 
     try:
@@ -104,11 +114,20 @@ async def in_thread(work: Callable[[], T], seconds: float, cleanup: Callable[[T]
             return await to_thread.run_sync(run, abandon_on_cancel=True)
     except TimeoutError:
         with lock:
-            finished = state.get("finished", False)
-            if not finished:
-                state["abandoned"] = True
+            state["gave_up"] = True
+            # Only work that started and has not finished is left behind: the thread takes the count off.
+            state["counted"] = state["started"] and not state["finished"]
+            if state["counted"]:
                 backlog.add(1)
-        if finished and cleanup is not None and "result" in state:
+            leftover = state.get("result", _NOTHING)
+        if leftover is not _NOTHING and cleanup is not None:
             # The thread finished just as the deadline passed: its result still needs the cleanup.
-            threading.Thread(target=cleanup, args=(state["result"],), daemon=True).start()
+            threading.Thread(target=cleanup, args=(leftover,), daemon=True).start()
         raise DeadlineExceeded(seconds) from None
+
+
+class _NotWanted(Exception):
+    """Raised in a worker thread that starts after its caller gave up; nobody receives it."""
+
+
+_NOTHING = object()

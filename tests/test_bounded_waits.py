@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from datetime import timedelta
 
+import anyio
 import httpx
 import pytest
+from anyio import to_thread
 from sqlalchemy import create_engine
 
 from service.apikeys import create_key
@@ -220,3 +222,33 @@ def test_connections_beyond_the_cap_are_closed_and_the_server_keeps_answering(sq
         for sock in sockets:
             sock.close()
     assert httpx.get(f"{sqlite_server.base}/healthz").status_code == 200
+
+
+# --- abandoned work is counted while, and only while, a thread still does it (no database needed) ----------
+
+def test_work_abandoned_before_or_during_its_thread_is_counted_only_while_it_runs():
+    from api import deadlines
+
+    cleaned: list[str] = []
+
+    async def scenario() -> None:
+        limiter = to_thread.current_default_thread_limiter()
+        tokens, limiter.total_tokens = limiter.total_tokens, 1
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(to_thread.run_sync, time.sleep, 0.5)  # holds the only worker thread
+                await anyio.sleep(0.05)
+                for _ in range(3):  # time out while waiting for a thread: nothing was left running
+                    with pytest.raises(deadlines.DeadlineExceeded):
+                        await deadlines.in_thread(lambda: "never run", 0.05, cleanup=cleaned.append)
+            with pytest.raises(deadlines.DeadlineExceeded):  # times out while running: left behind, counted
+                await deadlines.in_thread(lambda: time.sleep(0.3) or "late", 0.05, cleanup=cleaned.append)
+            assert deadlines.backlog.count == before + 1
+            await anyio.sleep(0.6)  # the thread finishes: its result is cleaned up and the count taken off
+        finally:
+            limiter.total_tokens = tokens
+
+    before = deadlines.backlog.count
+    anyio.run(scenario)
+    assert deadlines.backlog.count == before
+    assert cleaned == ["late"]
