@@ -96,9 +96,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._in_head, self._head_bytes = True, 0  # the next request's head, on a kept-alive connection
+    def on_message_complete(self) -> None:
+        # The request's body has been read: what the parser sees next is the next request's head. (Not
+        # when the response completes: a pipelined request's head may already be parsed by then, and its
+        # body would be counted as head bytes.)
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal == 431:

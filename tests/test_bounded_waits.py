@@ -252,3 +252,24 @@ def test_work_abandoned_before_or_during_its_thread_is_counted_only_while_it_run
     anyio.run(scenario)
     assert deadlines.backlog.count == before
     assert cleaned == ["late"]
+
+
+def test_pipelined_requests_with_bodies_are_not_taken_for_oversized_heads(sqlite_server):
+    body = b'{"pad": "' + b"x" * (40 * 1024) + b'"}'  # larger than the head bound (32 KiB)
+    request = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", sqlite_server.port)) as sock:
+        sock.settimeout(BOUND)
+        sock.sendall(request + body + request)  # the second head arrives while the first is answered
+        first = b""
+        while b"\r\n\r\n" not in first or not first.endswith(b"}"):
+            first += sock.recv(65536)
+        sock.sendall(body)  # the second body comes after the first answer
+        second = b""
+        while b"\r\n\r\n" not in second or not second.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            second += chunk
+    assert first.startswith(b"HTTP/1.1 401"), first[:200]
+    assert second.startswith(b"HTTP/1.1 401"), second[:200]
