@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deadlines import DeadlineExceeded, backlog, check_backlog, in_thread, request_timeout
 from api.problems import problem_response
-from api.security import presented_key
+from api.security import presented_key, remember_caller
 from service.apikeys import authenticate
 from storage import idempotency
 from storage.db import RequestTransaction
@@ -136,6 +136,7 @@ class RequestGuard:
                 tracked = _Tracked(send)
                 await _bounded(self.app(scope, receive, tracked), tracked, deadline, self.request_seconds)
                 return
+            remember_caller(scope, caller)
             transaction, claim = await in_thread(open_and_claim, left(), cleanup=lambda result: result[0].rollback())
         except (DBAPIError, PoolTimeoutError) as exc:
             if getattr(getattr(exc, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:

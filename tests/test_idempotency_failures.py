@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from service.apikeys import create_key
 from service.clock import utc_now
@@ -156,3 +156,26 @@ def test_a_database_frozen_during_the_first_attempt_lets_the_retry_apply_once(db
         assert client.get("/v1/clients/C-1/benefits").json()["points_balance"] == START_BALANCE - COST
         replay = client.post("/v1/clients/C-1/redemptions", json=REDEEM, headers={"Idempotency-Key": "frozen-2"})
         assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == retry.json()
+
+
+def test_a_keyed_post_holds_one_pooled_connection_at_a_time(api, engine):
+    """The key is authenticated once, before its transaction opens: the route does not take a second
+    connection while the first is held (30 such requests at once would otherwise wait on each other)."""
+    held = {"now": 0, "most": 0}
+
+    def out(*_) -> None:  # noqa: ANN002
+        held["now"] += 1
+        held["most"] = max(held["most"], held["now"])
+
+    def back(*_) -> None:  # noqa: ANN002
+        held["now"] -= 1
+
+    event.listen(engine, "checkout", out)
+    event.listen(engine, "checkin", back)
+    try:
+        answer = api.client.post("/v1/clients/C-1/redemptions", json=REDEEM, headers={"Idempotency-Key": "one-conn"})
+    finally:
+        event.remove(engine, "checkout", out)
+        event.remove(engine, "checkin", back)
+    assert answer.status_code == 201, answer.text
+    assert held["most"] == 1, held
