@@ -1,8 +1,11 @@
 """Request guard (ASGI middleware): body size and time limits, a bound on each request's database
 work, and Idempotency-Key replay for POST requests.
 
-Every request's work is bounded (`api.deadlines`): past the bound it answers 503 with Retry-After and
-the work left behind is rolled back when the database answers again.
+Every request's work is bounded (`api.deadlines`): past the bound it answers 503 with Retry-After. The
+work left behind finishes when the database answers again: a POST with an Idempotency-Key is then rolled
+back whole (see below), so its retry runs for real; a POST without one runs in its route's own
+transactions and may still be applied, so its 503 says so and asks for a key (the README says why POSTs
+without a key are not wrapped in one transaction too).
 
 Same key and same request (method, path, query and JSON body, compared canonically): the first
 response is replayed, with `Idempotent-Replayed: true`. Same key, different request: 409. Keys are per
@@ -78,11 +81,16 @@ class RequestGuard:
             return
         replay = _replayer(body)
         deadline = anyio.current_time() + self.request_seconds
+        key = headers.get("idempotency-key")
+        credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
+        keyed = scope["method"] == "POST" and key is not None and credential is not None
         try:
             check_backlog(self.request_seconds)
-            key = headers.get("idempotency-key")
-            credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
-            if scope["method"] != "POST" or key is None or credential is None:
+        except DeadlineExceeded as exc:
+            await _timed_out(scope, receive, send, exc, "nothing was applied; retry shortly")
+            return
+        try:
+            if not keyed:
                 tracked = _Tracked(send)
                 await _bounded(self.app(scope, replay, tracked), tracked, deadline, self.request_seconds)
                 return
@@ -92,9 +100,15 @@ class RequestGuard:
                 return
             await self._idempotent(scope, replay, send, credential, key, request_hash(scope, body), deadline)
         except DeadlineExceeded as exc:
-            await problem_response(503, "database-timeout", f"{exc}; retry shortly (a POST with the same "
-                                   "Idempotency-Key is safe to retry)", scope["path"],
-                                   {"Retry-After": "2"})(scope, receive, send)
+            if keyed:
+                advice = "nothing was applied; retry shortly with the same Idempotency-Key"
+            elif scope["method"] == "POST":
+                advice = ("the request may still be applied once the database answers; check its effect (the "
+                          "ledger, the quote) before sending it again, and send POSTs with an Idempotency-Key: "
+                          "those are safe to retry")
+            else:
+                advice = "retry shortly"
+            await _timed_out(scope, receive, send, exc, advice)
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
         declared = headers.get("content-length")
@@ -271,6 +285,11 @@ async def _quietly(work, seconds: float) -> None:  # noqa: ANN001 - a blocking c
         await in_thread(work, max(seconds, 0.5))
     except (DeadlineExceeded, DBAPIError, PoolTimeoutError):
         pass
+
+
+async def _timed_out(scope: Scope, receive: Receive, send: Send, exc: DeadlineExceeded, advice: str) -> None:
+    await problem_response(503, "database-timeout", f"{exc}; {advice}", scope["path"],
+                           {"Retry-After": "2"})(scope, receive, send)
 
 
 async def _database_unavailable(scope: Scope, receive: Receive, send: Send) -> None:

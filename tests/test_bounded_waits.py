@@ -18,12 +18,15 @@ import anyio
 import httpx
 import pytest
 from anyio import to_thread
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
+
+from api.app import create_app
 
 from service.apikeys import create_key
 from service.clock import utc_now
 from service.ingest import Ingestor
-from tests.api_support import borrower_events
+from tests.api_support import borrower_events, make_api
 from tests.conftest import run_cli
 from tests.waits_support import frozen_capable, serve
 
@@ -273,3 +276,26 @@ def test_pipelined_requests_with_bodies_are_not_taken_for_oversized_heads(sqlite
             second += chunk
     assert first.startswith(b"HTTP/1.1 401"), first[:200]
     assert second.startswith(b"HTTP/1.1 401"), second[:200]
+
+
+def test_a_post_without_a_key_that_times_out_says_it_may_still_be_applied(engine, programmes):
+    """Its work runs in the route's own transactions and is left to finish: the 503 must not promise
+    that nothing happened (a keyed POST's is rolled back instead: tests/test_idempotency_failures.py)."""
+    api = make_api(engine, programmes)
+    assert api.client.post("/v1/events", json=borrower_events()).status_code == 200
+    app = create_app(engine, programmes, clock=api.clock, request_seconds=1)
+    with TestClient(app, headers={"Authorization": f"Bearer {api.keys['admin']}"}) as client:
+        locker = engine.raw_connection()  # another writer holds the borrower (SQLite: the write lock)
+        try:
+            locker.cursor().execute("BEGIN IMMEDIATE" if engine.dialect.name == "sqlite"
+                                    else "SELECT 1 FROM client WHERE client_id = 'C-1' FOR UPDATE")
+            answer = client.post("/v1/clients/C-1/redemptions", json={"reward_id": "fast-track-24h"})
+        finally:
+            locker.rollback()
+            locker.close()
+        assert answer.status_code == 503 and answer.headers["Retry-After"], answer.text
+        assert "may still be applied" in answer.json()["detail"] and "Idempotency-Key" in answer.json()["detail"]
+        deadline = time.monotonic() + BOUND
+        while client.get("/v1/clients/C-1/benefits").json()["points_balance"] != 11000 - 8000:
+            assert time.monotonic() < deadline, "the work left behind was not applied"
+            time.sleep(0.1)
