@@ -33,7 +33,7 @@ from engine.programme import ProgrammeSet
 from service.clock import utc_now
 from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
-from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError
+from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError, SettingError
 from service.ingest import Ingestor, IngestReport
 from service.rejects import RejectsFile
 from service.profile import client_profile
@@ -41,20 +41,23 @@ from service.reversal import reverse_event
 from service.review import run_review
 from service.rules_watcher import RulesWatcher
 from storage import ledger
-from storage.db import (API, BATCH, SchemaMissingError, SettingError, database_url, init_schema, make_engine,
+from storage.db import (API, BATCH, SchemaMissingError, database_url, init_schema, make_engine,
                         read_snapshot, require_schema, timeouts)
 
 PROJECT_RULES = Path(__file__).resolve().parent.parent / "rules"
 
 
 class _DatabaseErrorsExit2(TyperGroup):
-    """Any command: a database that stops answering or refuses the work mid-way ends the command with
-    exit 2 and one line naming the database and what to do, never a traceback."""
+    """Any command: a database that stops answering or refuses the work mid-way, or a LOYALTY_* setting
+    out of range (read wherever an engine is made), ends the command with exit 2 and one line naming the
+    database or the variable and what to do, never a traceback."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - whatever the command returns
         words = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             return super().invoke(ctx)
+        except SettingError as exc:
+            raise fail(f"{exc}; correct or unset it", as_json="--json" in words) from None
         except (DBAPIError, PoolTimeoutError) as exc:
             settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings(None, None)
             where = make_url(settings.db_url).render_as_string(hide_password=True)
@@ -101,8 +104,6 @@ class Settings:
         except (ArgumentError, NoSuchModuleError):
             raise fail(f"--db {self.db_url!r} is not a database URL; expected e.g. sqlite:///loyalty.db or "
                        "postgresql+psycopg://user@host:5432/dbname", as_json=as_json) from None
-        except SettingError as exc:
-            raise fail(str(exc), as_json=as_json) from None
         try:
             if need_schema:
                 require_schema(engine)

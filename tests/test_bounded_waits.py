@@ -20,8 +20,10 @@ import pytest
 from anyio import to_thread
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
+from typer.testing import CliRunner
 
 from api.app import create_app
+from cli.main import app
 
 from service.apikeys import create_key
 from service.clock import utc_now
@@ -299,3 +301,15 @@ def test_a_post_without_a_key_that_times_out_says_it_may_still_be_applied(engine
         while client.get("/v1/clients/C-1/benefits").json()["points_balance"] != 11000 - 8000:
             assert time.monotonic() < deadline, "the work left behind was not applied"
             time.sleep(0.1)
+
+
+@pytest.mark.parametrize("command", [("rules", "test"),
+                                     ("simulate", "rules/corporate_lending.yaml", "--events", "examples/sample_events.jsonl")])
+def test_a_bad_setting_read_by_any_command_is_one_line_and_exit_2(command, monkeypatch):
+    """These commands make their scratch engines in services, far from the CLI's own database set-up."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    result = CliRunner().invoke(app, list(command), env={"LOYALTY_BATCH_LOCK_TIMEOUT": "abc", "COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "LOYALTY_BATCH_LOCK_TIMEOUT='abc'" in lines[0], result.stderr
