@@ -2,13 +2,12 @@
 accepted by the kernel) cannot enforce its own statement timeout, so the API stops waiting instead.
 
 Blocking work runs in worker threads that are abandoned past the deadline: the request answers 503
-and the thread finishes whenever the database answers (its transaction is then rolled back). The
+and the thread finishes whenever the database answers (then its cleanup runs, e.g. a rollback). The
 work left behind is counted; past `MAX_ABANDONED` new requests are refused at once instead of piling
 up more of it, until the database answers again and the abandoned work drains.
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -16,14 +15,8 @@ from typing import TypeVar
 import anyio
 from anyio import to_thread
 
-from storage.db import SettingError
-
 T = TypeVar("T")
 
-REQUEST_TIMEOUT_ENV = "LOYALTY_API_REQUEST_TIMEOUT"
-# A request's whole database work (key check, claim, route, commit): above the API statement
-# timeout (5 s), so a slow statement fails with the database's own error first.
-DEFAULT_REQUEST_TIMEOUT = 10.0
 # /healthz is what load balancers poll: it must answer fast, even when the database does not.
 HEALTH_TIMEOUT = 2.0
 # Work abandoned to a frozen database holds a thread (and a pooled connection) until it thaws.
@@ -36,20 +29,6 @@ class DeadlineExceeded(Exception):
     def __init__(self, seconds: float):
         super().__init__(f"the database did not answer within {seconds:g} s")
         self.seconds = seconds
-
-
-def request_timeout() -> float:
-    """The bound on one request's database work, in seconds ($LOYALTY_API_REQUEST_TIMEOUT, default 10)."""
-    raw = os.environ.get(REQUEST_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_REQUEST_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise SettingError(f"{REQUEST_TIMEOUT_ENV}={raw!r} is not a number of seconds between 0 and 3600")
-    return value
 
 
 class _Backlog:

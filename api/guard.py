@@ -33,7 +33,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deadlines import DeadlineExceeded, backlog, check_backlog, in_thread, request_timeout
+from api.deadlines import DeadlineExceeded, backlog, check_backlog, in_thread
+from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
 from api.problems import problem_response
 from api.security import presented_key, remember_caller
 from service.apikeys import authenticate
@@ -41,9 +42,6 @@ from storage import idempotency
 from storage.db import RequestTransaction
 
 MAX_KEY_LENGTH = 255
-# A body (at most 2 MiB) must arrive within this: a client dribbling bytes holds a connection and
-# memory, and 2 MiB at 100 kB/s takes 20 s.
-BODY_TIMEOUT = 30.0
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
@@ -55,11 +53,11 @@ class RequestGuard:
     """Refuses oversized or slow bodies, bounds every request's database work, and makes POSTs with an
     Idempotency-Key safe to retry."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, request_seconds: float | None = None,
+    def __init__(self, app: ASGIApp, max_body_bytes: int, request_seconds: float = REQUEST_TIMEOUT,
                  body_seconds: float = BODY_TIMEOUT):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.request_seconds = request_seconds if request_seconds is not None else request_timeout()
+        self.request_seconds = request_seconds
         self.body_seconds = body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

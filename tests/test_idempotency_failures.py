@@ -14,8 +14,8 @@ from sqlalchemy import event, text
 from service.apikeys import create_key
 from service.clock import utc_now
 from service.ingest import Ingestor
-from tests.api_support import borrower_events, make_api
-from tests.waits_support import frozen_capable, serve
+from tests.api_support import borrower_events, make_api, serve
+from tests.waits_support import frozen_capable
 
 REDEEM = {"reward_id": "fast-track-24h"}  # costs 8,000 of the borrower's 11,000 points
 START_BALANCE, COST = 11000, 8000
