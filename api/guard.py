@@ -12,7 +12,7 @@ response is replayed, with `Idempotent-Replayed: true`. Same key, different requ
 API key: two callers never collide. The key is authenticated before anything is replayed: a revoked
 key gets 401, not a stored answer.
 
-A POST with a key runs in ONE write transaction (`storage.db.RequestTransaction`): the key's record is
+A POST with a key runs in ONE write transaction (`service.idempotency`): the key's record is
 inserted first, the route's writes nest in it as savepoints, the response is stored in it, and it
 commits before the response is sent. Any failure (a 5xx, 401 or 403 answer, a timeout, a lost
 database) rolls all of it back, so a retry runs for real; once committed, the key replays. The key's
@@ -38,11 +38,9 @@ from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
 from api.problems import problem_response
 from api.security import presented_key, remember_caller
 from service.apikeys import authenticate
-from storage import idempotency
-from storage.db import RequestTransaction
+from service import idempotency
 
 MAX_KEY_LENGTH = 255
-_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
 class _TooLarge(Exception):
@@ -133,15 +131,6 @@ class RequestGuard:
         def left() -> float:
             return deadline - anyio.current_time()
 
-        def open_and_claim() -> tuple[RequestTransaction, idempotency.Claim]:
-            transaction = RequestTransaction(engine)
-            try:
-                return transaction, idempotency.claim(transaction.conn, caller.key_id, key, request_hash,
-                                                      state.clock())
-            except BaseException:
-                transaction.rollback()
-                raise
-
         try:
             caller = await in_thread(lambda: authenticate(engine, credential), left())
             if caller is None:  # the route answers 401; nothing is stored or replayed for an unknown key
@@ -149,55 +138,45 @@ class RequestGuard:
                 await _bounded(self.app(scope, receive, tracked), tracked, deadline, self.request_seconds)
                 return
             remember_caller(scope, caller)
-            transaction, claim = await in_thread(open_and_claim, left(), cleanup=lambda result: result[0].rollback())
-        except (DBAPIError, PoolTimeoutError) as exc:
-            if getattr(getattr(exc, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-                await _refuse(scope, receive, send, "idempotency-key-in-use", key)
-            else:
-                await _database_unavailable(scope, receive, send)
+            request, claim = await in_thread(
+                lambda: idempotency.begin(engine, caller.key_id, key, request_hash, state.clock()), left(),
+                cleanup=_release)
+        except (DBAPIError, PoolTimeoutError):
+            await _database_unavailable(scope, receive, send)
             return
-        if claim.outcome != idempotency.NEW:
-            await _quietly(transaction.rollback, left())
+        if request is None:
             if claim.outcome == idempotency.REPLAY:
                 headers = {"Idempotent-Replayed": "true", "content-type": claim.content_type or "application/json"}
                 await _send_stored(send, claim.status_code, headers, (claim.body or "").encode())
             else:
                 await _refuse(scope, receive, send, claim.outcome, key)
             return
-        await self._run_and_record(scope, receive, send, transaction, caller.key_id, key, deadline)
+        await self._run_and_record(scope, receive, send, request, deadline)
 
-    async def _run_and_record(self, scope: Scope, receive: Receive, send: Send, transaction: RequestTransaction,
-                              caller: str, key: str, deadline: float) -> None:
+    async def _run_and_record(self, scope: Scope, receive: Receive, send: Send, request: idempotency.KeyedRequest,
+                              deadline: float) -> None:
         """Run the route inside the request transaction; commit its work with the response, then send it."""
         buffered = _Buffered()
-        with transaction.ambient():  # the route's task (and its worker threads) copy this context
+        with request.ambient():  # the route's task (and its worker threads) copy this context
             task = asyncio.ensure_future(self.app(scope, receive, buffered))
         try:
             finished = await _wait(task, deadline)
         except BaseException:
-            await _quietly(transaction.rollback, deadline - anyio.current_time())
+            await _quietly(request.rollback, deadline - anyio.current_time())
             raise
         if not finished:
-            _abandon(task, transaction.rollback)
+            _abandon(task, request.rollback)
             raise DeadlineExceeded(self.request_seconds)
         if buffered.status < 500 and buffered.status not in (401, 403):
             body = buffered.body.decode("utf-8", errors="replace")
-
-            def store() -> None:
-                try:
-                    idempotency.complete(transaction.conn, caller, key, buffered.status, buffered.content_type, body)
-                except BaseException:
-                    transaction.rollback()
-                    raise
-                transaction.commit()
-
             try:
-                await in_thread(store, deadline - anyio.current_time())
+                await in_thread(lambda: request.complete(buffered.status, buffered.content_type, body),
+                                deadline - anyio.current_time())
             except (DBAPIError, PoolTimeoutError):
                 await _database_unavailable(scope, receive, send)
                 return
         else:
-            await _quietly(transaction.rollback, deadline - anyio.current_time())
+            await _quietly(request.rollback, deadline - anyio.current_time())
         for message in buffered.messages:
             await send(message)
 
@@ -277,6 +256,12 @@ def _abandon(task: asyncio.Future, cleanup) -> None:  # noqa: ANN001 - a callabl
     task.add_done_callback(finished)
 
 
+def _release(begun: tuple[idempotency.KeyedRequest | None, idempotency.Claim]) -> None:
+    """Roll back a claim made after its request gave up waiting for it."""
+    if begun[0] is not None:
+        begun[0].rollback()
+
+
 async def _quietly(work, seconds: float) -> None:  # noqa: ANN001 - a blocking callable
     """Run cleanup (a rollback) in a thread without letting a slow or dead database hold the answer."""
     try:
@@ -304,7 +289,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, outcome: str, key:
 _REFUSALS = {
     idempotency.MISMATCH: ("idempotency-key-reused", "Idempotency-Key {key!r} was first used with a different "
                            "request; use a new key for a new request", None),
-    "idempotency-key-in-use": ("idempotency-key-in-use", "a request with Idempotency-Key {key!r} is still running; "
+    idempotency.IN_USE: ("idempotency-key-in-use", "a request with Idempotency-Key {key!r} is still running; "
                                "retry in a moment to get its response", {"Retry-After": "1"}),
     # Only for records left by the previous version, which stored the response after committing the work.
     idempotency.UNKNOWN: ("idempotency-outcome-unknown", "the first request with Idempotency-Key {key!r} stopped "
