@@ -13,7 +13,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 
 from api.deadlines import HEALTH_TIMEOUT, DeadlineExceeded, in_thread
-from api.guard import BODY_TIMEOUT, RequestGuard
+from api.guard import RequestGuard
+from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
 from api.problems import ProblemError, problem_response
 from api.routes import router
 from engine.programme import ProgrammeSet
@@ -27,9 +28,9 @@ log = logging.getLogger("loyalty.api")
 
 def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
                hold: timedelta = DEFAULT_HOLD, max_body_bytes: int = MAX_BODY_BYTES,
-               request_seconds: float | None = None, body_seconds: float = BODY_TIMEOUT) -> FastAPI:
+               request_seconds: float = REQUEST_TIMEOUT, body_seconds: float = BODY_TIMEOUT) -> FastAPI:
     """The API over `engine` and `programmes`; `hold` is how long a quote reserves its entitlements,
-    `request_seconds` bounds each request's database work (default $LOYALTY_API_REQUEST_TIMEOUT or 10 s)."""
+    `request_seconds` bounds each request's database work and `body_seconds` the arrival of its body."""
     app = FastAPI(title="Loyalty engine benefits API", version="1",
                   description="Benefits, quotes with holds, redemptions, events and ledgers for loan systems. "
                               "Authenticate with an API key from `loyalty apikey create`. Every POST accepts an "

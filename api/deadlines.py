@@ -2,13 +2,12 @@
 accepted by the kernel) cannot enforce its own statement timeout, so the API stops waiting instead.
 
 Blocking work runs in worker threads that are abandoned past the deadline: the request answers 503
-and the thread finishes whenever the database answers (its transaction is then rolled back). The
+and the thread finishes whenever the database answers (then its cleanup runs, e.g. a rollback). The
 work left behind is counted; past `MAX_ABANDONED` new requests are refused at once instead of piling
 up more of it, until the database answers again and the abandoned work drains.
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -16,14 +15,8 @@ from typing import TypeVar
 import anyio
 from anyio import to_thread
 
-from storage.db import SettingError
-
 T = TypeVar("T")
 
-REQUEST_TIMEOUT_ENV = "LOYALTY_API_REQUEST_TIMEOUT"
-# A request's whole database work (key check, claim, route, commit): above the API statement
-# timeout (5 s), so a slow statement fails with the database's own error first.
-DEFAULT_REQUEST_TIMEOUT = 10.0
 # /healthz is what load balancers poll: it must answer fast, even when the database does not.
 HEALTH_TIMEOUT = 2.0
 # Work abandoned to a frozen database holds a thread (and a pooled connection) until it thaws.
@@ -36,20 +29,6 @@ class DeadlineExceeded(Exception):
     def __init__(self, seconds: float):
         super().__init__(f"the database did not answer within {seconds:g} s")
         self.seconds = seconds
-
-
-def request_timeout() -> float:
-    """The bound on one request's database work, in seconds ($LOYALTY_API_REQUEST_TIMEOUT, default 10)."""
-    raw = os.environ.get(REQUEST_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_REQUEST_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise SettingError(f"{REQUEST_TIMEOUT_ENV}={raw!r} is not a number of seconds between 0 and 3600")
-    return value
 
 
 class _Backlog:
@@ -81,22 +60,32 @@ async def in_thread(work: Callable[[], T], seconds: float, cleanup: Callable[[T]
     leave the thread to finish on its own, calling `cleanup` on its result (e.g. a rollback) when it does."""
     check_backlog(seconds)
     lock = threading.Lock()
-    state: dict[str, object] = {"abandoned": False}
+    # Everything the caller and the thread both read or write changes under `lock`, so each outcome is
+    # settled by exactly one of them: whoever sees the other's mark second does the follow-up.
+    state: dict[str, object] = {"gave_up": False, "started": False, "finished": False, "counted": False}
 
     def run() -> T:
+        with lock:
+            if state["gave_up"]:  # the deadline passed while waiting for a thread: nobody wants the work
+                raise _NotWanted
+            state["started"] = True
         try:
             result = work()
-        finally:
+        except BaseException:
             with lock:
                 state["finished"] = True
-                abandoned = state["abandoned"]
-            if abandoned:
+                if state["counted"]:
+                    backlog.add(-1)
+            raise
+        with lock:
+            state["finished"] = True
+            counted = state["counted"]
+            if counted:
                 backlog.add(-1)
-        if abandoned:
-            if cleanup is not None:
-                cleanup(result)
-        else:
-            state["result"] = result
+            else:
+                state["result"] = result
+        if counted and cleanup is not None:
+            cleanup(result)
         return result
 
     try:
@@ -104,11 +93,20 @@ async def in_thread(work: Callable[[], T], seconds: float, cleanup: Callable[[T]
             return await to_thread.run_sync(run, abandon_on_cancel=True)
     except TimeoutError:
         with lock:
-            finished = state.get("finished", False)
-            if not finished:
-                state["abandoned"] = True
+            state["gave_up"] = True
+            # Only work that started and has not finished is left behind: the thread takes the count off.
+            state["counted"] = state["started"] and not state["finished"]
+            if state["counted"]:
                 backlog.add(1)
-        if finished and cleanup is not None and "result" in state:
+            leftover = state.get("result", _NOTHING)
+        if leftover is not _NOTHING and cleanup is not None:
             # The thread finished just as the deadline passed: its result still needs the cleanup.
-            threading.Thread(target=cleanup, args=(state["result"],), daemon=True).start()
+            threading.Thread(target=cleanup, args=(leftover,), daemon=True).start()
         raise DeadlineExceeded(seconds) from None
+
+
+class _NotWanted(Exception):
+    """Raised in a worker thread that starts after its caller gave up; nobody receives it."""
+
+
+_NOTHING = object()

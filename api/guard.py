@@ -1,15 +1,18 @@
 """Request guard (ASGI middleware): body size and time limits, a bound on each request's database
 work, and Idempotency-Key replay for POST requests.
 
-Every request's work is bounded (`api.deadlines`): past the bound it answers 503 with Retry-After and
-the work left behind is rolled back when the database answers again.
+Every request's work is bounded (`api.deadlines`): past the bound it answers 503 with Retry-After. The
+work left behind finishes when the database answers again: a POST with an Idempotency-Key is then rolled
+back whole (see below), so its retry runs for real; a POST without one runs in its route's own
+transactions and may still be applied, so its 503 says so and asks for a key (the README says why POSTs
+without a key are not wrapped in one transaction too).
 
 Same key and same request (method, path, query and JSON body, compared canonically): the first
 response is replayed, with `Idempotent-Replayed: true`. Same key, different request: 409. Keys are per
 API key: two callers never collide. The key is authenticated before anything is replayed: a revoked
 key gets 401, not a stored answer.
 
-A POST with a key runs in ONE write transaction (`storage.db.RequestTransaction`): the key's record is
+A POST with a key runs in ONE write transaction (`service.idempotency`): the key's record is
 inserted first, the route's writes nest in it as savepoints, the response is stored in it, and it
 commits before the response is sent. Any failure (a 5xx, 401 or 403 answer, a timeout, a lost
 database) rolls all of it back, so a retry runs for real; once committed, the key replays. The key's
@@ -30,18 +33,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deadlines import DeadlineExceeded, backlog, check_backlog, in_thread, request_timeout
+from api.deadlines import DeadlineExceeded, backlog, check_backlog, in_thread
+from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
 from api.problems import problem_response
-from api.security import presented_key
+from api.security import presented_key, remember_caller
 from service.apikeys import authenticate
-from storage import idempotency
-from storage.db import RequestTransaction
+from service import idempotency
 
 MAX_KEY_LENGTH = 255
-# A body (at most 2 MiB) must arrive within this: a client dribbling bytes holds a connection and
-# memory, and 2 MiB at 100 kB/s takes 20 s.
-BODY_TIMEOUT = 30.0
-_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
 class _TooLarge(Exception):
@@ -52,11 +51,11 @@ class RequestGuard:
     """Refuses oversized or slow bodies, bounds every request's database work, and makes POSTs with an
     Idempotency-Key safe to retry."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, request_seconds: float | None = None,
+    def __init__(self, app: ASGIApp, max_body_bytes: int, request_seconds: float = REQUEST_TIMEOUT,
                  body_seconds: float = BODY_TIMEOUT):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.request_seconds = request_seconds if request_seconds is not None else request_timeout()
+        self.request_seconds = request_seconds
         self.body_seconds = body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -78,11 +77,16 @@ class RequestGuard:
             return
         replay = _replayer(body)
         deadline = anyio.current_time() + self.request_seconds
+        key = headers.get("idempotency-key")
+        credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
+        keyed = scope["method"] == "POST" and key is not None and credential is not None
         try:
             check_backlog(self.request_seconds)
-            key = headers.get("idempotency-key")
-            credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
-            if scope["method"] != "POST" or key is None or credential is None:
+        except DeadlineExceeded as exc:
+            await _timed_out(scope, receive, send, exc, "nothing was applied; retry shortly")
+            return
+        try:
+            if not keyed:
                 tracked = _Tracked(send)
                 await _bounded(self.app(scope, replay, tracked), tracked, deadline, self.request_seconds)
                 return
@@ -92,9 +96,15 @@ class RequestGuard:
                 return
             await self._idempotent(scope, replay, send, credential, key, request_hash(scope, body), deadline)
         except DeadlineExceeded as exc:
-            await problem_response(503, "database-timeout", f"{exc}; retry shortly (a POST with the same "
-                                   "Idempotency-Key is safe to retry)", scope["path"],
-                                   {"Retry-After": "2"})(scope, receive, send)
+            if keyed:
+                advice = "nothing was applied; retry shortly with the same Idempotency-Key"
+            elif scope["method"] == "POST":
+                advice = ("the request may still be applied once the database answers; check its effect (the "
+                          "ledger, the quote) before sending it again, and send POSTs with an Idempotency-Key: "
+                          "those are safe to retry")
+            else:
+                advice = "retry shortly"
+            await _timed_out(scope, receive, send, exc, advice)
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
         declared = headers.get("content-length")
@@ -121,70 +131,52 @@ class RequestGuard:
         def left() -> float:
             return deadline - anyio.current_time()
 
-        def open_and_claim() -> tuple[RequestTransaction, idempotency.Claim]:
-            transaction = RequestTransaction(engine)
-            try:
-                return transaction, idempotency.claim(transaction.conn, caller.key_id, key, request_hash,
-                                                      state.clock())
-            except BaseException:
-                transaction.rollback()
-                raise
-
         try:
             caller = await in_thread(lambda: authenticate(engine, credential), left())
             if caller is None:  # the route answers 401; nothing is stored or replayed for an unknown key
                 tracked = _Tracked(send)
                 await _bounded(self.app(scope, receive, tracked), tracked, deadline, self.request_seconds)
                 return
-            transaction, claim = await in_thread(open_and_claim, left(), cleanup=lambda result: result[0].rollback())
-        except (DBAPIError, PoolTimeoutError) as exc:
-            if getattr(getattr(exc, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-                await _refuse(scope, receive, send, "idempotency-key-in-use", key)
-            else:
-                await _database_unavailable(scope, receive, send)
+            remember_caller(scope, caller)
+            request, claim = await in_thread(
+                lambda: idempotency.begin(engine, caller.key_id, key, request_hash, state.clock()), left(),
+                cleanup=_release)
+        except (DBAPIError, PoolTimeoutError):
+            await _database_unavailable(scope, receive, send)
             return
-        if claim.outcome != idempotency.NEW:
-            await _quietly(transaction.rollback, left())
+        if request is None:
             if claim.outcome == idempotency.REPLAY:
                 headers = {"Idempotent-Replayed": "true", "content-type": claim.content_type or "application/json"}
                 await _send_stored(send, claim.status_code, headers, (claim.body or "").encode())
             else:
                 await _refuse(scope, receive, send, claim.outcome, key)
             return
-        await self._run_and_record(scope, receive, send, transaction, caller.key_id, key, deadline)
+        await self._run_and_record(scope, receive, send, request, deadline)
 
-    async def _run_and_record(self, scope: Scope, receive: Receive, send: Send, transaction: RequestTransaction,
-                              caller: str, key: str, deadline: float) -> None:
+    async def _run_and_record(self, scope: Scope, receive: Receive, send: Send, request: idempotency.KeyedRequest,
+                              deadline: float) -> None:
         """Run the route inside the request transaction; commit its work with the response, then send it."""
         buffered = _Buffered()
-        with transaction.ambient():  # the route's task (and its worker threads) copy this context
+        with request.ambient():  # the route's task (and its worker threads) copy this context
             task = asyncio.ensure_future(self.app(scope, receive, buffered))
         try:
             finished = await _wait(task, deadline)
         except BaseException:
-            await _quietly(transaction.rollback, deadline - anyio.current_time())
+            await _quietly(request.rollback, deadline - anyio.current_time())
             raise
         if not finished:
-            _abandon(task, transaction.rollback)
+            _abandon(task, request.rollback)
             raise DeadlineExceeded(self.request_seconds)
         if buffered.status < 500 and buffered.status not in (401, 403):
             body = buffered.body.decode("utf-8", errors="replace")
-
-            def store() -> None:
-                try:
-                    idempotency.complete(transaction.conn, caller, key, buffered.status, buffered.content_type, body)
-                except BaseException:
-                    transaction.rollback()
-                    raise
-                transaction.commit()
-
             try:
-                await in_thread(store, deadline - anyio.current_time())
+                await in_thread(lambda: request.complete(buffered.status, buffered.content_type, body),
+                                deadline - anyio.current_time())
             except (DBAPIError, PoolTimeoutError):
                 await _database_unavailable(scope, receive, send)
                 return
         else:
-            await _quietly(transaction.rollback, deadline - anyio.current_time())
+            await _quietly(request.rollback, deadline - anyio.current_time())
         for message in buffered.messages:
             await send(message)
 
@@ -264,12 +256,23 @@ def _abandon(task: asyncio.Future, cleanup) -> None:  # noqa: ANN001 - a callabl
     task.add_done_callback(finished)
 
 
+def _release(begun: tuple[idempotency.KeyedRequest | None, idempotency.Claim]) -> None:
+    """Roll back a claim made after its request gave up waiting for it."""
+    if begun[0] is not None:
+        begun[0].rollback()
+
+
 async def _quietly(work, seconds: float) -> None:  # noqa: ANN001 - a blocking callable
     """Run cleanup (a rollback) in a thread without letting a slow or dead database hold the answer."""
     try:
         await in_thread(work, max(seconds, 0.5))
     except (DeadlineExceeded, DBAPIError, PoolTimeoutError):
         pass
+
+
+async def _timed_out(scope: Scope, receive: Receive, send: Send, exc: DeadlineExceeded, advice: str) -> None:
+    await problem_response(503, "database-timeout", f"{exc}; {advice}", scope["path"],
+                           {"Retry-After": "2"})(scope, receive, send)
 
 
 async def _database_unavailable(scope: Scope, receive: Receive, send: Send) -> None:
@@ -286,7 +289,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, outcome: str, key:
 _REFUSALS = {
     idempotency.MISMATCH: ("idempotency-key-reused", "Idempotency-Key {key!r} was first used with a different "
                            "request; use a new key for a new request", None),
-    "idempotency-key-in-use": ("idempotency-key-in-use", "a request with Idempotency-Key {key!r} is still running; "
+    idempotency.IN_USE: ("idempotency-key-in-use", "a request with Idempotency-Key {key!r} is still running; "
                                "retry in a moment to get its response", {"Retry-After": "1"}),
     # Only for records left by the previous version, which stored the response after committing the work.
     idempotency.UNKNOWN: ("idempotency-outcome-unknown", "the first request with Idempotency-Key {key!r} stopped "

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
 
 from api.problems import ProblemError
 from api.reads import run_read
@@ -13,6 +14,7 @@ from service.apikeys import Caller, authenticate
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer lk_…` (from `loyalty apikey create`)")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="or `X-API-Key: lk_…`")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="loyalty"'}
+_CALLER = "loyalty_caller"  # where a request's scope state keeps its authenticated caller
 
 
 def presented_key(authorization: str | None, api_key: str | None) -> str | None:
@@ -49,10 +51,19 @@ def authorize(caller: Caller | None, scope: str) -> Caller:
     return caller
 
 
+def remember_caller(scope: Scope, caller: Caller) -> None:
+    """Keep the caller the request guard authenticated, so the route does not read the key again (a
+    keyed POST already holds a pooled connection for its transaction: a second one could wait on the pool)."""
+    scope.setdefault("state", {})[_CALLER] = caller
+
+
 def require(scope: str) -> Callable:
     """A dependency admitting callers whose key has `scope`."""
 
     async def check(request: Request, key: str = Depends(credential)) -> Caller:
+        known = request.scope.get("state", {}).get(_CALLER)
+        if known is not None:  # read from the same headers by the guard
+            return authorize(known, scope)
         engine = request.app.state.engine
         return await run_read(engine, lambda: authorize(authenticate(engine, key), scope))
 

@@ -6,29 +6,18 @@ now and then held its connection for good. `BoundedHttpToolsProtocol` adds, per 
 - the request head (request line and headers) at most `max_head_bytes`, and at most `max_headers`
   header lines: 431 and the connection closed (counted as bytes arrive, before the parser buffers them);
 - the request head complete within `head_timeout` seconds of its first byte, or of the connection's
-  opening (slowloris): 408 and closed;
-- at most `max_connections` open connections: the ones beyond are closed at once.
-The idle keep-alive timeout is uvicorn's own (`timeout_keep_alive`); slow bodies are cut by the
-request guard (`api.guard.BODY_TIMEOUT`).
+  opening (slowloris): 408 and closed.
+The idle keep-alive timeout is uvicorn's own (`timeout_keep_alive`), and so is the bound on open
+connections (`limit_concurrency`: beyond it, requests get 503 and their connection is closed); slow
+bodies are cut by the request guard (`api.limits.BODY_TIMEOUT`).
 """
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
-@dataclass(frozen=True)
-class Limits:
-    """The HTTP server's bounds (see README, The HTTP API: limits)."""
-
-    max_head_bytes: int = 32 * 1024  # browsers and proxies send a few kB; nginx's default buffers total 32 kB
-    max_headers: int = 100  # the same bound as Python's http.client; our clients send about ten
-    head_timeout: float = 10.0  # a request head is a few hundred bytes: seconds are plenty even on a bad link
-    keep_alive: int = 5  # idle seconds before a kept-alive connection is closed (uvicorn's default)
-    max_connections: int = 1000  # each open connection costs a few kB and a file descriptor
+from api.limits import Limits
 
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -52,11 +41,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes, self._header_count, self._refusal = True, 0, 0, None
         self._head_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
-        if len(self.connections) > self.LIMITS.max_connections:
-            self.logger.warning("connection refused: %d connections open (limit %d)", len(self.connections) - 1,
-                                self.LIMITS.max_connections)
-            transport.close()
-            return
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -96,9 +80,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._in_head, self._head_bytes = True, 0  # the next request's head, on a kept-alive connection
+    def on_message_complete(self) -> None:
+        # The request's body has been read: what the parser sees next is the next request's head. (Not
+        # when the response completes: a pipelined request's head may already be parsed by then, and its
+        # body would be counted as head bytes.)
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal == 431:

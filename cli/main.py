@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from typer.core import TyperGroup
 from rich.markup import escape
 
+from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT, Limits
 from cli import explain, reviews, rule_activate, rule_check, rule_diff, rule_schema, rule_tests, simulate, views
 from cli.logs import log_for_people
 from cli.review_view import print_review
@@ -33,7 +34,7 @@ from engine.programme import ProgrammeSet
 from service.clock import utc_now
 from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
-from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError
+from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError, SettingError
 from service.ingest import Ingestor, IngestReport
 from service.rejects import RejectsFile
 from service.profile import client_profile
@@ -41,20 +42,24 @@ from service.reversal import reverse_event
 from service.review import run_review
 from service.rules_watcher import RulesWatcher
 from storage import ledger
-from storage.db import (API, BATCH, SchemaMissingError, SettingError, database_url, init_schema, make_engine,
+from storage.db import (API, BATCH, SchemaMissingError, database_url, init_schema, make_engine,
                         read_snapshot, require_schema, timeouts)
 
 PROJECT_RULES = Path(__file__).resolve().parent.parent / "rules"
+_LIMITS = Limits()  # the defaults of `serve`'s bounds
 
 
 class _DatabaseErrorsExit2(TyperGroup):
-    """Any command: a database that stops answering or refuses the work mid-way ends the command with
-    exit 2 and one line naming the database and what to do, never a traceback."""
+    """Any command: a database that stops answering or refuses the work mid-way, or a LOYALTY_* setting
+    out of range (read wherever an engine is made), ends the command with exit 2 and one line naming the
+    database or the variable and what to do, never a traceback."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - whatever the command returns
         words = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             return super().invoke(ctx)
+        except SettingError as exc:
+            raise fail(f"{exc}; correct or unset it", as_json="--json" in words) from None
         except (DBAPIError, PoolTimeoutError) as exc:
             settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings(None, None)
             where = make_url(settings.db_url).render_as_string(hide_password=True)
@@ -101,8 +106,6 @@ class Settings:
         except (ArgumentError, NoSuchModuleError):
             raise fail(f"--db {self.db_url!r} is not a database URL; expected e.g. sqlite:///loyalty.db or "
                        "postgresql+psycopg://user@host:5432/dbname", as_json=as_json) from None
-        except SettingError as exc:
-            raise fail(str(exc), as_json=as_json) from None
         try:
             if need_schema:
                 require_schema(engine)
@@ -467,25 +470,27 @@ def serve(
     as_json: Annotated[bool, typer.Option("--json", help="Announce the address as one JSON line on stdout.")] = False,
     request_timeout: Annotated[float, typer.Option(
         min=0.5, max=3600, envvar="LOYALTY_API_REQUEST_TIMEOUT", show_envvar=True,
-        help="Seconds a request's database work may take before it answers 503 (a frozen database).")] = 10.0,
+        help="Seconds a request's database work may take before it answers 503 (a frozen database).")] = REQUEST_TIMEOUT,
     head_timeout: Annotated[float, typer.Option(
         min=0.5, max=600, envvar="LOYALTY_API_HEAD_TIMEOUT", show_envvar=True,
-        help="Seconds a request's line and headers may take to arrive (slow clients are cut off: 408).")] = 10.0,
+        help="Seconds a request's line and headers may take to arrive (slow clients are cut off: 408).")] =
+        _LIMITS.head_timeout,
     body_timeout: Annotated[float, typer.Option(
         min=0.5, max=3600, envvar="LOYALTY_API_BODY_TIMEOUT", show_envvar=True,
-        help="Seconds a request body may take to arrive (408).")] = 30.0,
+        help="Seconds a request body may take to arrive (408).")] = BODY_TIMEOUT,
     keep_alive: Annotated[int, typer.Option(
         min=1, max=3600, envvar="LOYALTY_API_KEEP_ALIVE", show_envvar=True,
-        help="Seconds an idle kept-alive connection stays open.")] = 5,
+        help="Seconds an idle kept-alive connection stays open.")] = _LIMITS.keep_alive,
     max_head_bytes: Annotated[int, typer.Option(
         min=1024, max=1024 * 1024, envvar="LOYALTY_API_MAX_HEAD_BYTES", show_envvar=True,
-        help="Largest request line plus headers, in bytes (431 beyond).")] = 32 * 1024,
+        help="Largest request line plus headers, in bytes (431 beyond).")] = _LIMITS.max_head_bytes,
     max_headers: Annotated[int, typer.Option(
         min=8, max=1000, envvar="LOYALTY_API_MAX_HEADERS", show_envvar=True,
-        help="Most header lines in a request (431 beyond).")] = 100,
+        help="Most header lines in a request (431 beyond).")] = _LIMITS.max_headers,
     max_connections: Annotated[int, typer.Option(
         min=1, max=100_000, envvar="LOYALTY_API_MAX_CONNECTIONS", show_envvar=True,
-        help="Most open connections; the ones beyond are closed at once.")] = 1000,
+        help="Open connections from which on every request is answered 503 and its connection closed.")] =
+        _LIMITS.max_connections,
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -499,7 +504,7 @@ def serve(
     import uvicorn  # imported here: the other commands do not need the web stack
 
     from api.app import create_app
-    from api.server import Limits, bounded_protocol
+    from api.server import bounded_protocol
 
     settings: Settings = ctx.obj
     watcher = settings.rules_watcher(as_json, interval=reload_seconds)
@@ -527,7 +532,8 @@ def serve(
     watcher.start()
     try:
         uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False,
-                    http=bounded_protocol(limits), timeout_keep_alive=limits.keep_alive)
+                    http=bounded_protocol(limits), timeout_keep_alive=limits.keep_alive,
+                    limit_concurrency=limits.max_connections)
     finally:
         watcher.stop()
         if scheduler is not None:

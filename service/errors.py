@@ -28,3 +28,7 @@ class ReviewInterruptedError(RuntimeError):
     def __init__(self, message: str, review_id: str):
         super().__init__(message)
         self.review_id = review_id
+
+
+class SettingError(ValueError):
+    """A LOYALTY_* setting out of range or not a number (e.g. a timeout); the message names the variable."""

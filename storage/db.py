@@ -11,6 +11,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
+# A leaf module of exception classes only: the caller (CLI, API) turns this one into a message.
+from service.errors import SettingError
+
 from storage import models  # noqa: F401  (registers the tables)
 from storage.models import APPEND_ONLY_TABLES, SCHEMA_VERSION, SchemaInfo
 
@@ -23,10 +26,6 @@ URL_ENV = "LOYALTY_DATABASE_URL"
 
 class SchemaMissingError(RuntimeError):
     """The database has no loyalty schema yet."""
-
-
-class SettingError(ValueError):
-    """A LOYALTY_* database setting that is not a number of seconds in range."""
 
 
 # Every wait on the database is bounded. Two roles: the API answers callers who wait on it (short

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -81,19 +82,38 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclass
+class Server:
+    """A `loyalty serve` process: its base URL, process (for its memory) and port."""
+
+    base: str
+    process: subprocess.Popen
+    port: int
+
+    def rss_mib(self) -> float:
+        """The server's resident memory now."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+
 @contextlib.contextmanager
-def running_server(db_url: str, log: Path, *serve_options: str, rules: Path | None = None) -> Iterator[str]:
-    """`loyalty serve` in its own process on a free port, until the block ends; yields its base URL."""
+def serve(db_url: str, log: Path, *options: str, rules: Path | None = None,
+          env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`loyalty serve` in its own process on a free port with `options`, until the block ends; its environment
+    is this one without LOYALTY_* variables, plus `env`."""
     port = free_port()
     script = Path(sys.executable).parent / "loyalty"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
     where = ["--db", db_url, *(["--rules", str(rules)] if rules else [])]
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}, **(env or {})}
     with log.open("w") as sink:
-        process = subprocess.Popen([*command, *where, "serve", "--port", str(port), *serve_options],
-                                   stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen([*command, *where, "serve", "--port", str(port), *options],
+                                   stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        for _ in range(400):
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
@@ -101,7 +121,18 @@ def running_server(db_url: str, log: Path, *serve_options: str, rules: Path | No
                 time.sleep(0.05)
         else:
             pytest.fail(f"the server did not start: {log.read_text()}")
-        yield base
+        yield Server(base, process, port)
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(db_url: str, log: Path, *serve_options: str, rules: Path | None = None) -> Iterator[str]:
+    """`serve`, yielding only its base URL."""
+    with serve(db_url, log, *serve_options, rules=rules) as server:
+        yield server.base

@@ -14,16 +14,23 @@ import time
 from pathlib import Path
 from datetime import timedelta
 
+import anyio
 import httpx
 import pytest
+from anyio import to_thread
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
+from typer.testing import CliRunner
+
+from api.app import create_app
+from cli.main import app
 
 from service.apikeys import create_key
 from service.clock import utc_now
 from service.ingest import Ingestor
-from tests.api_support import borrower_events
+from tests.api_support import borrower_events, make_api, serve
 from tests.conftest import run_cli
-from tests.waits_support import frozen_capable, serve
+from tests.waits_support import frozen_capable
 
 BOUND = 15.0  # seconds: what "within seconds" must beat whatever the machine's load
 
@@ -211,12 +218,102 @@ def test_a_slow_request_head_is_cut_off_after_the_bound(sqlite_server):
         assert _receive_all(idle, BOUND) == b""  # a connection that sends nothing is closed too
 
 
-def test_connections_beyond_the_cap_are_closed_and_the_server_keeps_answering(sqlite_server):
-    sockets = [socket.create_connection(("127.0.0.1", sqlite_server.port)) for _ in range(30)]
+def test_requests_beyond_the_connection_cap_get_503_and_the_server_keeps_answering(sqlite_server):
+    sockets = [socket.create_connection(("127.0.0.1", sqlite_server.port)) for _ in range(25)]
     try:
-        closed = sum(1 for sock in sockets[20:] if _receive_all(sock, 5) == b"")
-        assert closed == 10
+        with socket.create_connection(("127.0.0.1", sqlite_server.port)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _receive_all(sock, 5).startswith(b"HTTP/1.1 503")
     finally:
         for sock in sockets:
             sock.close()
-    assert httpx.get(f"{sqlite_server.base}/healthz").status_code == 200
+    deadline = time.monotonic() + BOUND
+    while httpx.get(f"{sqlite_server.base}/healthz").status_code != 200:  # the server notices the closes
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+# --- abandoned work is counted while, and only while, a thread still does it (no database needed) ----------
+
+def test_work_abandoned_before_or_during_its_thread_is_counted_only_while_it_runs():
+    from api import deadlines
+
+    cleaned: list[str] = []
+
+    async def scenario() -> None:
+        limiter = to_thread.current_default_thread_limiter()
+        tokens, limiter.total_tokens = limiter.total_tokens, 1
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(to_thread.run_sync, time.sleep, 0.5)  # holds the only worker thread
+                await anyio.sleep(0.05)
+                for _ in range(3):  # time out while waiting for a thread: nothing was left running
+                    with pytest.raises(deadlines.DeadlineExceeded):
+                        await deadlines.in_thread(lambda: "never run", 0.05, cleanup=cleaned.append)
+            with pytest.raises(deadlines.DeadlineExceeded):  # times out while running: left behind, counted
+                await deadlines.in_thread(lambda: time.sleep(0.3) or "late", 0.05, cleanup=cleaned.append)
+            assert deadlines.backlog.count == before + 1
+            await anyio.sleep(0.6)  # the thread finishes: its result is cleaned up and the count taken off
+        finally:
+            limiter.total_tokens = tokens
+
+    before = deadlines.backlog.count
+    anyio.run(scenario)
+    assert deadlines.backlog.count == before
+    assert cleaned == ["late"]
+
+
+def test_pipelined_requests_with_bodies_are_not_taken_for_oversized_heads(sqlite_server):
+    body = b'{"pad": "' + b"x" * (40 * 1024) + b'"}'  # larger than the head bound (32 KiB)
+    request = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", sqlite_server.port)) as sock:
+        sock.settimeout(BOUND)
+        sock.sendall(request + body + request)  # the second head arrives while the first is answered
+        first = b""
+        while b"\r\n\r\n" not in first or not first.endswith(b"}"):
+            first += sock.recv(65536)
+        sock.sendall(body)  # the second body comes after the first answer
+        second = b""
+        while b"\r\n\r\n" not in second or not second.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            second += chunk
+    assert first.startswith(b"HTTP/1.1 401"), first[:200]
+    assert second.startswith(b"HTTP/1.1 401"), second[:200]
+
+
+def test_a_post_without_a_key_that_times_out_says_it_may_still_be_applied(engine, programmes):
+    """Its work runs in the route's own transactions and is left to finish: the 503 must not promise
+    that nothing happened (a keyed POST's is rolled back instead: tests/test_idempotency_failures.py)."""
+    api = make_api(engine, programmes)
+    assert api.client.post("/v1/events", json=borrower_events()).status_code == 200
+    app = create_app(engine, programmes, clock=api.clock, request_seconds=1)
+    with TestClient(app, headers={"Authorization": f"Bearer {api.keys['admin']}"}) as client:
+        locker = engine.raw_connection()  # another writer holds the borrower (SQLite: the write lock)
+        try:
+            locker.cursor().execute("BEGIN IMMEDIATE" if engine.dialect.name == "sqlite"
+                                    else "SELECT 1 FROM client WHERE client_id = 'C-1' FOR UPDATE")
+            answer = client.post("/v1/clients/C-1/redemptions", json={"reward_id": "fast-track-24h"})
+        finally:
+            locker.rollback()
+            locker.close()
+        assert answer.status_code == 503 and answer.headers["Retry-After"], answer.text
+        assert "may still be applied" in answer.json()["detail"] and "Idempotency-Key" in answer.json()["detail"]
+        deadline = time.monotonic() + BOUND
+        while client.get("/v1/clients/C-1/benefits").json()["points_balance"] != 11000 - 8000:
+            assert time.monotonic() < deadline, "the work left behind was not applied"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("command", [("rules", "test"),
+                                     ("simulate", "rules/corporate_lending.yaml", "--events", "examples/sample_events.jsonl")])
+def test_a_bad_setting_read_by_any_command_is_one_line_and_exit_2(command, monkeypatch):
+    """These commands make their scratch engines in services, far from the CLI's own database set-up."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    result = CliRunner().invoke(app, list(command), env={"LOYALTY_BATCH_LOCK_TIMEOUT": "abc", "COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "LOYALTY_BATCH_LOCK_TIMEOUT='abc'" in lines[0], result.stderr

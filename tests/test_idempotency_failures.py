@@ -9,13 +9,13 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from service.apikeys import create_key
 from service.clock import utc_now
 from service.ingest import Ingestor
-from tests.api_support import borrower_events, make_api
-from tests.waits_support import frozen_capable, serve
+from tests.api_support import borrower_events, make_api, serve
+from tests.waits_support import frozen_capable
 
 REDEEM = {"reward_id": "fast-track-24h"}  # costs 8,000 of the borrower's 11,000 points
 START_BALANCE, COST = 11000, 8000
@@ -156,3 +156,26 @@ def test_a_database_frozen_during_the_first_attempt_lets_the_retry_apply_once(db
         assert client.get("/v1/clients/C-1/benefits").json()["points_balance"] == START_BALANCE - COST
         replay = client.post("/v1/clients/C-1/redemptions", json=REDEEM, headers={"Idempotency-Key": "frozen-2"})
         assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == retry.json()
+
+
+def test_a_keyed_post_holds_one_pooled_connection_at_a_time(api, engine):
+    """The key is authenticated once, before its transaction opens: the route does not take a second
+    connection while the first is held (30 such requests at once would otherwise wait on each other)."""
+    held = {"now": 0, "most": 0}
+
+    def out(*_) -> None:  # noqa: ANN002
+        held["now"] += 1
+        held["most"] = max(held["most"], held["now"])
+
+    def back(*_) -> None:  # noqa: ANN002
+        held["now"] -= 1
+
+    event.listen(engine, "checkout", out)
+    event.listen(engine, "checkin", back)
+    try:
+        answer = api.client.post("/v1/clients/C-1/redemptions", json=REDEEM, headers={"Idempotency-Key": "one-conn"})
+    finally:
+        event.remove(engine, "checkout", out)
+        event.remove(engine, "checkin", back)
+    assert answer.status_code == 201, answer.text
+    assert held["most"] == 1, held

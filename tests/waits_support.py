@@ -1,23 +1,15 @@
-"""Helpers for the bounded-wait tests: a TCP proxy that can freeze a database, and `loyalty serve` in a subprocess."""
+"""Helpers for the bounded-wait tests: a TCP proxy that can freeze a database (`loyalty serve` in a subprocess
+is `tests.api_support.serve`)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
-import pytest
 from sqlalchemy.engine import make_url
 
 from tests.api_support import free_port
-from tests.conftest import ROOT
 
 
 class FreezingProxy:
@@ -117,49 +109,3 @@ def frozen_capable(db_url: str) -> Iterator[tuple[FreezingProxy, str]]:
     finally:
         proxy.thaw()
         proxy.close()
-
-
-@dataclass
-class Server:
-    """A `loyalty serve` process: its base URL and process (for its memory)."""
-
-    base: str
-    process: subprocess.Popen
-    port: int
-
-    def rss_mib(self) -> float:
-        """The server's resident memory now."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
-
-@contextlib.contextmanager
-def serve(db_url: str, log: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`loyalty serve` on a free port with `options` and extra environment, until the block ends."""
-    port = free_port()
-    script = Path(sys.executable).parent / "loyalty"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
-    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}, **(env or {})}
-    with log.open("w") as sink:
-        process = subprocess.Popen([*command, "--db", db_url, "serve", "--port", str(port), "--log-level", "warning",
-                                    *options], stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(400):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"the server did not start: {log.read_text()}")
-        yield Server(base, process, port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
