@@ -7,7 +7,6 @@ warnings (engine/lint.py) never keep a file from loading.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 from engine.boundary_events import boundary_activations
 from engine.errors import Problem, RuleFileError, did_you_mean
 from engine.events import matching_value, minor_unit_exponent, parse_day
+from engine.expression_tokens import CLIENT_FIELDS, references
 from engine.expressions import ExpressionError, compile_points
 from engine.matching import RANGE_OPERATORS, AttributeTest, Matcher, MatcherLimitError, MatchRule
 from engine.programme import CompiledProgramme, CompiledRule, ProgrammeSet
@@ -423,19 +423,13 @@ def _tests(path: str, condition: Condition, attribute_type: str, currency: str) 
     return tests
 
 
-_CLIENT_FIELDS = ("tier", "segment", "tenure_months")
-_REFERENCE = re.compile(r"(?<![\w.])(event|client)\.([A-Za-z_]\w*)")
-_STRING_LITERAL = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
-
-
 def _expression_reference_problems(doc: YamlDocument, path: tuple, model: Programme, rule: Rule) -> Iterable[Problem]:
     """Names a points expression reads that its event type or the client does not have, with did-you-mean."""
     spec = model.event_types.get(rule.when.event)
     if spec is None:
         return  # the unknown event type is reported on its own
-    code = _STRING_LITERAL.sub('""', rule.award.points or "")
-    for scope, name in dict.fromkeys(_REFERENCE.findall(code)):
-        known = list(spec.attributes) if scope == "event" else list(_CLIENT_FIELDS)
+    for scope, name in references(rule.award.points or ""):
+        known = list(spec.attributes) if scope == "event" else list(CLIENT_FIELDS)
         if name not in known:
             owner = f"attribute of {rule.when.event}" if scope == "event" else "client field"
             yield doc.problem(path, f"points expression reads {scope}.{name}: {_unknown(owner, name, known)}")
