@@ -181,7 +181,7 @@ class Matcher:
         self._lock = threading.Lock()
         self._fired: list[int] = []
         self._ids = itertools.count(1)
-        self._loaded: list = []  # [host, ruleset name, C handle] while loaded; shared with the finaliser
+        self._loaded: list = []  # [host, ruleset name, C handle, has state] while loaded; shared with the finaliser
         weakref.finalize(self, _release, self._loaded)
         if self._rules:
             with self._lock:
@@ -209,7 +209,7 @@ class Matcher:
             }
             for rule in self._rules
         }})
-        self._loaded[:] = [host, name, host.get_ruleset(name)._handle]
+        self._loaded[:] = [host, name, host.get_ruleset(name)._handle, False]
 
     def unload(self) -> None:
         """Free the ruleset in the matching core; the next match loads it again."""
@@ -232,11 +232,12 @@ class Matcher:
             with self._lock:
                 if not self._loaded:
                     self._load()
-                host, name, _handle = self._loaded
+                host, name = self._loaded[:2]
                 fact = {"id": next(self._ids), "type": event_type, "e": event, "c": client}
                 self._fired.clear()
                 try:
                     state = host.assert_fact(name, fact)
+                    self._loaded[3] = True  # a match created the session's state: it must be deleted with the ruleset
                 except _durable.MessageNotHandledException:
                     state = None
                 except Exception as exc:  # the C core raises bare Exceptions with an error code
@@ -245,6 +246,7 @@ class Matcher:
                     self._retract(host, name, fact)
                 if isinstance(state, dict) and "exception" in state:
                     host.delete_state(name, "0")
+                    self._loaded[3] = False
                     raise EvaluationError(f"the matching core failed while firing rules: {state['exception']}")
                 return list(self._fired)
         finally:
@@ -262,12 +264,10 @@ def _release(loaded: list) -> None:
     """Delete a ruleset and its state from the C core (deleting the ruleset alone leaks its state)."""
     if not loaded:
         return
-    handle = loaded[2]
+    handle, has_state = loaded[2], loaded[3]
     loaded.clear()
-    try:
+    if has_state:  # deleting a state that was never created (no event matched yet) crashes the C core
         _core.delete_state(handle, "0")
-    except Exception:  # noqa: BLE001 - a ruleset that never matched has no state to delete
-        pass
     _core.delete_ruleset(handle)
 
 

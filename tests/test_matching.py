@@ -157,3 +157,22 @@ def test_a_match_that_fails_still_counts_its_ruleset_against_the_limit(monkeypat
         with pytest.raises(EvaluationError):
             matcher.match("loan.drawn", {}, {})
     assert sum(m.loaded for m in failing) == matching._LIVE.loaded() == 2
+
+
+def test_a_ruleset_no_event_matched_is_freed_without_crashing_the_process():
+    """Deleting session state the core never created (every event matched no rule) crashed the process, on
+    eviction and at exit; run in a child so a crash fails the test instead of killing the run."""
+    import subprocess
+    import sys
+
+    script = (
+        "from engine.matching import AttributeTest, Matcher, MatchRule\n"
+        "rules = [MatchRule(1, 't', (AttributeTest('e.x', 'eq', 0),))]\n"
+        "unmatched, matched = Matcher(rules), Matcher(rules)\n"
+        "assert unmatched.match('t', {'x': 5}, {}) == [] and matched.match('t', {'x': 0}, {}) == [1]\n"
+        "unmatched.unload(); matched.unload()\n"
+        "assert unmatched.match('t', {'x': 0}, {}) == [1]  # loaded again on demand\n"
+        "left = Matcher(rules); left.match('t', {'x': 5}, {})  # freed at exit\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
