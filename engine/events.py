@@ -294,7 +294,8 @@ def parse_day(value: object) -> date | None:
 
 
 # A plain decimal in ASCII digits, optionally with an exponent: what JSON allows for a number, and a sign.
-_AMOUNT_TEXT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
+# An exponent of at most 6 digits: Decimal() itself refuses exponents beyond about 10^18.
+_AMOUNT_TEXT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,6})?", re.ASCII)
 
 
 def parse_money(value: object, currency: str, field: str) -> Decimal:

@@ -20,6 +20,9 @@ from engine.expression_limits import static_problem
 # reject good events): a slower evaluation rejects its event. The static limits keep the slowest
 # expression measured about ten times under it (rules/README.md, "Limits").
 EVALUATION_BUDGET_SECONDS = 0.05
+# Points one award may give: 10^15 CNY at one point per 10,000 is 10^11, so ten times that is no real award,
+# and nine million such awards still fit the 64-bit balance.
+MAX_POINTS_PER_AWARD = 10**12
 
 
 class ExpressionError(ValueError):
@@ -56,6 +59,9 @@ def _whole_points(source: str, result: object) -> int:
     _require_int(source, result)
     if result < 0:  # type: ignore[operator]
         raise EvaluationError(f"points expression {source!r} gave {result}; points cannot be negative")
+    if result > MAX_POINTS_PER_AWARD:  # type: ignore[operator]
+        raise EvaluationError(f"points expression {source!r} gave {result:,} points; one award gives at most "
+                              f"{MAX_POINTS_PER_AWARD:,}")
     return result  # type: ignore[return-value]
 
 
@@ -102,6 +108,9 @@ def compile_points(source: str, sample_activations: list[dict], describe: Callab
             _require_int(source, result)
         except EvaluationError as exc:
             raise ExpressionError(f"{exc} (on an event with {describe(activation)})") from None
+        if result > MAX_POINTS_PER_AWARD:  # type: ignore[operator]  # too many on this sample: its event is rejected
+            failures.append(f"points expression {source!r} gives {result:,} points on an event with "
+                            f"{describe(activation)}; one award gives at most {MAX_POINTS_PER_AWARD:,}")
     if len(failures) == len(sample_activations):
         raise ExpressionError(failures[0])
     return expression

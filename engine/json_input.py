@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from engine.errors import EventError
 
@@ -39,7 +39,9 @@ class UnusableNumber:
         """Why the number cannot be used."""
         if len(self.text) > MAX_NUMBER_LENGTH:
             return f"a number of {len(self.text):,} characters (at most {MAX_NUMBER_LENGTH})"
-        return f"{self.text} is not a number JSON allows"
+        if self.text in ("NaN", "Infinity", "-Infinity"):
+            return f"{self.text} is not a number JSON allows"
+        return f"{self.text} is beyond the numbers this engine reads (its exponent is too large)"
 
 
 def _bounded_int(text: str) -> int | UnusableNumber:
@@ -47,10 +49,17 @@ def _bounded_int(text: str) -> int | UnusableNumber:
 
 
 def _bounded_decimal(text: str) -> Decimal | UnusableNumber:
-    return Decimal(text) if len(text) <= MAX_NUMBER_LENGTH else UnusableNumber(text)
+    if len(text) > MAX_NUMBER_LENGTH:
+        return UnusableNumber(text)
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond what Decimal holds (1E999999999999999999999)
+        return UnusableNumber(text)
 
 
-_STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+# A string runs to its closing quote or, unterminated, to the end of the text: matched once, in linear time
+# (a pattern that needs the closing quote is retried at every quote of an unterminated one: quadratic).
+_STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)', re.S)
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
@@ -117,7 +126,7 @@ def parse_json_line(line: str) -> dict:
     return value
 
 
-_ITEM_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.S)
+_ITEM_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)|[\[\]{},]', re.S)
 
 
 def json_array_items(text: str) -> list[str] | None:

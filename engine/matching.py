@@ -44,6 +44,9 @@ MAX_RULES_PER_EVENT_TYPE = 255
 # `min_tier` below the top tier: each an $or in the core) fail with error 303 on an event matching them
 # all, and corrupt the heap (the process aborted later); 64 worked.
 MAX_ALTERNATIVE_RULES_PER_EVENT_TYPE = 64
+# 511 rules on one event type matched in a few ms; 512 (511 told apart by eq, one more) hung at the first
+# event, whatever the rules one event can match. A margin below what worked.
+MAX_RULES_OF_ONE_EVENT_TYPE = 400
 # 4,000 rules spread over 40 event types loaded; 4,500 failed with error 106. Half of what loaded.
 MAX_RULES = 2_000
 
@@ -156,6 +159,11 @@ def check_limits(rules: Sequence[MatchRule]) -> None:
                 f"matching core supports at most {MAX_RANGE_TESTS_PER_EVENT_TYPE} per event type. Merge "
                 "thresholds into fewer rules, e.g. one rule whose points expression scales with the amount.")
     for event_type, group in by_type.items():
+        if len(group) > MAX_RULES_OF_ONE_EVENT_TYPE:
+            raise MatcherLimitError(
+                f"{len(group)} rules are on {event_type} events; the matching core supports at most "
+                f"{MAX_RULES_OF_ONE_EVENT_TYPE} on one event type (512 hang it). Merge rules that differ only in a "
+                "value into one rule with `in`, or scale the points with an expression")
         count = _most_matching(group)
         if count > MAX_RULES_PER_EVENT_TYPE:
             raise MatcherLimitError(

@@ -74,7 +74,8 @@ def test_an_exception_inside_an_action_is_raised_not_swallowed():
 
 
 def test_512_equality_values_on_one_attribute_are_refused():
-    too_many = [MatchRule(i, "product.purchased", (AttributeTest("e.product", "eq", f"p{i}"),)) for i in range(512)]
+    too_many = [MatchRule(i, ("product.purchased", "product.renewed")[i % 2], (AttributeTest("e.product", "eq", f"p{i}"),))
+                for i in range(512)]  # over two event types: each stays under the rules-per-type bound
     with pytest.raises(MatcherLimitError, match="'product' with 512 distinct values"):
         Matcher(too_many)
     Matcher(too_many[:511])  # the largest accepted set loads
@@ -176,3 +177,14 @@ def test_a_ruleset_no_event_matched_is_freed_without_crashing_the_process():
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
+
+
+def test_more_rules_on_one_event_type_than_the_core_matches_are_refused():
+    """512 rules on one event type hung the core at the first event, even when eq tells them apart."""
+    from engine.matching import MAX_RULES_OF_ONE_EVENT_TYPE
+
+    rules = [MatchRule(i, "loan.drawn", (AttributeTest("e.loan_id", "eq", f"L{i}"),))
+             for i in range(MAX_RULES_OF_ONE_EVENT_TYPE + 1)]
+    with pytest.raises(MatcherLimitError, match=f"{MAX_RULES_OF_ONE_EVENT_TYPE + 1} rules are on loan.drawn events"):
+        Matcher(rules)
+    assert Matcher(rules[:-1]).match("loan.drawn", {"loan_id": "L7"}, {}) == [7]
