@@ -70,6 +70,8 @@ class EventEnvelope(BaseModel):
     def _printable(cls, value: str) -> str:
         if not value.isprintable():  # no control, format or unpaired surrogate characters: ids are shown and typed
             raise ValueError(f"contains a character that is not printable: {shown(value)}")
+        if not value.strip():
+            raise ValueError("is blank; expected an id with at least one visible character")
         return value
 
 
@@ -294,8 +296,8 @@ def parse_day(value: object) -> date | None:
 
 
 # A plain decimal in ASCII digits, optionally with an exponent: what JSON allows for a number, and a sign.
-# An exponent of at most 6 digits: Decimal() itself refuses exponents beyond about 10^18.
-_AMOUNT_TEXT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,6})?", re.ASCII)
+# An exponent of at most 9 digits: Decimal() itself refuses exponents beyond about 10^18.
+_AMOUNT_TEXT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,9})?", re.ASCII)
 
 
 def parse_money(value: object, currency: str, field: str) -> Decimal:

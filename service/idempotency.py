@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 
 from storage import idempotency as records
 from storage.db import RequestTransaction
@@ -18,7 +17,6 @@ from storage.db import RequestTransaction
 Claim = records.Claim
 NEW, REPLAY, MISMATCH, UNKNOWN = records.NEW, records.REPLAY, records.MISMATCH, records.UNKNOWN
 IN_USE = "in-use"  # another attempt with the key still holds its record past the lock timeout
-_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
 class KeyedRequest:
@@ -53,11 +51,9 @@ def begin(engine: Engine, caller: str, key: str, request_hash: str, now: datetim
     transaction = RequestTransaction(engine)
     try:
         claim = records.claim(transaction.conn, caller, key, request_hash, now)
-    except DBAPIError as exc:
+    except records.KeyInUse:
         transaction.rollback()
-        if getattr(getattr(exc, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-            return None, Claim(IN_USE)
-        raise
+        return None, Claim(IN_USE)
     except BaseException:
         transaction.rollback()
         raise

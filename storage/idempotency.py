@@ -9,13 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import IdempotencyRecord
 
 RECORDS = IdempotencyRecord.__table__
 NEW, REPLAY, MISMATCH, UNKNOWN = "new", "replay", "mismatch", "unknown"
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
+
+
+class KeyInUse(Exception):
+    """Another attempt with the same key still runs, past the lock timeout."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,15 @@ def claim(conn: Connection, caller: str, key: str, request_hash: str, now: datet
     or say why the request must not run. A concurrent first attempt holds the record's lock until it
     commits or rolls back: this waits for it (up to the lock timeout), then replays or runs."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    if conn.dialect.name == "postgresql":
+        # Attempts with one key take turns on a lock of their own, so a lock timeout here means exactly that
+        # the key is in use; one on a table (a schema change, a stuck writer) stays a database error.
+        try:
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"{caller}:{key}", 0))))
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                raise KeyInUse(key) from None
+            raise
     inserted = conn.execute(dialect.insert(RECORDS).values(caller=caller, key=key, request_hash=request_hash,
                                                            created_at=now)
                             .on_conflict_do_nothing().returning(RECORDS.c.key)).first()

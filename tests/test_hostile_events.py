@@ -137,6 +137,14 @@ HOSTILE = [
     hostile("string attribute of 50,000 characters", with_data("h", loan_id="L" * 50_000), "data.loan_id",
             "at most 200"),
     hostile("id of 1,000 characters", with_envelope("h", id="i" * 1000), "id", "at most 128"),
+    hostile("blank client id", with_envelope("h", client_id="   "), "client_id", "blank"),
+    hostile("amount text with an exponent beyond Decimal", with_data("h", amount="1e+99999999999999999999"),
+            "data.amount", "expected an amount"),
+    hostile("amount number with an exponent beyond Decimal",
+            json.dumps(with_data("h", amount="@")).replace('"@"', "1E999999999999999999999999999999"),
+            "data.amount", "exponent is too large"),
+    hostile("an unterminated text of 30,000 escaped quotes", '{"id": "h", "a": "' + '\\"' * 30_000 + "[" * 40,
+            None, "not valid JSON", whole_body=True),
     hostile("event type of 10,000 characters", with_envelope("h", type="t" * 10_000), "type", "at most 64"),
     hostile("attribute name of 30,000 characters", with_data("h", **{"k" * 30_000: 1}), "data.'kkk", "unknown attribute"),
     hostile("4,000 attributes", with_data("h", **{f"a{i}": i for i in range(4000)}), "data.a0", "unknown attribute"),
@@ -396,7 +404,8 @@ GOOD_FIELDS = {"occurred_at": "2026-03-01T10:00:00Z", "loan_id": "L-1", "product
                "amount": "10000000.00", "currency": "CNY", "term_months": 12}
 HOSTILE_NUMBERS = st.sampled_from([
     "1e400", "1E+30", "-0", "NaN", "Infinity", "-Infinity", "1" + "0" * 30, "9" * 4400, "0." + "0" * 60 + "1",
-    str(2**63), str(-(2**63) - 1), str(MAX_INTEGER + 1), "1e-999999999", "1" * (MAX_NUMBER_LENGTH + 1)])
+    str(2**63), str(-(2**63) - 1), str(MAX_INTEGER + 1), "1e-999999999", "1" * (MAX_NUMBER_LENGTH + 1),
+    "1E999999999999999999999999999999"])
 HOSTILE_TEXT = st.one_of(
     st.sampled_from(["", " ", "\x00", "C-\n1", "\u202e", "x" * 300, "٣", "２０２６-03-01", "\ud800", "\x1b[2J"]),
     st.text(alphabet=st.characters(codec="utf-8", categories=["Cc", "Cf", "Zl", "Zp"]), min_size=1, max_size=5))
@@ -439,9 +448,9 @@ def still_valid(field: str, kind: str, payload: object) -> bool:
         return bool(payload.strip()) and len(payload) <= 200 and not any(
             ord(c) < 32 or 0x7f <= ord(c) <= 0x9f or 0xd800 <= ord(c) <= 0xdfff for c in payload)
     if field == "id":
-        return 0 < len(payload) <= 128 and payload.isprintable()
+        return 0 < len(payload) <= 128 and payload.isprintable() and bool(payload.strip())
     if field == "client_id":
-        return 0 < len(payload) <= 64 and payload.isprintable()
+        return 0 < len(payload) <= 64 and payload.isprintable() and bool(payload.strip())
     return False
 
 

@@ -179,3 +179,22 @@ def test_a_keyed_post_holds_one_pooled_connection_at_a_time(api, engine):
         event.remove(engine, "checkin", back)
     assert answer.status_code == 201, answer.text
     assert held["most"] == 1, held
+
+
+def test_a_locked_table_is_a_database_error_not_a_key_in_use(db_url, programmes):
+    """Only another attempt with the same key is reported as the key in use; a lock held on a table (a schema
+    change, a stuck writer) is the database not answering in time: 503, and the retry runs."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's lock timeout; SQLite's held write lock is a 503 in test_bounded_waits")
+    from storage.db import API, init_schema, make_engine
+
+    engine = make_engine(db_url, role=API)
+    init_schema(engine)
+    api = make_api(engine, programmes)
+    with engine.connect() as holder, holder.begin():
+        holder.exec_driver_sql("LOCK TABLE idempotency_record IN ACCESS EXCLUSIVE MODE")
+        locked = api.client.post("/v1/events", json=borrower_events(), headers={"Idempotency-Key": "fresh-1"})
+    assert locked.status_code == 503 and locked.headers["Retry-After"], locked.text
+    retry = api.client.post("/v1/events", json=borrower_events(), headers={"Idempotency-Key": "fresh-1"})
+    assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers and retry.json()["applied"] > 0
+    engine.dispose()

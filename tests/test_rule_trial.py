@@ -137,6 +137,7 @@ def test_a_child_keeps_within_hard_limits_it_inherited():
     # `ulimit -Hv` and a hard CPU limit below what the trial would ask for: the trial asks for less
     # instead of failing every file as a crash.
     script = f"""
+import resource
 from service.isolation import Limits, Request, _address_space, run_isolated
 room = _address_space() + 200 * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (room, room))
