@@ -172,6 +172,10 @@ def parse_envelope(raw: dict) -> EventEnvelope:
             message = "unknown field; an event has id, client_id, type, occurred_at and data"
         elif err["type"] == "missing":
             message = "missing"
+        elif err["type"] == "string_type":
+            message = "expected text (a JSON string)"
+        elif err["type"] == "dict_type":
+            message = "expected an object of attributes, e.g. {\"amount\": \"100.00\"}"
         raise EventError(message, field) from None
 
 
