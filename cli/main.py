@@ -41,11 +41,13 @@ from service.profile import client_profile
 from service.reversal import reverse_event
 from service.review import run_review
 from service.rules_watcher import RulesWatcher
+from rules import shipped_rules_dir
+from service.version import DISTRIBUTION, package_version
 from storage import ledger
 from storage.db import (API, BATCH, SchemaMissingError, database_url, init_schema, make_engine,
                         read_snapshot, require_schema, timeouts)
 
-PROJECT_RULES = Path(__file__).resolve().parent.parent / "rules"
+SHIPPED_RULES = shipped_rules_dir()
 _LIMITS = Limits()  # the defaults of `serve`'s bounds
 
 
@@ -97,7 +99,7 @@ class Settings:
 
     def __init__(self, db: str | None, rules: Path | None):
         self.db_url = database_url(db)
-        self.rules = rules or PROJECT_RULES
+        self.rules = rules or SHIPPED_RULES
 
     def engine(self, as_json: bool, need_schema: bool = True, role: str = BATCH) -> Engine:
         """The database engine; exits with a clear message when `loyalty init` has not been run."""
@@ -137,15 +139,19 @@ class Settings:
     def rules_watcher(self, as_json: bool, interval: float = 1.0) -> RulesWatcher:
         """The active rules, reloaded when a rule file changes; exits listing every problem if they do not load."""
         if not self.rules.exists():
-            hint = (" (this installation has no project rules/ folder: install from a checkout with "
-                    "`pip install -e .`)" if self.rules == PROJECT_RULES else "")
-            raise fail(f"no rules at {self.rules}{hint}; name a rule file or folder with --rules or LOYALTY_RULES",
-                       as_json=as_json)
+            raise fail(f"no rules at {self.rules}; point --rules or LOYALTY_RULES at the bank's rules directory "
+                       "(or one rule file)", as_json=as_json)
         try:
             return RulesWatcher(self.rules, interval)
         except RuleFileError as exc:
             problems = "\n  ".join(str(p) for p in exc.problems)
             raise fail(f"the rules at {self.rules} do not load:\n  {problems}", as_json=as_json) from None
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"{DISTRIBUTION} {package_version()}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -157,7 +163,10 @@ def main(
              "Default: loyalty.db in the working directory.")] = None,
     rules: Annotated[Optional[Path], typer.Option(
         "--rules", envvar="LOYALTY_RULES", show_envvar=True,
-        help="Rule file or directory of rule files (versions of one programme). Default: the project's rules/.")] = None,
+        help="Rule file or directory of rule files (versions of one programme); production sets LOYALTY_RULES to "
+             "the bank's rules directory. Default: the programme shipped with the package.")] = None,
+    show_version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
 ) -> None:
     """Options shared by every command."""
     ctx.obj = Settings(db, rules)
