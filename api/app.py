@@ -19,6 +19,7 @@ from api.problems import ProblemError, problem_response
 from api.routes import router
 from engine.programme import ProgrammeSet
 from service.clock import Clock, utc_now
+from service.version import package_version
 from service.errors import ConflictError, InputError, NotFoundError
 from service.quotes import DEFAULT_HOLD
 
@@ -31,7 +32,7 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
                request_seconds: float = REQUEST_TIMEOUT, body_seconds: float = BODY_TIMEOUT) -> FastAPI:
     """The API over `engine` and `programmes`; `hold` is how long a quote reserves its entitlements,
     `request_seconds` bounds each request's database work and `body_seconds` the arrival of its body."""
-    app = FastAPI(title="Loyalty engine benefits API", version="1",
+    app = FastAPI(title="Loyalty engine benefits API", version=package_version(),
                   description="Benefits, quotes with holds, redemptions, events and ledgers for loan systems. "
                               "Authenticate with an API key from `loyalty apikey create`. Every POST accepts an "
                               "`Idempotency-Key` header. Errors are `application/problem+json` (RFC 9457).")
@@ -60,7 +61,7 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
             return problem_response(503, "database-unavailable", f"the database does not answer: {exc}", None,
                                     {"Retry-After": "2"})
         rules = app.state.rules_status() if app.state.rules_status else None
-        return JSONResponse({"status": "ok", "database": engine.dialect.name,
+        return JSONResponse({"status": "ok", "version": package_version(), "database": engine.dialect.name,
                              "programme": {"id": programme.id, "version": programme.version},
                              "rules": rules.as_dict() if rules else None})
 
