@@ -51,6 +51,9 @@ def assert_problem(response, status: int, code: str) -> dict:
 def test_health_needs_no_key_and_names_the_programme(api):
     body = api.client.get("/healthz", headers={"Authorization": ""}).json()
     assert body["status"] == "ok" and body["programme"]["id"] == "corporate-lending"
+    from service.version import package_version  # the one version string, from pyproject.toml as installed
+
+    assert body["version"] == package_version() == api.client.get("/openapi.json").json()["info"]["version"]
 
 
 def test_missing_wrong_and_revoked_keys_are_401_and_a_missing_scope_is_403(api, engine, db_url):
