@@ -8,12 +8,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.version import package_version
+from tests.api_support import free_port
 from tests.conftest import ROOT
 
 # What a wheel is built from: the pyproject, the README it names, and the packages it lists.
@@ -109,3 +112,29 @@ def test_a_missing_rules_directory_says_to_point_loyalty_rules_at_the_banks_rule
     assert result.returncode != 0
     said = " ".join((result.stdout + result.stderr).split())
     assert "LOYALTY_RULES at the bank's rules directory" in said and "pip install -e" not in said
+
+
+def test_demo_and_serve_run_from_the_wheel(installed):
+    bin_dir, env, work = installed
+    env = {**env, "LOYALTY_DATABASE_URL": f"sqlite:///{work / 'demo.db'}"}
+    demo = _run(bin_dir / "loyalty", "demo", "--clients", "20", "--months", "3", "--json", cwd=work, env=env,
+                timeout=300)
+    assert '"applied"' in demo.stdout
+    port = free_port()
+    with (work / "serve.log").open("w") as log:
+        server = subprocess.Popen([str(bin_dir / "loyalty"), "serve", "--port", str(port)], cwd=work, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(400):
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, (work / "serve.log").read_text()
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"the installed server did not start: {(work / 'serve.log').read_text()}")
+        assert health.status_code == 200 and health.json()["version"] == PROJECT["version"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
