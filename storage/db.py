@@ -97,10 +97,10 @@ def database_url(explicit: str | None = None) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise SettingError(f"the database URL (--db or {URL_ENV}) is not a URL; use {SUPPORTED_URLS}") from None
+        raise SettingError(f"--db (or {URL_ENV}) is not a database URL; use {SUPPORTED_URLS}") from None
     if parsed.drivername not in _DRIVERS:
         shown = parsed.render_as_string(hide_password=True)[:80]
-        raise SettingError(f"the database URL {shown!r} (--db or {URL_ENV}) is not supported; use {SUPPORTED_URLS}")
+        raise SettingError(f"--db (or {URL_ENV}) {shown!r} is not a supported database URL; use {SUPPORTED_URLS}")
     return url
 
 

@@ -1,41 +1,37 @@
-"""Alembic's entry point for this package's migrations: runs on the connection the caller hands over
-(`storage.migrations` builds the configuration in code; no alembic.ini)."""
+"""Alembic's entry point for this package's migrations: runs on the connection the program hands over
+(`storage.migrations` builds the configuration in code). Developers writing a revision run Alembic's
+own command with storage/migrations/alembic.ini instead: it works on $LOYALTY_DATABASE_URL (README,
+Upgrading)."""
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import context
-from sqlmodel import SQLModel
-from sqlmodel.sql.sqltypes import AutoString
+from sqlalchemy import Connection
 
-from storage import models  # noqa: F401  (registers the tables the models describe)
-from storage.types import UTCDateTime
+from storage.migrations import TARGET, include_name, render_item
 
 config = context.config
-TARGET = SQLModel.metadata
-
-
-def include_name(name: str | None, type_: str, _parent_names: dict) -> bool:
-    """Compare only our own tables: the scheduler's job store (apscheduler_jobs) lives beside them."""
-    return type_ != "table" or name in TARGET.tables
-
-
-def render_item(type_: str, obj: object, _autogen_context: object) -> str | bool:
-    """Write our column types as plain SQLAlchemy ones, so a revision never imports today's code."""
-    if type_ == "type" and isinstance(obj, UTCDateTime):
-        return "sa.DateTime(timezone=True)"
-    if type_ == "type" and isinstance(obj, AutoString):
-        return repr(sa.String(length=obj.length)).replace("String(", "sa.String(")
-    return False
 
 
 def run_migrations_online() -> None:
     """Run the migrations on the caller's connection, inside the caller's transaction."""
-    connection = config.attributes["connection"]
+    connection = config.attributes.get("connection")
+    if connection is None:  # Alembic's command line (a developer's `alembic revision --autogenerate`)
+        from storage.db import make_engine
+
+        with make_engine().connect() as connection:
+            _run(connection)
+            connection.commit()
+        return
+    _run(connection)
+
+
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=TARGET,
-        # SQLite alters most things by copying the table: autogenerate writes batch operations for it.
-        render_as_batch=connection.dialect.name == "sqlite",
+        # SQLite alters most things by copying the table: new revisions use batch operations, which
+        # are plain ALTERs on PostgreSQL, so one revision serves both databases.
+        render_as_batch=True,
         compare_type=True,
         include_name=include_name,
         render_item=render_item,
