@@ -16,13 +16,14 @@ import click
 import typer
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from typer.core import TyperGroup
 from rich.markup import escape
 
 from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT, Limits
 from cli import explain, reviews, rule_activate, rule_check, rule_diff, rule_schema, rule_tests, simulate, views
+from cli.db import db_app
 from cli.logs import log_for_people
 from cli.review_view import print_review
 from cli.output import console, emit_json, fail, parse_moment, progress_bar
@@ -32,10 +33,13 @@ from demo.run import run_demo
 from engine.errors import RuleFileError
 from engine.programme import ProgrammeSet
 from service.clock import utc_now
+from service.database import (API, BATCH, SchemaBusyError, SchemaMissingError, create_schema, database_url,
+                              open_database, timeouts)
 from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
 from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError, SettingError
 from service.ingest import Ingestor, IngestReport
+from service.ledger_audit import ledger_entries, verify_ledger
 from service.rejects import RejectsFile
 from service.profile import client_profile
 from service.reversal import reverse_event
@@ -43,9 +47,6 @@ from service.review import run_review
 from service.rules_watcher import RulesWatcher
 from rules import shipped_rules_dir
 from service.version import DISTRIBUTION, package_version
-from storage import ledger
-from storage.db import (API, BATCH, SchemaMissingError, database_url, init_schema, make_engine,
-                        read_snapshot, require_schema, timeouts)
 
 SHIPPED_RULES = shipped_rules_dir()
 _LIMITS = Limits()  # the defaults of `serve`'s bounds
@@ -83,6 +84,7 @@ rules_app = typer.Typer(help="Author rule files safely: check, test, diff, schem
 app.add_typer(rules_app, name="rules")
 apikey_app = typer.Typer(help="API keys for `loyalty serve`: create (shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(db_app, name="db")
 app.add_typer(reviews.tier_app, name="tier")
 app.add_typer(reviews.points_app, name="points")
 app.command("churn")(reviews.churn)
@@ -98,37 +100,34 @@ class Settings:
     """Where the database and the rules are, from options or the environment."""
 
     def __init__(self, db: str | None, rules: Path | None):
-        self.db_url = database_url(db)
+        self._db = db
         self.rules = rules or SHIPPED_RULES
 
+    @property
+    def db_url(self) -> str:
+        """The database URL; an unsupported one raises SettingError (exit 2), only in commands that use it."""
+        return database_url(self._db)
+
     def engine(self, as_json: bool, need_schema: bool = True, role: str = BATCH) -> Engine:
-        """The database engine; exits with a clear message when `loyalty init` has not been run."""
+        """The database engine; exits with a clear message when the schema is missing or not at this
+        release's revision (nothing is created: a missing SQLite file stays missing)."""
         try:
-            engine = make_engine(self.db_url, role)
-        except (ArgumentError, NoSuchModuleError):
-            raise fail(f"--db {self.db_url!r} is not a database URL; expected e.g. sqlite:///loyalty.db or "
-                       "postgresql+psycopg://user@host:5432/dbname", as_json=as_json) from None
-        try:
-            if need_schema:
-                require_schema(engine)
-            else:
-                engine.connect().close()
+            return open_database(self.db_url, role, need_schema)
         except SchemaMissingError as exc:
             raise fail(str(exc), as_json=as_json) from None
         except OperationalError as exc:
-            where = engine.url.render_as_string(hide_password=True)
+            where = make_url(self.db_url).render_as_string(hide_password=True)
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise fail(f"cannot open the database {where}: {reason}; check that it is running and reachable "
                        f"(connect timeout {timeouts(role).connect:g} s, LOYALTY_DB_CONNECT_TIMEOUT)",
                        as_json=as_json) from None
-        return engine
 
     def initialised_engine(self, as_json: bool) -> Engine:
-        """The database engine, creating the schema if the database has none."""
+        """The database engine, creating the schema on an empty database (one at another revision is refused)."""
         engine = self.engine(as_json, need_schema=False)
         try:
-            init_schema(engine)
-        except SchemaMissingError as exc:
+            create_schema(engine)
+        except (SchemaMissingError, SchemaBusyError) as exc:
             raise fail(str(exc), as_json=as_json) from None
         return engine
 
@@ -176,7 +175,11 @@ def main(
 
 @app.command()
 def init(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Create the database schema (tables and append-only guards). Safe to run again."""
+    """Create the database schema (tables, indexes, append-only guards): `loyalty db upgrade` on an empty
+    database. Safe to run again; a database at an older revision is left to `loyalty db upgrade`.
+
+    Example: `loyalty --db postgresql://loyalty@db:5432/loyalty init`
+    """
     settings: Settings = ctx.obj
     engine = settings.initialised_engine(as_json)
     where = engine.url.render_as_string(hide_password=True)
@@ -414,8 +417,7 @@ def ledger_command(
     settings: Settings = ctx.obj
     engine = settings.engine(as_json)
     if target == "verify":
-        with read_snapshot(engine) as conn:
-            problems = ledger.verify(conn)
+        problems = verify_ledger(engine)
         if as_json:
             emit_json({"ok": not problems, "problems": problems})
         else:
@@ -423,8 +425,7 @@ def ledger_command(
                 console.print(f"[red]mismatch[/]: {escape(problem)}", highlight=False)
             console.print("ledger consistent" if not problems else f"[bold red]{len(problems)} mismatch(es)[/]")
         raise typer.Exit(1 if problems else 0)
-    with read_snapshot(engine) as conn:
-        entries = ledger.client_entries(conn, target, limit=limit)
+    entries = ledger_entries(engine, target, limit)
     if as_json:
         emit_json(entries)
         return

@@ -9,16 +9,15 @@ from typing import Annotated, TypeVar
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from cli.output import console, emit_json, fail, parse_duration
 from engine.errors import RuleFileError
 from service import activation
 from service.clock import utc_now
+from service.database import SchemaMissingError, open_database
 from service.errors import ConflictError, InputError
 from service.rule_tests import only_version, run_rule_tests
-from storage.db import SchemaMissingError, make_engine, require_schema
 
 T = TypeVar("T")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -143,18 +142,15 @@ def _refusing(step: Callable[[], T], as_json: bool, file: Path) -> T:
 def _latest_event(db_url: str, as_json: bool) -> tuple[datetime | None, bool]:
     """The latest applied event's moment, and whether a database was there to ask (none yet is fine;
     one that does not answer is not: the check would be skipped silently)."""
-    url = make_url(db_url)
-    if url.get_backend_name() == "sqlite" and (not url.database or not Path(url.database).exists()):
-        return None, False  # do not create an empty database file just to look into it
-    engine = make_engine(db_url)
     try:
-        require_schema(engine)
-        return activation.latest_event_moment(engine), True
+        engine = open_database(db_url)  # creates nothing: no database file yet is fine
     except SchemaMissingError:
         return None, False
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise fail(f"cannot ask the database which events were already applied: {reason}", as_json=as_json) from None
+    try:
+        return activation.latest_event_moment(engine), True
     finally:
         engine.dispose()
 

@@ -1,31 +1,48 @@
-"""Database set-up: engine from a URL (SQLite file by default, PostgreSQL in production) and schema creation."""
+"""Database set-up: engine from a URL (SQLite file by default, PostgreSQL in production), the schema's
+revision check, and upgrades to head (the migrations in storage/migrations) under a lock."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 # A leaf module of exception classes only: the caller (CLI, API) turns this one into a message.
 from service.errors import SettingError
 
 from storage import models  # noqa: F401  (registers the tables)
-from storage.models import APPEND_ONLY_TABLES, SCHEMA_VERSION, SchemaInfo
+from storage.models import SCHEMA_REVISIONS, SCHEMA_VERSION, SchemaInfo
 
 META = SchemaInfo.__table__
 
 DEFAULT_URL = "sqlite:///loyalty.db"
 _WRITE_OPTION = "loyalty_write"
 URL_ENV = "LOYALTY_DATABASE_URL"
+SUPPORTED_URLS = ("sqlite:///path/to/loyalty.db or postgresql://user@host:5432/dbname "
+                  "(also written postgresql+psycopg://: the psycopg 3 driver)")
+_DRIVERS = ("sqlite", "postgresql+psycopg")
+
+VERSION_TABLE = "alembic_version"  # Alembic's record of the revision a database is at
+BASELINE = SCHEMA_REVISIONS[0]
+# What `init_schema` recorded in loyalty_meta before there were migrations: that schema is the baseline.
+_BEFORE_MIGRATIONS_VERSION = "3"
+# pg_advisory_lock's first key: "loyalty schema" (the second is the schema's name, hashed).
+_MIGRATION_LOCK = 0x10A1_7E5C
 
 
 class SchemaMissingError(RuntimeError):
-    """The database has no loyalty schema yet."""
+    """The database has no loyalty schema at the revision this program needs (the message says what to do)."""
+
+
+class SchemaBusyError(RuntimeError):
+    """Another upgrade held the migration lock for longer than this one may wait."""
 
 
 # Every wait on the database is bounded. Two roles: the API answers callers who wait on it (short
@@ -70,12 +87,20 @@ def timeouts(role: str = BATCH) -> Timeouts:
 
 
 def database_url(explicit: str | None = None) -> str:
-    """The database URL: the explicit one, else $LOYALTY_DATABASE_URL, else loyalty.db in the working directory."""
+    """The database URL: the explicit one, else $LOYALTY_DATABASE_URL, else loyalty.db in the working
+    directory. Raises SettingError, naming the supported forms, for any other kind of URL."""
     url = explicit or os.environ.get(URL_ENV) or DEFAULT_URL
     # psycopg 3 is the driver we ship; accept the URL forms people copy from elsewhere.
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            url = "postgresql+psycopg://" + url[len(prefix):]
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingError(f"--db (or {URL_ENV}) is not a database URL; use {SUPPORTED_URLS}") from None
+    if parsed.drivername not in _DRIVERS:
+        shown = parsed.render_as_string(hide_password=True)[:80]
+        raise SettingError(f"--db (or {URL_ENV}) {shown!r} is not a supported database URL; use {SUPPORTED_URLS}")
     return url
 
 
@@ -125,45 +150,132 @@ def _configure_sqlite(engine: Engine, busy_seconds: float) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
-def init_schema(engine: Engine) -> None:
-    """Create the tables and the append-only triggers (safe to run again on a database of this version)."""
-    if inspect(engine).has_table("ledger_entry"):
-        require_schema(engine)  # never paper over a database of another schema version
-    SQLModel.metadata.create_all(engine)
-    with write_transaction(engine) as conn:
-        if conn.execute(select(META.c.value).where(META.c.key == "schema_version")).first() is None:
-            conn.execute(insert(META).values(key="schema_version", value=SCHEMA_VERSION))
-        if engine.dialect.name == "sqlite":
-            for table in APPEND_ONLY_TABLES:
-                for action in ("UPDATE", "DELETE"):
-                    conn.exec_driver_sql(
-                        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} BEFORE {action} ON {table} "
-                        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: write a compensating entry'); END")
-        else:
-            conn.exec_driver_sql(
-                "CREATE OR REPLACE FUNCTION loyalty_append_only() RETURNS trigger AS $$ BEGIN "
-                "RAISE EXCEPTION '%% is append-only: write a compensating entry', TG_TABLE_NAME; END $$ "
-                "LANGUAGE plpgsql")
-            for table in APPEND_ONLY_TABLES:
-                conn.exec_driver_sql(
-                    f"CREATE OR REPLACE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-                    "FOR EACH ROW EXECUTE FUNCTION loyalty_append_only()")
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database's schema stands: its revision (None: no loyalty schema), and whether it was
+    created before migrations (the baseline without Alembic's record, stamped by the next upgrade)."""
+
+    revision: str | None
+    before_migrations: bool = False
+
+
+@dataclass(frozen=True)
+class SchemaUpgrade:
+    """What an upgrade did: the revisions before and after, and how long it took."""
+
+    database: str
+    from_revision: str | None
+    to_revision: str
+    seconds: float
+
+
+def where(engine: Engine) -> str:
+    """The database's URL as messages show it (no password)."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def schema_state(conn: Connection) -> SchemaState:
+    """The revision the database is at, read without Alembic (so every command checks it cheaply)."""
+    inspector = inspect(conn)
+    if inspector.has_table(VERSION_TABLE):
+        revisions = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        return SchemaState(",".join(sorted(revisions)) or None)
+    if not inspector.has_table("ledger_entry"):
+        return SchemaState(None)
+    version = None
+    if inspector.has_table(META.name):
+        version = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
+    if version == _BEFORE_MIGRATIONS_VERSION:
+        return SchemaState(BASELINE, before_migrations=True)
+    raise SchemaMissingError(
+        f"{where(conn.engine)} has a pre-release loyalty schema (version {version or 'from before versioning'}) "
+        "that no migration upgrades; use a new database (run `loyalty init` on it)")
+
+
+def database_revision(engine: Engine) -> SchemaState:
+    """Where the database's schema stands; a SQLite file that does not exist is empty (and is not created)."""
+    if _sqlite_file_missing(engine):  # connecting would leave an empty database file behind
+        return SchemaState(None)
+    with autocommit_reads(engine) as conn:
+        return schema_state(conn)
 
 
 def require_schema(engine: Engine) -> None:
-    """Raise SchemaMissingError, saying what to do, unless the database has this version's schema."""
-    where = engine.url.render_as_string(hide_password=True)
-    if not inspect(engine).has_table("ledger_entry"):
-        raise SchemaMissingError(f"no loyalty schema in {where}; run `loyalty init` first")
-    version = None
-    if inspect(engine).has_table(META.name):
-        with engine.connect() as conn:
-            version = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
-    if version != SCHEMA_VERSION:
+    """Raise SchemaMissingError, saying what to do, unless the database is at the revision this program needs."""
+    state = database_revision(engine)
+    if state.revision is None:
+        raise SchemaMissingError(f"no loyalty schema in {where(engine)}; run `loyalty init` first")
+    _refuse_unknown(engine, state)
+    if state.revision != SCHEMA_VERSION:
+        created = " (created before migrations)" if state.before_migrations else ""
         raise SchemaMissingError(
-            f"{where} has loyalty schema version {version or 'from before versioning'}, this program needs "
-            f"version {SCHEMA_VERSION}; use a new database (run `loyalty init` on it): there is no "
-            "migration between pre-release schemas")
+            f"{where(engine)} is at schema revision {state.revision}{created}, this program needs {SCHEMA_VERSION}: "
+            "run `loyalty db upgrade`")
+
+
+def _refuse_unknown(engine: Engine, state: SchemaState) -> None:
+    if state.revision is not None and state.revision not in SCHEMA_REVISIONS:
+        raise SchemaMissingError(
+            f"{where(engine)} is at schema revision {state.revision}, newer than this program's {SCHEMA_VERSION}: "
+            "a newer release upgraded it; run that release (this one would misread the data)")
+
+
+def _sqlite_file_missing(engine: Engine) -> bool:
+    database = engine.url.database
+    return (engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+            and not Path(database).exists())
+
+
+def init_schema(engine: Engine) -> SchemaUpgrade:
+    """Upgrade the schema to head, creating it on an empty database, under the migration lock: a second
+    upgrader waits, then finds the database at head. Safe to run again; refuses a newer database."""
+    began = time.perf_counter()
+    with _migration_lock(engine) as conn:
+        state = schema_state(conn)
+        _refuse_unknown(engine, state)
+        if state.revision != SCHEMA_VERSION:
+            # Imported here: Alembic and the revisions load only when the schema changes, not at every start.
+            from storage import migrations
+
+            migrations.upgrade(conn, stamp_first=BASELINE if state.before_migrations else None)
+            if state.before_migrations:  # Alembic's record replaces it
+                conn.execute(delete(META).where(META.c.key == "schema_version"))
+    return SchemaUpgrade(where(engine), state.revision, SCHEMA_VERSION, time.perf_counter() - began)
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Connection]:
+    """A transaction that only one upgrader of the database holds at a time."""
+    if engine.dialect.name == "sqlite":
+        # BEGIN IMMEDIATE takes the write lock; another upgrader waits for it (the busy timeout) and
+        # then reads the revision this one committed.
+        with write_transaction(engine) as conn:
+            yield conn
+        return
+    wait = timeouts(BATCH).statement  # another upgrader may be running a statement of up to this long
+    # A session-level advisory lock per schema (replicas of one database share it), held across the
+    # upgrade's own transaction; its wait is bounded by a lock timeout of the transaction that takes it.
+    key = (_MIGRATION_LOCK, func.hashtext(func.current_schema()))
+    with engine.connect() as conn:
+        try:
+            conn.execute(text(f"SET LOCAL lock_timeout = {int(wait * 1000)}"))
+            conn.execute(select(func.pg_advisory_lock(*key)))
+            conn.commit()
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            raise SchemaBusyError(
+                f"another upgrade of {where(engine)} has held the migration lock for over {wait:g} s "
+                "(LOYALTY_BATCH_STATEMENT_TIMEOUT); wait for it to finish, then run `loyalty db upgrade` again") from None
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            try:
+                conn.execute(select(func.pg_advisory_unlock(*key)))
+                conn.commit()
+            except Exception:  # noqa: BLE001 - a broken session: closing it for good releases the lock
+                conn.invalidate()
 
 
 @contextmanager

@@ -1,16 +1,22 @@
 """The tables. `ledger_entry`, `processed_event` and `event_reversal` are append-only (database
 triggers refuse UPDATE and DELETE); `client` and `entitlement` are projections of the ledger kept in
 the same transaction as the entries, for fast reads, and `ledger verify` recomputes them from the entries.
-Points are 64-bit integers on every database.
+Points, ids and the references to them are 64-bit integers on every database. The schema itself is
+made by the migrations (storage/migrations); a test checks that they and these models agree.
 """
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
 
 from storage.types import UTCDateTime
+
+
+# A 64-bit id or count that grows without bound: BIGINT on PostgreSQL (INTEGER overflows at 2^31); on
+# SQLite every integer is 64-bit and only a column declared INTEGER is the auto-numbered rowid.
+BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 def _ts(**kwargs) -> Field:  # type: ignore[valid-type]
@@ -51,7 +57,7 @@ class TierAssignment(SQLModel, table=True):
     __tablename__ = "tier_assignment"
     __table_args__ = (Index("ux_tier_assignment_client_from", "client_id", "valid_from", unique=True),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     client_id: str = Field(foreign_key="client.client_id", max_length=64)
     tier: str = Field(max_length=64)
     previous_tier: str | None = Field(default=None, max_length=64)
@@ -93,7 +99,7 @@ class TierPin(SQLModel, table=True):
     __tablename__ = "tier_pin"
     __table_args__ = (Index("ix_tier_pin_client", "client_id", "valid_from"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     client_id: str = Field(foreign_key="client.client_id", max_length=64)
     tier: str = Field(max_length=64)
     valid_from: datetime = _ts()
@@ -110,7 +116,7 @@ class TierGrace(SQLModel, table=True):
     __tablename__ = "tier_grace"
     __table_args__ = (_partial_index("ux_tier_grace_open", "client_id", "ended_at IS NULL"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     client_id: str = Field(foreign_key="client.client_id", max_length=64)
     tier: str = Field(max_length=64)
     started_at: datetime = _ts()
@@ -130,7 +136,7 @@ class ChurnFlag(SQLModel, table=True):
     __tablename__ = "churn_flag"
     __table_args__ = (_partial_index("ux_churn_flag_open", "client_id", "cleared_at IS NULL"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     client_id: str = Field(foreign_key="client.client_id", max_length=64)
     tier: str = Field(max_length=64)
     raised_at: datetime = _ts()
@@ -156,7 +162,7 @@ class PointsLot(SQLModel, table=True):
                       CheckConstraint("remaining >= 0 AND expired >= 0 AND remaining + expired <= points",
                                       name="ck_points_lot_remaining"))
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     client_id: str = Field(max_length=64)
     event_id: str = Field(max_length=128)
     rule_id: str = Field(max_length=96)
@@ -191,7 +197,7 @@ class ProcessedEvent(SQLModel, table=True):
     payload: str = Field(sa_column=Column(Text, nullable=False))
     # Typed copies of the attributes tier metrics read, so reviews aggregate in SQL, exactly.
     amount_minor: int | None = Field(default=None, sa_type=BigInteger)
-    number: int | None = None
+    number: int | None = Field(default=None, sa_type=BigId)  # an integer attribute: up to ±(2^53 - 1)
     label: str | None = Field(default=None, max_length=64)
     programme_id: str
     programme_version: str
@@ -224,7 +230,7 @@ class LedgerEntry(SQLModel, table=True):
         _partial_index("ux_ledger_one_consumption", "entitlement_id", "reason = 'consume'"),
     )
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     client_id: str = Field(max_length=64)
     kind: str = Field(max_length=32)
     reason: str = Field(max_length=16)
@@ -237,8 +243,8 @@ class LedgerEntry(SQLModel, table=True):
     programme_id: str | None = None
     programme_version: str | None = None
     event_id: str | None = Field(default=None, index=True, max_length=128)
-    entitlement_id: int | None = Field(default=None, index=True)
-    reverses_entry_id: int | None = Field(default=None, unique=True)
+    entitlement_id: int | None = Field(default=None, index=True, sa_type=BigId)
+    reverses_entry_id: int | None = Field(default=None, unique=True, sa_type=BigId)
     valid_from: datetime = _ts()
     valid_to: datetime | None = _ts(default=None)
     created_at: datetime = _ts()
@@ -249,7 +255,7 @@ class Entitlement(SQLModel, table=True):
 
     __table_args__ = (Index("ix_entitlement_client_status", "client_id", "status"),)
 
-    id: int = Field(primary_key=True)  # the id of the grant ledger entry
+    id: int = Field(primary_key=True, sa_type=BigId)  # the id of the grant ledger entry
     client_id: str = Field(max_length=64)
     kind: str = Field(max_length=32)
     use: str = Field(max_length=16)
@@ -295,7 +301,7 @@ class QuoteHold(SQLModel, table=True):
     __tablename__ = "quote_hold"
 
     quote_id: str = Field(primary_key=True, foreign_key="quote.id", max_length=40)
-    entitlement_id: int = Field(primary_key=True, index=True)
+    entitlement_id: int = Field(primary_key=True, index=True, sa_type=BigId)
 
 
 class ApiKey(SQLModel, table=True):
@@ -326,7 +332,8 @@ class IdempotencyRecord(SQLModel, table=True):
 
 
 class SchemaInfo(SQLModel, table=True):
-    """Facts about the database itself, such as the schema version it was created with."""
+    """Facts about the database itself (benchmarks record their seeds here). Databases created before
+    migrations also hold `schema_version` 3 here: the baseline revision (see storage/migrations)."""
 
     __tablename__ = "loyalty_meta"
 
@@ -334,5 +341,7 @@ class SchemaInfo(SQLModel, table=True):
     value: str
 
 
-SCHEMA_VERSION = "3"
-APPEND_ONLY_TABLES = ("ledger_entry", "processed_event", "event_reversal")
+# The migration revisions (storage/migrations/versions), oldest first: the last is the schema these
+# models describe. Kept here so checking a database's revision needs no Alembic (a test compares them).
+SCHEMA_REVISIONS = ("0001_baseline", "0002_bigint_ids")
+SCHEMA_VERSION = SCHEMA_REVISIONS[-1]

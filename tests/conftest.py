@@ -64,7 +64,8 @@ def db_url(request, tmp_path) -> str:
 
 @pytest.fixture
 def engine(db_url):
-    """An engine on a fresh database with the schema created."""
+    """An engine on a fresh database whose schema the migrations built, as `loyalty init` does (on
+    PostgreSQL about a third of a second more than creating the tables directly: measured, accepted)."""
     engine = make_engine(db_url)
     init_schema(engine)
     yield engine
