@@ -51,7 +51,7 @@ def create_app_from_env() -> FastAPI:
         _cannot_start(f"{exc}; correct or unset it")
     except RuleFileError as exc:
         _cannot_start(f"the rules at {rules_location()} do not load: {'; '.join(str(p) for p in exc.problems)}")
-    except (ArgumentError, NoSuchModuleError):
+    except (ArgumentError, NoSuchModuleError, ImportError):  # a URL of another database, or of a missing driver
         _cannot_start(f"{database_url()!r} is not a database URL the program can use")
     app = create_app(engine, watcher.current(), hold=timedelta(seconds=settings.hold_seconds),
                      request_seconds=settings.request_timeout, body_seconds=settings.body_timeout)
