@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -15,6 +15,9 @@ from api.limits import LogLevel, ServeSettings
 from cli.output import console, emit_json, fail
 from service.clock import utc_now
 from storage.db import API, URL_ENV
+
+if TYPE_CHECKING:
+    from cli.main import Settings
 
 # Where prometheus-client's multiprocess mode keeps each worker's figures (see `serve`).
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -69,7 +72,7 @@ def serve(
     from api.factory import FACTORY, RULES_ENV
     from api.server import PROTOCOL
 
-    settings = ctx.obj
+    settings: Settings = ctx.obj
     options = ServeSettings(**{name: value for name, value in ctx.params.items() if name != "as_json"})
     # Checked here, once, so that a problem is one line, not a traceback from each worker.
     settings.rules_watcher(as_json, interval=options.reload_seconds)
@@ -117,7 +120,7 @@ def run_scheduler(
     the database. Run it on as many machines as you like: one review runs at a time, and a review
     that was missed, or cut off half-way, is run or finished once by whichever scheduler is up.
     """
-    settings = ctx.obj
+    settings: Settings = ctx.obj
     model = settings.programmes(as_json).for_moment(utc_now()).model  # the schedules the jobs start with
     settings.engine(as_json)  # fail now, with the reason, if the database is not there
     if model.review.schedule is None and model.points.expiry_schedule is None:
@@ -125,7 +128,7 @@ def run_scheduler(
     start_scheduler(settings, background=False, as_json=as_json)
 
 
-def start_scheduler(settings: Any, background: bool, as_json: bool = False):  # noqa: ANN201 - a scheduler
+def start_scheduler(settings: Settings, background: bool, as_json: bool = False):  # noqa: ANN201 - a scheduler
     """Build and start the scheduler; a blocking one returns once stopped (Ctrl-C)."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
