@@ -10,32 +10,36 @@ now and then held its connection for good. `BoundedHttpToolsProtocol` adds, per 
 The idle keep-alive timeout is uvicorn's own (`timeout_keep_alive`), and so is the bound on open
 connections (`limit_concurrency`: beyond it, requests get 503 and their connection is closed); slow
 bodies are cut by the request guard (`api.limits.BODY_TIMEOUT`).
+
+uvicorn is given the class by import string (`PROTOCOL`): with `--workers N` each worker process imports it, so
+its limits are the LOYALTY_* settings that `loyalty serve` exported, read once per process.
 """
 from __future__ import annotations
 
 import asyncio
+from functools import cache
+
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from api.limits import Limits
+from api.limits import Limits, ServeSettings
 
-
+PROTOCOL = "api.server:BoundedHttpToolsProtocol"  # uvicorn's `http=`
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-def bounded_protocol(limits: Limits) -> type[asyncio.Protocol]:
-    """The httptools protocol class enforcing `limits`, to pass to uvicorn as `http=`."""
-
-    class Protocol(BoundedHttpToolsProtocol):
-        LIMITS = limits
-
-    return Protocol
+@cache
+def _configured_limits() -> Limits:
+    return ServeSettings.from_env().limits
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounds on the request head's size, header count and arrival time."""
 
-    LIMITS = Limits()
+    @property
+    def limits(self) -> Limits:
+        """This process's limits: the LOYALTY_* settings."""
+        return _configured_limits()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._in_head, self._head_bytes, self._header_count, self._refusal = True, 0, 0, None
@@ -51,12 +55,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             if self._head_timer is None:
                 self._start_head_timer()
-            room = self.LIMITS.max_head_bytes - self._head_bytes
+            room = self.limits.max_head_bytes - self._head_bytes
             if len(data) > room:
                 # Feed what fits: if the head ends within it, the rest is body or the next request.
                 super().data_received(data[:room])
                 if self._in_head and not self.transport.is_closing():
-                    self._refuse(431, f"the request head is over {self.LIMITS.max_head_bytes:,} bytes")
+                    self._refuse(431, f"the request head is over {self.limits.max_head_bytes:,} bytes")
                     return
                 if data[room:] and not self.transport.is_closing():
                     self.data_received(data[room:])
@@ -70,7 +74,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        if self._header_count > self.LIMITS.max_headers:
+        if self._header_count > self.limits.max_headers:
             self._refusal = 431
             raise ValueError("too many headers")  # stops the parser; answered in send_400_response
         super().on_header(name, value)
@@ -89,13 +93,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal == 431:
-            self._refuse(431, f"more than {self.LIMITS.max_headers} header lines")
+            self._refuse(431, f"more than {self.limits.max_headers} header lines")
             return
         super().send_400_response(msg)
 
     def _start_head_timer(self) -> None:
         self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.LIMITS.head_timeout, self._head_timed_out)
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -106,7 +110,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._in_head and not self.transport.is_closing():
             if self._head_bytes:
-                self._refuse(408, f"the request head did not arrive within {self.LIMITS.head_timeout:g} s")
+                self._refuse(408, f"the request head did not arrive within {self.limits.head_timeout:g} s")
             else:  # nothing sent at all: nobody to answer
                 self.transport.close()
 

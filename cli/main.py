@@ -5,10 +5,8 @@ ledger mismatches); 2 it could not run (bad arguments, no database schema, unloa
 """
 from __future__ import annotations
 
-import gc
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,8 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from typer.core import TyperGroup
 from rich.markup import escape
 
-from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT, Limits
-from cli import explain, reviews, rule_activate, rule_check, rule_diff, rule_schema, rule_tests, simulate, views
+from cli import explain, reviews, rule_activate, rule_check, rule_diff, rule_schema, rule_tests, serve, simulate, views
 from cli.db import db_app
 from cli.logs import log_for_people
 from cli.review_view import print_review
@@ -32,8 +29,7 @@ from demo.generator import generate as generate_portfolio
 from demo.run import run_demo
 from engine.errors import RuleFileError
 from engine.programme import ProgrammeSet
-from service.clock import utc_now
-from service.database import (API, BATCH, SchemaBusyError, SchemaMissingError, create_schema, database_url,
+from service.database import (BATCH, SchemaBusyError, SchemaMissingError, create_schema, database_url,
                               open_database, timeouts)
 from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
@@ -49,7 +45,6 @@ from rules import shipped_rules_dir
 from service.version import DISTRIBUTION, package_version
 
 SHIPPED_RULES = shipped_rules_dir()
-_LIMITS = Limits()  # the defaults of `serve`'s bounds
 
 
 class _DatabaseErrorsExit2(TyperGroup):
@@ -88,7 +83,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(reviews.tier_app, name="tier")
 app.add_typer(reviews.points_app, name="points")
 app.command("churn")(reviews.churn)
-for _module in (rule_check, rule_schema, rule_diff, rule_tests, rule_activate, simulate, explain):
+for _module in (rule_check, rule_schema, rule_diff, rule_tests, rule_activate, simulate, explain, serve):
     _module.register(app, rules_app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -462,138 +457,6 @@ def reverse(
     if result["points_written_off"]:
         console.print(f"  {result['points_written_off']:,} points were already spent or expired: written off, "
                       "so the balance stops at zero")
-
-
-@app.command()
-def serve(
-    ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
-    hold_seconds: Annotated[int, typer.Option(
-        min=1, max=7 * 24 * 3600, help="How long a quote holds its single-use entitlements.")] = 900,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
-    reload_seconds: Annotated[float, typer.Option(
-        "--reload-seconds", min=0.1, max=30,
-        help="How often to look for new or changed rule files (see `loyalty rules activate`).")] = 1.0,
-    with_scheduler: Annotated[bool, typer.Option(
-        "--scheduler", help="Also run the review and expiry jobs in this process (see `loyalty scheduler`).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Announce the address as one JSON line on stdout.")] = False,
-    request_timeout: Annotated[float, typer.Option(
-        min=0.5, max=3600, envvar="LOYALTY_API_REQUEST_TIMEOUT", show_envvar=True,
-        help="Seconds a request's database work may take before it answers 503 (a frozen database).")] = REQUEST_TIMEOUT,
-    head_timeout: Annotated[float, typer.Option(
-        min=0.5, max=600, envvar="LOYALTY_API_HEAD_TIMEOUT", show_envvar=True,
-        help="Seconds a request's line and headers may take to arrive (slow clients are cut off: 408).")] =
-        _LIMITS.head_timeout,
-    body_timeout: Annotated[float, typer.Option(
-        min=0.5, max=3600, envvar="LOYALTY_API_BODY_TIMEOUT", show_envvar=True,
-        help="Seconds a request body may take to arrive (408).")] = BODY_TIMEOUT,
-    keep_alive: Annotated[int, typer.Option(
-        min=1, max=3600, envvar="LOYALTY_API_KEEP_ALIVE", show_envvar=True,
-        help="Seconds an idle kept-alive connection stays open.")] = _LIMITS.keep_alive,
-    max_head_bytes: Annotated[int, typer.Option(
-        min=1024, max=1024 * 1024, envvar="LOYALTY_API_MAX_HEAD_BYTES", show_envvar=True,
-        help="Largest request line plus headers, in bytes (431 beyond).")] = _LIMITS.max_head_bytes,
-    max_headers: Annotated[int, typer.Option(
-        min=8, max=1000, envvar="LOYALTY_API_MAX_HEADERS", show_envvar=True,
-        help="Most header lines in a request (431 beyond).")] = _LIMITS.max_headers,
-    max_connections: Annotated[int, typer.Option(
-        min=1, max=100_000, envvar="LOYALTY_API_MAX_CONNECTIONS", show_envvar=True,
-        help="Open connections from which on every request is answered 503 and its connection closed.")] =
-        _LIMITS.max_connections,
-) -> None:
-    """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
-
-    Callers authenticate with keys from `loyalty apikey create`. Uses the same database and rules as
-    the other commands; stop with Ctrl-C. A version installed with `loyalty rules activate` is picked
-    up without a restart; a rule file that does not load is refused and the last good rules are kept
-    (see /healthz). With `--scheduler`, every replica may run the jobs: one
-    review still runs at a time. Every wait is bounded (see README, "Limits"): e.g.
-    `loyalty serve --request-timeout 5 --max-connections 200`.
-    """
-    import uvicorn  # imported here: the other commands do not need the web stack
-
-    from api.app import create_app
-    from api.server import bounded_protocol
-
-    settings: Settings = ctx.obj
-    watcher = settings.rules_watcher(as_json, interval=reload_seconds)
-    engine = settings.engine(as_json, role=API)
-    application = create_app(engine, watcher.current(), hold=timedelta(seconds=hold_seconds),
-                             request_seconds=request_timeout, body_seconds=body_timeout)
-    limits = Limits(max_head_bytes=max_head_bytes, max_headers=max_headers, head_timeout=head_timeout,
-                    keep_alive=keep_alive, max_connections=max_connections)
-    # A new version installed by `loyalty rules activate` replaces the set whole; each request keeps
-    # the set it started with.
-    watcher.on_install = lambda programmes: setattr(application.state, "programmes", programmes)
-    application.state.rules_status = watcher.status
-    where = engine.url.render_as_string(hide_password=True)
-    if as_json:
-        emit_json({"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/docs", "database": where,
-                   "hold_seconds": hold_seconds})
-    else:
-        console.print(f"serving {escape(where)} on http://{host}:{port} (docs: http://{host}:{port}/docs)",
-                      highlight=False)
-    # The rules, their compiled matchers and the app are loaded for good: taking them out of the
-    # garbage collector's view keeps its full collections (pauses in the tail latency) short.
-    gc.collect()
-    gc.freeze()
-    scheduler = _start_scheduler(settings, background=True) if with_scheduler else None
-    watcher.start()
-    try:
-        uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False,
-                    http=bounded_protocol(limits), timeout_keep_alive=limits.keep_alive,
-                    limit_concurrency=limits.max_connections)
-    finally:
-        watcher.stop()
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
-
-
-@app.command()
-def scheduler(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Log each job's outcome as one JSON line on stdout.")] = False,
-) -> None:
-    """Run the tier review and points expiry on the rule file's schedules, until stopped (Ctrl-C).
-
-    Schedules: `review.schedule` and `points.expiry_schedule` (cron and time zone). Jobs are kept in
-    the database. Run it on as many machines as you like: one review runs at a time, and a review
-    that was missed, or cut off half-way, is run or finished once by whichever scheduler is up.
-    """
-    settings: Settings = ctx.obj
-    model = settings.programmes(as_json).for_moment(utc_now()).model  # the schedules the jobs start with
-    settings.engine(as_json)  # fail now, with the reason, if the database is not there
-    if model.review.schedule is None and model.points.expiry_schedule is None:
-        raise fail("the rule file schedules nothing: add review.schedule or points.expiry_schedule", as_json=as_json)
-    _start_scheduler(settings, background=False, as_json=as_json)
-
-
-def _start_scheduler(settings: Settings, background: bool, as_json: bool = False):  # noqa: ANN202 - a scheduler
-    """Build and start the scheduler; a blocking one returns once stopped (Ctrl-C)."""
-    import logging
-
-    from apscheduler.schedulers.blocking import BlockingScheduler
-
-    from service.scheduler import build_scheduler
-
-    handler = logging.StreamHandler(sys.stdout if as_json else sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s" if as_json else "%(asctime)s %(name)s %(message)s"))
-    logger = logging.getLogger("loyalty.scheduler")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    if background:
-        runner = build_scheduler(settings.db_url, settings.rules)
-    else:
-        runner = build_scheduler(settings.db_url, settings.rules, scheduler_class=BlockingScheduler)
-        if not as_json:
-            for job in runner.get_jobs():
-                console.print(f"job {job.id}: {escape(str(job.trigger))}", highlight=False)
-    try:
-        runner.start()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    return runner
 
 
 @apikey_app.command("create")
