@@ -10,7 +10,7 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import click
 import typer
@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT, Limits
 from cli import explain, reviews, rule_activate, rule_check, rule_diff, rule_schema, rule_tests, simulate, views
-from cli.logs import log_for_people
+from cli.logs import log_for_people, uvicorn_log_config
 from cli.review_view import print_review
 from cli.output import console, emit_json, fail, parse_moment, progress_bar
 from demo.generator import DEFAULT_END
@@ -97,9 +97,10 @@ AtOption = Annotated[Optional[str], typer.Option(help="Moment to look at (ISO 86
 class Settings:
     """Where the database and the rules are, from options or the environment."""
 
-    def __init__(self, db: str | None, rules: Path | None):
+    def __init__(self, db: str | None, rules: Path | None, log_format: str = "text"):
         self.db_url = database_url(db)
         self.rules = rules or SHIPPED_RULES
+        self.log_format = log_format
 
     def engine(self, as_json: bool, need_schema: bool = True, role: str = BATCH) -> Engine:
         """The database engine; exits with a clear message when `loyalty init` has not been run."""
@@ -165,13 +166,17 @@ def main(
         "--rules", envvar="LOYALTY_RULES", show_envvar=True,
         help="Rule file or directory of rule files (versions of one programme); production sets LOYALTY_RULES to "
              "the bank's rules directory. Default: the programme shipped with the package.")] = None,
+    log_format: Annotated[Literal["text", "json"], typer.Option(
+        "--log-format", envvar="LOYALTY_LOG_FORMAT", show_envvar=True,
+        help="Logs as text for people, or json: one object per line for log pipelines, e.g. "
+             "`loyalty --log-format json serve`.")] = "text",
     show_version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
 ) -> None:
     """Options shared by every command."""
-    ctx.obj = Settings(db, rules)
+    ctx.obj = Settings(db, rules, log_format)
     if ctx.invoked_subcommand not in ("serve", "scheduler"):  # those two log for operators, as services do
-        log_for_people()
+        log_for_people(log_format)
 
 
 @app.command()
@@ -542,7 +547,8 @@ def serve(
     try:
         uvicorn.run(application, host=host, port=port, log_level=log_level, server_header=False,
                     http=bounded_protocol(limits), timeout_keep_alive=limits.keep_alive,
-                    limit_concurrency=limits.max_connections)
+                    limit_concurrency=limits.max_connections,
+                    log_config=uvicorn_log_config(settings.log_format, log_level), access_log=False)
     finally:
         watcher.stop()
         if scheduler is not None:
