@@ -48,10 +48,14 @@ def request_id_of(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def route_template(scope: Scope) -> str:
-    """The path template of the route serving the request (found again for answers given before routing)."""
-    route = scope.get("route") or _matching(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
-    return getattr(route, "path", None) or UNMATCHED
+def route_template(scope: Scope, root_path: str) -> str:
+    """The path template of the route serving the request; for an answer given before routing, or by a mount
+    (static files), the route is found again, with the `root_path` the request arrived with."""
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
+        template = getattr(_matching(routes, {**scope, "root_path": root_path}), "path", None)
+    return template or UNMATCHED
 
 
 def _matching(routes: list, scope: Scope) -> object | None:
@@ -75,7 +79,7 @@ class Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started, root_path = time.perf_counter(), scope.get("root_path", "")
         request_id = request_id_of(scope)
         echoed = (HEADER, request_id.encode("ascii"))
         status, started_answer = 500, False  # if the app fails before answering, the server answers 500
@@ -99,7 +103,7 @@ class Observe:
         finally:
             seconds = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            route = route_template(scope)
+            route = route_template(scope, root_path)
             telemetry.REQUESTS.labels(method, route, str(status)).observe(seconds)
             log.info("%s %s %d %.1f ms", method, route, status, seconds * 1000,
                      extra={"method": method, "route": route, "status": status,

@@ -202,10 +202,17 @@ def test_a_served_request_logs_one_json_line_with_its_fields(tmp_path):
         answer = httpx.get(f"{server.base}/v1/clients/C-1/benefits", headers={"Authorization": f"Bearer {key}",
                                                                             "X-Request-ID": "smoke-1"})
         assert answer.status_code == 404 and answer.headers["x-request-id"] == "smoke-1"
+        assets = re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', httpx.get(f"{server.base}/docs").text)
+        for asset in assets:  # whole files: a file response is not cut off by a disconnect nobody made
+            served = httpx.get(server.base + asset)
+            assert served.status_code == 200 and len(served.content) == int(served.headers["content-length"]) > 1000
+        assert len(assets) == 3
     lines = [line for line in log.read_text().splitlines() if not line.startswith("serving ")]
     records = [json.loads(line) for line in lines]  # every log line is one JSON object
     request = next(record for record in records if record.get("request_id") == "smoke-1")
     assert request["route"] == "/v1/clients/{client_id}/benefits" and request["status"] == 404
     assert request["api_key_id"] == key.split("_")[1] and request["method"] == "GET"
     assert {"uvicorn.error"} <= {record["logger"] for record in records}
+    assert {record["route"] for record in records if record.get("route", "").startswith("/docs")} == {
+        "/docs", "/docs-assets"}
     assert key.split("_", 2)[2] not in log.read_text()
