@@ -101,9 +101,8 @@ def _add_operations(app: FastAPI) -> None:
         `degraded` (200, with the reason) while a changed rule file is refused and the last good rules are served."""
         try:
             return await in_thread(lambda: readiness(app.state.engine, rules_status()), HEALTH_TIMEOUT)
-        except (NotReady, DeadlineExceeded) as exc:
-            detail = f"the database does not answer: {exc}" if isinstance(exc, DeadlineExceeded) else str(exc)
-            return problem_response(503, "not-ready", detail, request.url.path, {"Retry-After": "2"})
+        except (NotReady, DeadlineExceeded) as exc:  # each says what is missing, e.g. "the database did not answer"
+            return problem_response(503, "not-ready", str(exc), request.url.path, {"Retry-After": "2"})
 
     @app.get("/metrics", tags=["operations"], operation_id="getMetrics", response_class=Response,
              responses={200: {"description": "Prometheus text format", "content": {"text/plain": {
