@@ -1,71 +1,142 @@
-"""The FastAPI application: routes, the request guard, and errors as problem documents."""
+"""The FastAPI application: routes, the request guard, errors as problem documents, request observation,
+health, readiness, metrics and the offline API docs."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
+from importlib.resources import files
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, text
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from api.deadlines import HEALTH_TIMEOUT, DeadlineExceeded, in_thread
 from api.guard import RequestGuard
 from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
-from api.problems import ProblemError, problem_response
+from api.observe import Observe
+from api.problems import ProblemError, problem_response, problem_schema
 from api.routes import router
 from engine.programme import ProgrammeSet
+from service import telemetry
 from service.clock import Clock, utc_now
-from service.version import package_version
 from service.errors import ConflictError, InputError, NotFoundError
 from service.quotes import DEFAULT_HOLD
+from service.readiness import Health, NotReady, Readiness, health, readiness
+from service.rules_watcher import ReloadStatus
+from service.version import package_version
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 log = logging.getLogger("loyalty.api")
 
 
+class LoyaltyAPI(FastAPI):
+    """FastAPI with request observation (`api.observe`) outside everything else, Starlette's error middleware
+    included, so that 500 answers carry the request id and are logged and counted like any other."""
+
+    observe = True
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """The usual stack, wrapped in the observation middleware."""
+        stack = super().build_middleware_stack()
+        return Observe(stack) if self.observe else stack
+
+
 def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
                hold: timedelta = DEFAULT_HOLD, max_body_bytes: int = MAX_BODY_BYTES,
-               request_seconds: float = REQUEST_TIMEOUT, body_seconds: float = BODY_TIMEOUT) -> FastAPI:
+               request_seconds: float = REQUEST_TIMEOUT, body_seconds: float = BODY_TIMEOUT,
+               observe: bool = True) -> FastAPI:
     """The API over `engine` and `programmes`; `hold` is how long a quote reserves its entitlements,
-    `request_seconds` bounds each request's database work and `body_seconds` the arrival of its body."""
-    app = FastAPI(title="Loyalty engine benefits API", version=package_version(),
-                  description="Benefits, quotes with holds, redemptions, events and ledgers for loan systems. "
-                              "Authenticate with an API key from `loyalty apikey create`. Every POST accepts an "
-                              "`Idempotency-Key` header. Errors are `application/problem+json` (RFC 9457).")
+    `request_seconds` bounds each request's database work and `body_seconds` the arrival of its body;
+    `observe=False` leaves out request ids, request logs and request metrics (for the benchmark)."""
+    app = LoyaltyAPI(title="Loyalty engine benefits API", version=package_version(),
+                     description="Benefits, quotes with holds, redemptions, events and ledgers for loan systems. "
+                                 "Authenticate with an API key from `loyalty apikey create`. Every POST accepts an "
+                                 "`Idempotency-Key` header. Errors are `application/problem+json` (RFC 9457). "
+                                 "Every answer carries an `X-Request-ID` (the caller's, if it sent a valid one).",
+                     docs_url=None, redoc_url=None, lifespan=_lifespan)
+    app.observe = observe
     app.state.engine, app.state.programmes, app.state.clock, app.state.hold = engine, programmes, clock, hold
     app.state.rules_status = None  # set by `loyalty serve` when it watches the rules for new versions
     app.include_router(router)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, request_seconds=request_seconds,
                        body_seconds=body_seconds)
     _add_error_handlers(app)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> JSONResponse:
-        """Liveness and database reachability (no key needed); answers within 2 s even if the database does not."""
-        programme = app.state.programmes.for_moment(clock())
-
-        def ping() -> None:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-
-        try:
-            await in_thread(ping, HEALTH_TIMEOUT)
-        except (OperationalError, PoolTimeoutError):
-            return problem_response(503, "database-unavailable", "the database does not answer", None,
-                                    {"Retry-After": "2"})
-        except DeadlineExceeded as exc:
-            return problem_response(503, "database-unavailable", f"the database does not answer: {exc}", None,
-                                    {"Retry-After": "2"})
-        rules = app.state.rules_status() if app.state.rules_status else None
-        return JSONResponse({"status": "ok", "version": package_version(), "database": engine.dialect.name,
-                             "programme": {"id": programme.id, "version": programme.version},
-                             "rules": rules.as_dict() if rules else None})
-
+    _add_operations(app)
+    _add_docs(app)
+    telemetry.watch_pool(engine)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    yield
+    telemetry.process_exited()
+
+
+def _add_operations(app: FastAPI) -> None:
+    """Liveness, readiness and metrics: no key needed (operators restrict /metrics at the network)."""
+
+    def rules_status() -> ReloadStatus | None:
+        return app.state.rules_status() if app.state.rules_status else None
+
+    @app.get("/healthz", tags=["operations"], operation_id="getHealth", response_model=Health)
+    async def healthz() -> Health:
+        """Liveness: the process answers (no database is consulted); the release, the programme version in force
+        and the rules served."""
+        return health(app.state.engine, app.state.programmes.for_moment(app.state.clock()), rules_status())
+
+    @app.get("/readyz", tags=["operations"], operation_id="getReadiness", response_model=Readiness,
+             response_model_exclude_none=True, responses=problem_schema(503))
+    async def readyz(request: Request) -> Readiness | JSONResponse:
+        """Readiness: 503 while the database does not answer (within 2 s) or lacks this release's schema;
+        `degraded` (200, with the reason) while a changed rule file is refused and the last good rules are served."""
+        try:
+            return await in_thread(lambda: readiness(app.state.engine, rules_status()), HEALTH_TIMEOUT)
+        except (NotReady, DeadlineExceeded) as exc:  # each says what is missing, e.g. "the database did not answer"
+            return problem_response(503, "not-ready", str(exc), request.url.path, {"Retry-After": "2"})
+
+    @app.get("/metrics", tags=["operations"], operation_id="getMetrics", response_class=Response,
+             responses={200: {"description": "Prometheus text format", "content": {"text/plain": {
+                 "schema": {"type": "string"}}}}})
+    async def metrics() -> Response:
+        """Metrics in the Prometheus text format (requests, events, quotes, redemptions, reviews, rules, pool)."""
+        programme = app.state.programmes.for_moment(app.state.clock())
+        telemetry.show_programme(programme.id, programme.version)
+        body, content_type = telemetry.exposition()
+        return Response(body, media_type=content_type)
+
+
+_DOCS_ASSETS = "/docs-assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served from the installed package
+    `fastapi-offline`, so the pages work with no internet."""
+    app.mount(_DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")  # behind a proxy that serves the API under a prefix
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{root}{_DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{_DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{_DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

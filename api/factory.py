@@ -18,7 +18,6 @@ from typing import NoReturn
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from uvicorn.config import STARTUP_FAILURE
 
 from api.app import create_app
@@ -27,7 +26,7 @@ from engine.errors import RuleFileError
 from rules import shipped_rules_dir
 from service.errors import SettingError
 from service.rules_watcher import RulesWatcher
-from storage.db import API, database_url, make_engine
+from service.database import API, database_url, make_engine
 
 FACTORY = "api.factory:create_app_from_env"
 RULES_ENV = "LOYALTY_RULES"
@@ -51,8 +50,6 @@ def create_app_from_env() -> FastAPI:
         _cannot_start(f"{exc}; correct or unset it")
     except RuleFileError as exc:
         _cannot_start(f"the rules at {rules_location()} do not load: {'; '.join(str(p) for p in exc.problems)}")
-    except (ArgumentError, NoSuchModuleError, ImportError):  # a URL of another database, or of a missing driver
-        _cannot_start(f"{database_url()!r} is not a database URL the program can use")
     app = create_app(engine, watcher.current(), hold=timedelta(seconds=settings.hold_seconds),
                      request_seconds=settings.request_timeout, body_seconds=settings.body_timeout)
     # A new version installed by `loyalty rules activate` replaces the set whole; each request keeps

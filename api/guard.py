@@ -75,7 +75,7 @@ class RequestGuard:
                                    f"{self.body_seconds:g} s; send it at once", scope["path"],
                                    {"Connection": "close"})(scope, receive, send)
             return
-        replay = _replayer(body)
+        replay = _replayer(body, receive)
         deadline = anyio.current_time() + self.request_seconds
         key = headers.get("idempotency-key")
         credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
@@ -298,7 +298,9 @@ _REFUSALS = {
 }
 
 
-def _replayer(body: bytes) -> Receive:
+def _replayer(body: bytes, receive_more: Receive) -> Receive:
+    """Gives the app the body already read, then the connection's own messages: a file or streaming response
+    listens for the client's disconnect while it sends, and must not be told of one that did not happen."""
     sent = False
 
     async def receive() -> Message:
@@ -306,7 +308,7 @@ def _replayer(body: bytes) -> Receive:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await receive_more()
 
     return receive
 

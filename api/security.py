@@ -7,6 +7,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
+from api.observe import note_api_key
 from api.problems import ProblemError
 from api.reads import run_read
 from service.apikeys import Caller, authenticate
@@ -44,6 +45,7 @@ def authorize(caller: Caller | None, scope: str) -> Caller:
     if caller is None:
         raise ProblemError(401, "invalid-key", "the API key is unknown, mistyped or revoked; `loyalty apikey "
                            "list` shows the keys in force", _CHALLENGE)
+    note_api_key(caller.key_id)  # for the request's log line
     if not caller.may(scope):
         raise ProblemError(403, "missing-scope", f"API key {caller.key_id} ({caller.name}) lacks the scope "
                            f"{scope!r} this endpoint needs; it has: {', '.join(sorted(caller.scopes))}",

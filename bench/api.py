@@ -15,7 +15,10 @@ with --postgres. Then, on each database:
 - HTTP open loop: requests sent at fixed intervals over keep-alive connections whatever the server
   does, latency counted from each request's scheduled send time, so a stalled server is not hidden
   by a waiting client; the first seconds are warm-up and not counted;
-- HTTP closed loop: N workers sending back to back, for the most requests per second.
+- HTTP closed loop: N workers sending back to back, for the most requests per second;
+- request observation: the benefits request through the ASGI app in process (no network), alternating
+  blocks with the request id, log line (JSON and text, to /dev/null) and metrics off and on, for the
+  CPU each adds per request.
 
 The load generator speaks HTTP/1.1 over plain asyncio streams: httpx costs about ten times more CPU
 per request, which on a 2-core machine is taken from the server being measured. `send lag` is how
@@ -68,6 +71,8 @@ from storage import ledger  # noqa: E402
 from storage.db import init_schema, make_engine, write_transaction  # noqa: E402
 from storage.ledger import Provenance  # noqa: E402
 from storage.models import SCHEMA_VERSION, Client, LedgerEntry, SchemaInfo, TierAssignment  # noqa: E402
+from api.app import create_app  # noqa: E402
+from cli.logs import uvicorn_log_config  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CLIENT, TIER, ENTRY, META = Client.__table__, TierAssignment.__table__, LedgerEntry.__table__, SchemaInfo.__table__
@@ -470,6 +475,60 @@ def bench_http(url: str, engine: Engine, targets: list[bytes], args: argparse.Na
     return serial, opened, closed
 
 
+# --- request observation: request id, log line and metrics, off and on ---------------------------------
+
+OBSERVATION_BLOCK = 250  # requests per block; blocks of each variant alternate, so drift hits all alike
+
+
+async def asgi_get(app: object, target: bytes, key: str) -> int:
+    """One GET through the ASGI app, as uvicorn would call it; the response status."""
+    path, _, query = target.partition(b"?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path.decode(), "raw_path": path, "query_string": query, "root_path": "",
+             "headers": [(b"host", b"bench"), (b"authorization", f"Bearer {key}".encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080)}
+    status = 0
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)  # type: ignore[operator]
+    return status
+
+
+def bench_observation(engine: Engine, programmes: ProgrammeSet, targets: list[bytes], rounds: int) -> dict[str, float]:
+    """CPU ms per benefits request through the ASGI app: observation off, on with text logs, on with JSON logs."""
+    import logging.config
+
+    key, _ = create_key(engine, "bench-observe", ["benefits:read"])
+    variants = {"off": (create_app(engine, programmes, observe=False), "text"),
+                "on, text logs": (create_app(engine, programmes), "text"),
+                "on, JSON logs": (create_app(engine, programmes), "json")}
+    cpu = dict.fromkeys(variants, 0.0)
+
+    async def run() -> None:
+        for number in range(rounds + 1):  # the first round warms up and is not counted
+            for name, (app, fmt) in variants.items():
+                config = uvicorn_log_config(fmt)
+                config["handlers"]["default"] = {"class": "logging.FileHandler", "filename": os.devnull,
+                                                 "formatter": fmt, "filters": ["request_id"]}
+                logging.config.dictConfig(config)
+                block = targets[number * OBSERVATION_BLOCK:(number + 1) * OBSERVATION_BLOCK]
+                began = time.process_time()
+                statuses = [await asgi_get(app, target, key) for target in block]
+                if number:
+                    cpu[name] += time.process_time() - began
+                assert set(statuses) <= {200, 404}, Counter(statuses)
+
+    asyncio.run(run())
+    return {name: seconds / (rounds * OBSERVATION_BLOCK) * 1000 for name, seconds in cpu.items()}
+
+
 # --- report --------------------------------------------------------------------------------------------
 
 def stats_line(database: str, path: str, stats: Stats) -> str:
@@ -498,9 +557,12 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help=f"also measure PostgreSQL ({PG_URL})")
     parser.add_argument("--reseed", action="store_true", help="seed again even if the database holds the seed")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the in-process path")
+    parser.add_argument("--observe-rounds", type=int, default=20,
+                        help=f"blocks of {OBSERVATION_BLOCK} requests per variant for the request-observation figures")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10,000 clients and a few seconds per phase")
     if parser.parse_args().quick:  # smaller defaults; options given explicitly still win
-        parser.set_defaults(clients=10_000, queries=1000, seconds=5.0, warmup=1.0, closed_seconds=3.0, serial_seconds=2.0)
+        parser.set_defaults(clients=10_000, queries=1000, seconds=5.0, warmup=1.0, closed_seconds=3.0, serial_seconds=2.0,
+                            observe_rounds=4)
     args = parser.parse_args()
 
     programmes = load_programmes(ROOT / "rules")
@@ -524,6 +586,7 @@ def main() -> None:
         local = measured(lambda: bench_in_process(engine, programmes, queries, warmup))
         if args.profile:
             profile_in_process(engine, programmes, queries[warmup:warmup + 2000])
+        observation = bench_observation(engine, programmes, targets, args.observe_rounds)
         serial, opened, closed = bench_http(url, engine, targets, args)
         rows += [stats_line(database, "in process", local),
                  stats_line(database, "HTTP one at a time", serial),
@@ -541,6 +604,10 @@ def main() -> None:
             f"{args.rate:,.0f} req/s, {serial.quantile(0.5) / local.quantile(0.5):.1f}x one at a time; "
             f"load generator's send lag p50 {quantile(opened.send_lag_ms, 0.5):.2f} ms, "
             f"p99 {quantile(opened.send_lag_ms, 0.99):.2f} ms",
+            f"{database:<11}request observation (request id, log line, metrics), CPU ms per benefits request "
+            f"through the ASGI app: " + ", ".join(f"{name} {ms:.3f}" for name, ms in observation.items()) +
+            f"; JSON logs add {observation['on, JSON logs'] - observation['off']:.3f} ms "
+            f"({observation['on, JSON logs'] / observation['off'] - 1:+.0%})",
         ]
     print(f"\n{'database':<11}{'path':<32}{'req/s':>7}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}"
           f"{'CPU ms':>8}{'others':>8}   errors")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import click
 import typer
@@ -94,9 +94,10 @@ AtOption = Annotated[Optional[str], typer.Option(help="Moment to look at (ISO 86
 class Settings:
     """Where the database and the rules are, from options or the environment."""
 
-    def __init__(self, db: str | None, rules: Path | None):
+    def __init__(self, db: str | None, rules: Path | None, log_format: str = "text"):
         self._db = db
         self.rules = rules or SHIPPED_RULES
+        self.log_format = log_format
 
     @property
     def db_url(self) -> str:
@@ -159,13 +160,17 @@ def main(
         "--rules", envvar="LOYALTY_RULES", show_envvar=True,
         help="Rule file or directory of rule files (versions of one programme); production sets LOYALTY_RULES to "
              "the bank's rules directory. Default: the programme shipped with the package.")] = None,
+    log_format: Annotated[Literal["text", "json"], typer.Option(
+        "--log-format", envvar="LOYALTY_LOG_FORMAT", show_envvar=True,
+        help="Logs as text for people, or json: one object per line for log pipelines, e.g. "
+             "`loyalty --log-format json serve`.")] = "text",
     show_version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
 ) -> None:
     """Options shared by every command."""
-    ctx.obj = Settings(db, rules)
+    ctx.obj = Settings(db, rules, log_format)
     if ctx.invoked_subcommand not in ("serve", "scheduler"):  # those two log for operators, as services do
-        log_for_people()
+        log_for_people(log_format)
 
 
 @app.command()

@@ -12,9 +12,10 @@ import typer
 from rich.markup import escape
 
 from api.limits import LogLevel, ServeSettings
+from cli.logs import uvicorn_log_config
 from cli.output import console, emit_json, fail
 from service.clock import utc_now
-from storage.db import API, URL_ENV
+from service.database import API, URL_ENV
 
 if TYPE_CHECKING:
     from cli.main import Settings
@@ -94,7 +95,8 @@ def serve(
     try:
         uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
                     log_level=options.log_level, server_header=False, http=PROTOCOL,
-                    timeout_keep_alive=options.keep_alive, limit_concurrency=options.max_connections)
+                    timeout_keep_alive=options.keep_alive, limit_concurrency=options.max_connections,
+                    log_config=uvicorn_log_config(settings.log_format, options.log_level), access_log=False)
     finally:
         if jobs is not None:
             jobs.shutdown(wait=False)

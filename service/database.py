@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 # The roles, settings and errors of the database, for callers that do not reach into storage.
-from storage.db import (API, BATCH, SchemaBusyError, SchemaMissingError, SchemaUpgrade,  # noqa: F401
+from storage.db import (API, BATCH, URL_ENV, SchemaBusyError, SchemaMissingError, SchemaUpgrade,  # noqa: F401
                         database_revision, database_url, init_schema, make_engine, require_schema, timeouts, where)
 from storage.models import SCHEMA_REVISIONS, SCHEMA_VERSION
 

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine
 from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.kinds import Reason
 from rewards.lots import Lot, earned_no_later_than, expires_at
+from service import telemetry
 from service.clock import Clock, utc_now
 from service.errors import InputError
 from service.retry import with_retry
@@ -62,6 +63,7 @@ def expire_points(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry
                 due = _due(lots.open_lots_earned_by(conn, latest, chunk), as_of, months)
         else:
             due = with_retry(lambda c=chunk: _expire_chunk(engine, programme, c, as_of, clock()))
+            telemetry.POINTS_EXPIRED.inc(sum(lot.remaining for lot in due))
         for lot in due:
             report.points += lot.remaining
             report.lots += 1

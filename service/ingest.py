@@ -37,6 +37,7 @@ from engine.schema import Rule
 from rewards.caps import CapUsage, allowed, period_bounds, usage_between
 from rewards.kinds import Reason
 from rewards.tiers import tier_grants
+from service import telemetry
 from service.clock import MAX_CLOCK_SKEW, Clock, utc_now
 from service.instant_upgrades import apply_instant_upgrades
 from service.retry import with_retry
@@ -174,6 +175,7 @@ class Ingestor:
                             rejects(outcome, originals[outcome.line])
             for outcome in decided:
                 report.add(outcome)
+            telemetry.count_events("ingest", decided)
             if progress:
                 progress(len(chunk))
         report.errors.sort(key=lambda error: error["line"])
@@ -183,6 +185,7 @@ class Ingestor:
         """Validate and apply parsed JSON objects given with their line numbers; one outcome per item, in order."""
         outcomes, pending = self._check(items)
         self._apply_checked(items, outcomes, pending)
+        telemetry.count_events("api", outcomes)
         return outcomes  # type: ignore[return-value]  # every position was filled
 
     def _check(self, items: list[tuple[int, dict]]) -> tuple[list[Outcome | None], list[_Pending]]:

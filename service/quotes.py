@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from engine.events import minor_unit_exponent
 from engine.programme import ProgrammeSet
 from rewards.kinds import Status, Use
+from service import telemetry
 from service.benefits import benefits_view, check_amount, check_product, load_state, price
 from service.clock import Clock, utc_now
 from service.errors import ConflictError, NotFoundError
@@ -35,7 +36,9 @@ _PRICING_KEYS = ("tier", "tier_name", "rate_discount_bps", "rate_discount", "int
 def create_quote(engine: Engine, programmes: ProgrammeSet, client_id: str, product: str, amount: object,
                  hold: timedelta = DEFAULT_HOLD, clock: Clock = utc_now) -> dict:
     """Price an application for `amount` of `product` now and hold the single-use entitlements it uses."""
-    return with_retry(lambda: _create(engine, programmes, client_id, product, amount, hold, clock))
+    quote = with_retry(lambda: _create(engine, programmes, client_id, product, amount, hold, clock))
+    telemetry.QUOTES.labels(quote_store.HELD).inc()
+    return quote
 
 
 def _create(engine: Engine, programmes: ProgrammeSet, client_id: str, product: str, amount: object,
@@ -71,12 +74,16 @@ def _create(engine: Engine, programmes: ProgrammeSet, client_id: str, product: s
 
 def commit_quote(engine: Engine, quote_id: str, loan_id: str | None = None, clock: Clock = utc_now) -> dict:
     """The loan was booked: consume the quote's held entitlements, once."""
-    return with_retry(lambda: _resolve(engine, quote_id, quote_store.COMMITTED, loan_id, clock))
+    quote = with_retry(lambda: _resolve(engine, quote_id, quote_store.COMMITTED, loan_id, clock))
+    telemetry.QUOTES.labels(quote_store.COMMITTED).inc()
+    return quote
 
 
 def void_quote(engine: Engine, quote_id: str, clock: Clock = utc_now) -> dict:
     """The application was withdrawn or priced again: release the quote's holds."""
-    return with_retry(lambda: _resolve(engine, quote_id, quote_store.VOIDED, None, clock))
+    quote = with_retry(lambda: _resolve(engine, quote_id, quote_store.VOIDED, None, clock))
+    telemetry.QUOTES.labels(quote_store.VOIDED).inc()
+    return quote
 
 
 def get_quote(engine: Engine, quote_id: str, clock: Clock = utc_now) -> dict:
@@ -115,6 +122,7 @@ def _resolve(engine: Engine, quote_id: str, outcome: str, loan_id: str | None, c
 def _require_live(quote: dict, now: datetime, action: str) -> None:
     status = quote_store.effective_status(quote, now)
     if status == quote_store.EXPIRED:
+        telemetry.QUOTES.labels(quote_store.EXPIRED).inc()  # the only moment anyone learns of it
         raise ConflictError(f"cannot {action} quote {quote['id']}: it expired at {quote['expires_at'].isoformat()} "
                             "and its holds were released; request a new quote", "quote-expired",
                             expired_at=quote["expires_at"].isoformat())

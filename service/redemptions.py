@@ -12,6 +12,7 @@ from engine.errors import did_you_mean
 from engine.evaluator import award_grants
 from engine.programme import ProgrammeSet
 from rewards.kinds import Reason
+from service import telemetry
 from service.benefits import entitlement_view
 from service.clock import Clock, utc_now
 from service.errors import ConflictError, NotFoundError
@@ -35,7 +36,9 @@ def catalogue(programmes: ProgrammeSet, clock: Clock = utc_now) -> list[dict]:
 
 def redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id: str, clock: Clock = utc_now) -> dict:
     """Spend the reward's points and grant it; ConflictError if the balance or the tier falls short."""
-    return with_retry(lambda: _redeem(engine, programmes, client_id, reward_id, clock))
+    redemption = with_retry(lambda: _redeem(engine, programmes, client_id, reward_id, clock))
+    telemetry.REDEMPTIONS.labels(reward_id).inc()
+    return redemption
 
 
 def _redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id: str, clock: Clock) -> dict:

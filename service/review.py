@@ -46,6 +46,7 @@ from rewards.tier_policy import (
     decide,
 )
 from rewards.tiers import TIER_RULE_PREFIX
+from service import telemetry
 from service.clock import Clock, utc_now
 from service.errors import ConflictError, InputError, ReviewInterruptedError
 from service.expiry import expire_points
@@ -168,21 +169,22 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime | None 
                           programme.tier_ids, programme.currency, trigger,
                           tiers_before=dict.fromkeys(programme.tier_ids, 0),
                           tiers_after=dict.fromkeys(programme.tier_ids, 0))
-    if dry_run:
-        _review_pages(engine, programme, report, clock, progress)
-        report.points_expired = expire_points(engine, programmes, as_of, True, clock).as_dict()
-        return report
-    try:
-        return _run(engine, programmes, programme, report, clock, progress)
-    except _DATABASE_GONE as exc:  # the database went away or stopped answering: nothing half-written
-        if isinstance(exc, DBAPIError) and not isinstance(exc, (OperationalError, InterfaceError)) \
-                and not exc.connection_invalidated:
-            raise  # a statement the database refused: a fault of ours, not an outage
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise ReviewInterruptedError(
-            f"the database stopped answering during review {report.review_id} ({reason}); what it wrote is "
-            f"kept: once the database is back, finish it with `loyalty review --id {report.review_id}`",
-            report.review_id) from exc
+    with telemetry.review_run(dry_run):
+        if dry_run:
+            _review_pages(engine, programme, report, clock, progress)
+            report.points_expired = expire_points(engine, programmes, as_of, True, clock).as_dict()
+            return report
+        try:
+            return _run(engine, programmes, programme, report, clock, progress)
+        except _DATABASE_GONE as exc:  # the database went away or stopped answering: nothing half-written
+            if isinstance(exc, DBAPIError) and not isinstance(exc, (OperationalError, InterfaceError)) \
+                    and not exc.connection_invalidated:
+                raise  # a statement the database refused: a fault of ours, not an outage
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise ReviewInterruptedError(
+                f"the database stopped answering during review {report.review_id} ({reason}); what it wrote is "
+                f"kept: once the database is back, finish it with `loyalty review --id {report.review_id}`",
+                report.review_id) from exc
 
 
 def _recorded(engine: Engine, review_id: str) -> reviews.ReviewRun | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from engine.errors import Problem, RuleFileError
 from engine.loader import compile_source, read_source, rule_files, version_problems
 from engine.programme import CompiledProgramme, ProgrammeSet
+from service import telemetry
 from service.clock import Clock, utc_now
 from service.rule_trial import try_rule_files
 
@@ -173,6 +174,7 @@ class RulesWatcher:
         self._current = programmes
         self._reloads += 1
         self._problems = ()
+        telemetry.RULES_DEGRADED.set(0)
         if self.on_install is not None:
             self.on_install(programmes)
         log.info("rules installed from %s: versions %s", self.location,
@@ -180,6 +182,8 @@ class RulesWatcher:
 
     def _refuse(self, problems: list[Problem], keys: list[tuple[str, str]]) -> bool:
         self._problems = tuple(problems)
+        telemetry.RULES_REFUSED.inc(len({problem.file for problem in problems}))
+        telemetry.RULES_DEGRADED.set(self._current is not None)
         # Keep what the set in use holds and what this attempt compiled (a fix to one file reuses the rest).
         wanted = set(keys) | self._installed
         self._compiled = {key: value for key, value in self._compiled.items() if key in wanted}

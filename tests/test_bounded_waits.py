@@ -62,8 +62,9 @@ def test_a_frozen_postgresql_is_a_quick_503_and_the_server_recovers(db_url, engi
         client = httpx.Client(base_url=server.base, headers=headers, timeout=60)
         assert client.get("/v1/clients/C-1/benefits").status_code == 200
         proxy.freeze()
-        health, elapsed = _timed(lambda: client.get("/healthz"))
-        assert health.status_code == 503 and elapsed < BOUND, (health.text, elapsed)
+        ready, elapsed = _timed(lambda: client.get("/readyz"))
+        assert ready.status_code == 503 and elapsed < BOUND, (ready.text, elapsed)
+        assert client.get("/healthz").status_code == 200  # liveness: the process is fine, only the database is not
         # More requests than worker threads and pooled connections: none may queue behind the stuck ones.
         for _ in range(6):
             benefits, elapsed = _timed(lambda: client.get("/v1/clients/C-1/benefits"))
@@ -75,7 +76,7 @@ def test_a_frozen_postgresql_is_a_quick_503_and_the_server_recovers(db_url, engi
         assert posted.status_code == 503 and elapsed < BOUND, (posted.text, elapsed)
         proxy.thaw()
         deadline = time.monotonic() + 60
-        while client.get("/healthz").status_code != 200:
+        while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "the server did not recover once the database answered"
             time.sleep(0.2)
         assert client.get("/v1/clients/C-1/benefits").status_code == 200
