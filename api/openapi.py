@@ -6,6 +6,8 @@ request guard and the middleware do around the routes (one declaration each, for
 - `Idempotency-Key` is a header parameter of every POST (the guard enforces its bounds), and a POST's
   success answer may carry `Idempotent-Replayed`;
 - `Retry-After` is documented where it is sent (409, 503);
+- an optional body (a reversal's reason, a commit's loan id) is documented as one to leave out, not as one
+  that may be `null` (which generated clients would send as a body of their own);
 - the event envelope of `POST /v1/events` is the named schema `EventIn` (and `EventBatch`), generated from
   the model ingest validates each event with.
 """
@@ -62,6 +64,8 @@ def finish(document: dict) -> None:
                                        *([IDEMPOTENCY_KEY] if post else [])]
             if post and path == EVENTS_PATH:
                 operation["requestBody"] = _events_body()
+            elif "requestBody" in operation:
+                _leave_out_optional(operation["requestBody"])
             for status, response in operation.get("responses", {}).items():
                 _finish_response(int(status), response, post)
 
@@ -77,6 +81,14 @@ def _finish_response(status: int, response: dict, post: bool) -> None:
         headers["Retry-After"] = _RETRY_AFTER
     if post and status < 300:
         headers["Idempotent-Replayed"] = _REPLAYED
+
+
+def _leave_out_optional(body: dict) -> None:
+    for content in body.get("content", {}).values():
+        schema = content.get("schema", {})
+        choices = [choice for choice in schema.get("anyOf", []) if choice != {"type": "null"}]
+        if not body.get("required") and len(choices) == 1 < len(schema["anyOf"]):
+            content["schema"] = choices[0]
 
 
 def _event_schemas() -> dict[str, dict]:
