@@ -41,13 +41,13 @@ EVENTS_PATH = "/v1/events"
 def install(app: FastAPI) -> None:
     """Serve `app`'s OpenAPI document finished as described above (generated once, like FastAPI's own)."""
     generate = app.openapi
-    finished: list[int] = []
+    finished: list[dict] = []  # the last document finished (FastAPI makes a new one only if the routes change)
 
     def openapi() -> dict:
-        document = generate()  # FastAPI caches it: finish each document it makes once
-        if id(document) not in finished:
+        document = generate()
+        if not finished or finished[0] is not document:
             finish(document)
-            finished[:] = [id(document)]
+            finished[:] = [document]
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

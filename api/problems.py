@@ -6,16 +6,15 @@ problem document is built through it, so what is documented and what is sent can
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Annotated
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from api.request_context import current_request_id
+from service.answer import Moment
 
 MEDIA_TYPE = "application/problem+json"
-Moment = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
 class FieldError(BaseModel):

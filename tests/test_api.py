@@ -2,11 +2,14 @@
 quotes and their holds, redemptions, idempotency keys, and the problem+json error format."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from api.problems import problem_response
+from api.request_context import reset_request_id, set_request_id
 from rewards.kinds import Status
 from service.benefits import BenefitsAnswer
 from service.ingest import EventsAnswer
@@ -405,3 +408,13 @@ def test_every_success_answer_matches_its_documented_schema(api):
         RewardAnswer.model_validate(reward)
     paths = api.client.get("/openapi.json").json()["paths"]
     assert "201" in paths["/v1/clients/{client_id}/quotes"]["post"]["responses"]
+
+
+def test_a_problem_document_carries_the_request_id_of_its_request():
+    token = set_request_id("req-42")
+    try:
+        within = json.loads(problem_response(409, "quote-expired", "request a new quote", "/v1/quotes/q/commit").body)
+    finally:
+        reset_request_id(token)
+    assert within["request_id"] == "req-42" and within["instance"] == "/v1/quotes/q/commit"
+    assert "request_id" not in json.loads(problem_response(409, "quote-expired", "request a new quote").body)

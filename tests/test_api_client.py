@@ -15,10 +15,10 @@ import pytest
 from openapi_spec_validator import validate
 
 from api.guard import MAX_KEY_LENGTH
+from service.apikeys import create_key
 from service.clock import utc_now
 from storage.db import init_schema, make_engine
 from tests.api_support import borrower_events, make_api, running_server
-from tests.conftest import cli_json, run_cli
 
 PACKAGE = "loyalty_api_client"
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -31,8 +31,10 @@ def generated(tmp_path_factory):
     OpenAPI document (once for the module: generation takes about a second)."""
     folder = tmp_path_factory.mktemp("client")
     db_url = f"sqlite:///{folder / 'loyalty.db'}"
-    assert run_cli("init", db_url=db_url).returncode == 0
-    key = cli_json("apikey", "create", "--name", "loan-origination", "--scope", "admin", db_url=db_url)["key"]
+    engine = make_engine(db_url)
+    init_schema(engine)
+    key = create_key(engine, "loan-origination", ["admin"])[0]
+    engine.dispose()
     with running_server(db_url, folder / "server.log") as base:
         (folder / "openapi.json").write_text(httpx.get(f"{base}/openapi.json", timeout=10).text)
         (folder / "config.yaml").write_text("post_hooks: []\n")  # no formatter run: the code as generated
