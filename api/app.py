@@ -23,6 +23,7 @@ from api.deadlines import HEALTH_TIMEOUT, DeadlineExceeded, in_thread
 from api.guard import RequestGuard
 from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
 from api.observe import Observe
+from api.openapi import install as install_contract
 from api.problems import ProblemError, problem_response, problem_schema
 from api.routes import router
 from engine.programme import ProgrammeSet
@@ -67,6 +68,7 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
     app.state.engine, app.state.programmes, app.state.clock, app.state.hold = engine, programmes, clock, hold
     app.state.rules_status = None  # set by `loyalty serve` when it watches the rules for new versions
     app.include_router(router)
+    install_contract(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, request_seconds=request_seconds,
                        body_seconds=body_seconds)
     _add_error_handlers(app)

@@ -1,4 +1,4 @@
-"""Request bodies of the HTTP API (responses are documented by example in the README)."""
+"""Request bodies of the HTTP API (its answers are the typed models the services return)."""
 from __future__ import annotations
 
 from typing import Annotated

@@ -2,30 +2,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse
 
-from api.answers import (BenefitsAnswer, EventsAnswer, ExplanationAnswer, LedgerPage, ProfileAnswer, QuoteAnswer,
-                         RedemptionAnswer, ReversalAnswer, RewardAnswer, documented)
 from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
-from api.problems import ProblemError, problem_schema
+from api.problems import ProblemError, problem_responses
 from api.reads import run_read
 from api.security import authorize, credential, require
 from engine.errors import EventError
-from engine.json_input import MAX_JSON_DEPTH, nesting_depth, parse_json_items
-from service.apikeys import caller_of
-from service.benefits import benefits_answer
+from engine.json_input import parse_json_items
+from service.benefits import BenefitsAnswer, caller_benefits
 from service.explain import MAX_ID, explain_client
-from service.ingest import Ingestor, Outcome
-from service.ledger_page import ledger_page
-from service.profile import client_profile
-from service.quotes import commit_quote, create_quote, get_quote, void_quote
-from service.redemptions import catalogue, redeem
-from service.reversal import reverse_event
-from storage.db import autocommit_reads
+from service.explain_answer import ExplanationAnswer
+from service.ingest import EventsAnswer, Ingestor
+from service.ledger_page import LedgerPage, ledger_page
+from service.profile import ProfileAnswer, client_profile
+from service.quotes import QuoteAnswer, commit_quote, create_quote, get_quote, void_quote
+from service.redemptions import RedemptionAnswer, RewardAnswer, catalogue, redeem
+from service.reversal import ReversalAnswer, reverse_event
 
 MAX_EVENTS = 1000
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
@@ -34,32 +30,28 @@ ClientId = Annotated[str, Path(min_length=1, max_length=64, pattern=PRINTABLE,
 QuoteId = Annotated[str, Path(min_length=1, max_length=40, pattern=PRINTABLE)]
 EventId = Annotated[str, Path(min_length=1, max_length=128, pattern=PRINTABLE)]
 At = Annotated[datetime | None, Query(description="moment to look at, ISO 8601 with zone; default now")]
-_COMMON = problem_schema(401, 403, 422)
+# The problems every operation can answer: no or a bad key (401), a key without the scope (403), a parameter
+# that does not fit (422), a failure (500), the database unavailable or the request's time bound passed (503).
+READ = problem_responses(401, 403, 422, 500, 503)
+# And every POST, from the request guard: a bad Idempotency-Key (400), a body too slow (408) or too large
+# (413), a key reused for another request or still running (409).
+WRITE = {**READ, **problem_responses(400, 408, 409, 413)}
+MISSING = problem_responses(404)
 
 router = APIRouter(prefix="/v1")
 
 
-_EVENT_EXAMPLE = {"id": "evt-1", "client_id": "C-1001", "type": "loan.drawn", "occurred_at": "2026-03-01T10:00:00Z",
-                  "data": {"loan_id": "L-1", "product": "working_capital", "amount": "30000000.00", "currency": "CNY",
-                           "term_months": 12}}
-# The body is read and parsed here, not by FastAPI: with the bounded parser of NDJSON ingest, a value no
-# event may hold (a 5,000-digit number, NaN) rejects its own item instead of the whole batch.
-_EVENTS_BODY = {"required": True, "content": {"application/json": {
-    "schema": {"description": f"one event envelope, or a list of up to {MAX_EVENTS}: {{id, client_id, type, "
-                              "occurred_at, data}} as in NDJSON ingest",
-               "anyOf": [{"type": "object"}, {"type": "array", "items": {}, "minItems": 1, "maxItems": MAX_EVENTS}]},
-    "example": _EVENT_EXAMPLE}}}
-
-
-@router.post("/events", dependencies=[Depends(require("events:write"))], tags=["events"],
-             response_model=None, openapi_extra={"requestBody": _EVENTS_BODY},
-             responses={**documented(EventsAnswer), **problem_schema(401, 403, 413, 422)})
-async def post_events(request: Request) -> dict:
+@router.post("/events", operation_id="postEvents", dependencies=[Depends(require("events:write"))],
+             tags=["events"], response_model=EventsAnswer, responses=WRITE)
+async def post_events(request: Request) -> EventsAnswer:
     """Apply events; each item is applied, a duplicate (same id and content) or rejected with its reason.
 
     A bad item never stops the others, whatever its size or shape. Re-sending an event is safe: it counts
     as a duplicate. A body that is not JSON at all is a 422 (there are no items to answer for).
     """
+    # The body is read and parsed here, not by FastAPI: with the bounded parser of NDJSON ingest, a value no
+    # event may hold (a 5,000-digit number, NaN) rejects its own item instead of the whole batch. The
+    # documented body (`EventIn`, `EventBatch`: api.openapi) is what this accepts.
     try:
         items = parse_json_items(await request.body())
     except EventError as exc:
@@ -68,35 +60,14 @@ async def post_events(request: Request) -> dict:
     if not items or len(items) > MAX_EVENTS:
         raise ProblemError(422, "batch-size", f"send 1 to {MAX_EVENTS} events per request, not {len(items)}; "
                            "split larger batches")
-    return await to_thread.run_sync(_apply_events, request.app.state, items)
+    state = request.app.state
+    return await to_thread.run_sync(Ingestor(state.engine, state.programmes, state.clock).ingest_items, items)
 
 
-def _apply_events(state: Any, items: list[Any]) -> dict:
-    outcomes: list[Outcome | None] = [None] * len(items)
-    for index, item in enumerate(items):
-        if isinstance(item, EventError):  # nested too deep to parse: found and refused on its own
-            outcomes[index] = Outcome(index, None, "rejected", f"item {index}: {item}")
-        elif not isinstance(item, dict):
-            outcomes[index] = Outcome(index, None, "rejected", f"item {index} is not an event object")
-        elif (depth := nesting_depth(item)) > MAX_JSON_DEPTH:  # an NDJSON line is refused as text for the same
-            outcomes[index] = Outcome(index, None, "rejected", f"objects and arrays nested {depth} deep in item "
-                                      f"{index}; at most {MAX_JSON_DEPTH}")
-    objects = [(index, item) for index, item in enumerate(items) if outcomes[index] is None]
-    for (index, _), outcome in zip(objects, Ingestor(state.engine, state.programmes, state.clock).ingest_raw(objects),
-                                   strict=True):
-        outcomes[index] = outcome
-    results = [{"index": index, "id": o.event_id, "status": o.status, "error": o.error}
-               for index, o in enumerate(outcomes) if o is not None]
-    counts = {status: sum(1 for r in results if r["status"] == status) for status in ("applied", "duplicate", "rejected")}
-    return {"applied": counts["applied"], "duplicates": counts["duplicate"], "rejected": counts["rejected"],
-            "results": results}
-
-
-@router.post("/events/{event_id}/reversal", dependencies=[Depends(require("events:write"))], tags=["events"],
-             response_model=None,
-             responses={**documented(ReversalAnswer), **_COMMON, **problem_schema(404)})
-def post_reversal(request: Request, event_id: EventId,
-                  body: ReversalRequest | None = None) -> dict:
+@router.post("/events/{event_id}/reversal", operation_id="reverseEvent",
+             dependencies=[Depends(require("events:write"))], tags=["events"], response_model=ReversalAnswer,
+             responses={**WRITE, **MISSING})
+def post_reversal(request: Request, event_id: EventId, body: ReversalRequest | None = None) -> ReversalAnswer:
     """Write compensating entries for everything an event produced; reversing again changes nothing."""
     return reverse_event(request.app.state.engine, event_id, body.reason if body else "", request.app.state.clock)
 
@@ -104,42 +75,37 @@ def post_reversal(request: Request, event_id: EventId,
 # The benefits query is what loan systems call while pricing: the key check and one indexed read, run
 # together by `run_read` (one hop to a worker thread at most). Everything that writes, or aggregates
 # (profiles), runs in worker threads.
-@router.get("/clients/{client_id}/benefits", tags=["benefits"], response_model=None,
-            responses={**documented(BenefitsAnswer), **_COMMON, **problem_schema(404)})
+@router.get("/clients/{client_id}/benefits", operation_id="getBenefits", tags=["benefits"],
+            response_model=BenefitsAnswer, responses={**READ, **MISSING})
 async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str, Depends(credential)],
-                 product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
-                 amount: Annotated[str | None, Query(max_length=40, description="loan amount (needs product)")] = None,
-                 at: At = None) -> JSONResponse:
+                       product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
+                       amount: Annotated[str | None, Query(max_length=40,
+                                                          description="loan amount (needs product)")] = None,
+                       at: At = None) -> BenefitsAnswer:
     """Tier, points, the effective rate discount for a product after stacking and the ceiling, fast track,
     and every entitlement with its provenance. Same fields as `loyalty benefits --json`."""
     state = request.app.state
-
-    def answer() -> dict:
-        with autocommit_reads(state.engine) as conn:  # one connection for the key and the answer
-            authorize(caller_of(conn, key), "benefits:read")
-            return benefits_answer(conn, state.programmes, client_id, at or state.clock(), product, amount)
-
-    # Already plain JSON types: sent as they are, without FastAPI validating the answer again.
-    return JSONResponse(await run_read(state.engine, answer))
+    return await run_read(state.engine, caller_benefits, state.engine, key,
+                          lambda caller: authorize(caller, "benefits:read"), state.programmes, client_id,
+                          at or state.clock(), product, amount)
 
 
-@router.get("/clients/{client_id}", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
-            response_model=None,
-            responses={**documented(ProfileAnswer), **_COMMON, **problem_schema(404)})
-def get_client(request: Request, client_id: ClientId, at: At = None) -> dict:
+@router.get("/clients/{client_id}", operation_id="getProfile", dependencies=[Depends(require("benefits:read"))],
+            tags=["clients"], response_model=ProfileAnswer, responses={**READ, **MISSING})
+def get_client(request: Request, client_id: ClientId, at: At = None) -> ProfileAnswer:
     """Profile, tier, tier history with reasons, and the metrics a review would see."""
     state = request.app.state
     return client_profile(state.engine, state.programmes, client_id, at or state.clock())
 
 
-@router.get("/clients/{client_id}/explanation", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
-            response_model=None,
-            responses={**documented(ExplanationAnswer), **_COMMON, **problem_schema(404)})
+@router.get("/clients/{client_id}/explanation", operation_id="explainClient",
+            dependencies=[Depends(require("benefits:read"))], tags=["clients"], response_model=ExplanationAnswer,
+            responses={**READ, **MISSING})
 def get_explanation(request: Request, client_id: ClientId,
                     entitlement: Annotated[int | None, Query(
                         ge=1, le=MAX_ID, description="explain only this entitlement (whatever its status), with "
                                                      "its history; 404 if it is not the client's")] = None,
-                    at: At = None) -> dict:
+                    at: At = None) -> ExplanationAnswer:
     """Why the client holds each entitlement at `at`: the rule and programme version that granted it, the rule's
     conditions against the event's values, the tier decision (with metric values and thresholds) behind standing
     tier benefits, and each entitlement's history. Same fields as `loyalty explain --json`."""
@@ -147,62 +113,58 @@ def get_explanation(request: Request, client_id: ClientId,
     return explain_client(state.engine, state.programmes, client_id, at or state.clock(), entitlement)
 
 
-@router.get("/clients/{client_id}/ledger", dependencies=[Depends(require("benefits:read"))], tags=["clients"],
-            response_model=None,
-            responses={**documented(LedgerPage), **_COMMON, **problem_schema(404)})
+@router.get("/clients/{client_id}/ledger", operation_id="getLedger", dependencies=[Depends(require("benefits:read"))],
+            tags=["clients"], response_model=LedgerPage, responses={**READ, **MISSING})
 def get_ledger(request: Request, client_id: ClientId,
                cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
-               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
+               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> LedgerPage:
     """The client's ledger entries, newest first, a page at a time."""
     return ledger_page(request.app.state.engine, client_id, cursor, limit)
 
 
-@router.post("/clients/{client_id}/quotes", status_code=201, dependencies=[Depends(require("quotes:write"))],
-             tags=["quotes"], response_model=None,
-             responses={**documented(QuoteAnswer, 201), **_COMMON, **problem_schema(404)})
-def post_quote(request: Request, client_id: ClientId, body: QuoteRequest) -> dict:
+@router.post("/clients/{client_id}/quotes", operation_id="createQuote", status_code=201,
+             dependencies=[Depends(require("quotes:write"))], tags=["quotes"], response_model=QuoteAnswer,
+             responses={**WRITE, **MISSING})
+def post_quote(request: Request, client_id: ClientId, body: QuoteRequest) -> QuoteAnswer:
     """Price a loan application and hold the single-use entitlements it uses until commit, void or expiry."""
     state = request.app.state
     return create_quote(state.engine, state.programmes, client_id, body.product, body.amount, state.hold, state.clock)
 
 
-@router.get("/quotes/{quote_id}", dependencies=[Depends(require("benefits:read"))], tags=["quotes"],
-            response_model=None,
-            responses={**documented(QuoteAnswer), **_COMMON, **problem_schema(404)})
-async def read_quote(request: Request, quote_id: QuoteId) -> dict:
+@router.get("/quotes/{quote_id}", operation_id="getQuote", dependencies=[Depends(require("benefits:read"))],
+            tags=["quotes"], response_model=QuoteAnswer, responses={**READ, **MISSING})
+async def read_quote(request: Request, quote_id: QuoteId) -> QuoteAnswer:
     """A quote and its status (held, committed, voided or expired)."""
     return await run_read(request.app.state.engine, get_quote, request.app.state.engine, quote_id,
                           request.app.state.clock)
 
 
-@router.post("/quotes/{quote_id}/commit", dependencies=[Depends(require("quotes:write"))], tags=["quotes"],
-             response_model=None,
-             responses={**documented(QuoteAnswer), **_COMMON, **problem_schema(404, 409)})
-def post_commit(request: Request, quote_id: QuoteId, body: CommitRequest | None = None) -> dict:
+@router.post("/quotes/{quote_id}/commit", operation_id="commitQuote", dependencies=[Depends(require("quotes:write"))],
+             tags=["quotes"], response_model=QuoteAnswer, responses={**WRITE, **MISSING})
+def post_commit(request: Request, quote_id: QuoteId, body: CommitRequest | None = None) -> QuoteAnswer:
     """The loan was booked: consume the held entitlements. 409 if the quote expired or was already resolved."""
     return commit_quote(request.app.state.engine, quote_id, body.loan_id if body else None, request.app.state.clock)
 
 
-@router.post("/quotes/{quote_id}/void", dependencies=[Depends(require("quotes:write"))], tags=["quotes"],
-             response_model=None,
-             responses={**documented(QuoteAnswer), **_COMMON, **problem_schema(404, 409)})
-def post_void(request: Request, quote_id: QuoteId) -> dict:
+@router.post("/quotes/{quote_id}/void", operation_id="voidQuote", dependencies=[Depends(require("quotes:write"))],
+             tags=["quotes"], response_model=QuoteAnswer, responses={**WRITE, **MISSING})
+def post_void(request: Request, quote_id: QuoteId) -> QuoteAnswer:
     """Release the quote's holds. 409 if it expired or was already resolved."""
     return void_quote(request.app.state.engine, quote_id, request.app.state.clock)
 
 
-@router.get("/catalogue", dependencies=[Depends(require("benefits:read"))], tags=["redemptions"],
-            response_model=None,
-            responses={**documented(list[RewardAnswer]), **problem_schema(401, 403)})
-async def get_catalogue(request: Request) -> list[dict]:
+@router.get("/catalogue", operation_id="getCatalogue", dependencies=[Depends(require("benefits:read"))],
+            tags=["redemptions"], response_model=list[RewardAnswer],
+            responses={status: READ[status] for status in (401, 403, 500, 503)})
+async def get_catalogue(request: Request) -> list[RewardAnswer]:
     """The rewards clients can redeem points for now."""
     return catalogue(request.app.state.programmes, request.app.state.clock)
 
 
-@router.post("/clients/{client_id}/redemptions", status_code=201, dependencies=[Depends(require("quotes:write"))],
-             tags=["redemptions"], response_model=None,
-             responses={**documented(RedemptionAnswer, 201), **_COMMON, **problem_schema(404, 409)})
-def post_redemption(request: Request, client_id: ClientId, body: RedemptionRequest) -> dict:
+@router.post("/clients/{client_id}/redemptions", operation_id="redeem", status_code=201,
+             dependencies=[Depends(require("quotes:write"))], tags=["redemptions"], response_model=RedemptionAnswer,
+             responses={**WRITE, **MISSING})
+def post_redemption(request: Request, client_id: ClientId, body: RedemptionRequest) -> RedemptionAnswer:
     """Spend points on a catalogue reward; 409 with the balance if it is too low."""
     state = request.app.state
     return redeem(state.engine, state.programmes, client_id, body.reward_id, state.clock)

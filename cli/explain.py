@@ -50,7 +50,8 @@ def explain(
     programmes = ctx.obj.programmes(as_json)
     engine = ctx.obj.engine(as_json)
     try:
-        answer = explain_client(engine, programmes, client_id, parse_moment(at, as_json, allow_date=True), entitlement)
+        answer = explain_client(engine, programmes, client_id, parse_moment(at, as_json, allow_date=True),
+                                entitlement).model_dump(mode="json")
     except (NotFoundError, InputError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:

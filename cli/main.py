@@ -283,7 +283,8 @@ def benefits(
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
     try:
-        answer = client_benefits(engine, programmes, client_id, parse_moment(at, as_json), product, amount)
+        answer = client_benefits(engine, programmes, client_id, parse_moment(at, as_json), product,
+                                 amount).model_dump(mode="json")
     except (NotFoundError, InputError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
@@ -350,7 +351,7 @@ def client(
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
     try:
-        profile = client_profile(engine, programmes, client_id, parse_moment(at, as_json))
+        profile = client_profile(engine, programmes, client_id, parse_moment(at, as_json)).model_dump(mode="json")
     except (NotFoundError, InputError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
@@ -446,7 +447,7 @@ def reverse(
     settings: Settings = ctx.obj
     engine = settings.engine(as_json)
     try:
-        result = reverse_event(engine, event_id, reason)
+        result = reverse_event(engine, event_id, reason).model_dump(mode="json")
     except NotFoundError as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:

@@ -5,9 +5,11 @@ effective discount and benefits: another application cannot use them until the q
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine
 
@@ -15,9 +17,67 @@ from engine.errors import EventError, did_you_mean
 from engine.events import minor_unit_exponent, parse_money
 from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.stacking import DiscountDecision, Entitlement, ServiceBenefits, rate_discount, service_benefits
+from service.answer import Answer, Moment, ProgrammeRef
+from service.apikeys import Caller, caller_of
 from service.errors import InputError, NotFoundError
 from storage.db import autocommit_reads
 from storage.holdings import client_holdings
+
+
+class EntitlementFields(Answer):
+    """What an entitlement is: the fields every answer about one starts with."""
+
+    id: int
+    kind: Literal["rate_discount", "fast_track", "relationship_manager", "fee_waiver"]
+    use: Literal["single", "standing"]
+    bps: int | None
+    products: list[str]
+    detail: dict[str, Any]
+
+
+class EntitlementAnswer(EntitlementFields):
+    """An entitlement with its provenance."""
+
+    rule_id: str
+    programme_id: str
+    programme_version: str
+    event_id: str | None
+    ledger_entry_id: int
+    valid_from: Moment
+    valid_to: Moment | None
+    reserved_by_quote: str | None
+
+
+class DiscountAnswer(Answer):
+    """How the effective discount came about."""
+
+    uncapped_bps: int
+    ceiling_bps: int
+    entitlement_ids: list[int]
+
+
+class BenefitsAnswer(Answer):
+    """What a client holds at a moment, and what it gives a loan of `product` (and `amount`)."""
+
+    client_id: str
+    as_of: Moment
+    programme: ProgrammeRef
+    tier: str
+    tier_name: str
+    points_balance: int
+    points_multiplier: str
+    product: str | None
+    amount: str | None
+    currency: str
+    rate_discount_bps: int
+    rate_discount: DiscountAnswer | None
+    interest_saved_per_year: str | None
+    rate_discount_bps_by_product: dict[str, int]
+    fast_track_lane: str | None
+    fast_track_sla_hours: int | None
+    relationship_manager: bool
+    fee_waiver_pct: int
+    entitlements: list[EntitlementAnswer]
 
 
 @dataclass(frozen=True)
@@ -95,14 +155,24 @@ def yearly_saving(programme: CompiledProgramme, amount: Decimal, bps: int) -> st
 
 
 def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime,
-                    product: str | None = None, amount: object = None) -> dict:
+                    product: str | None = None, amount: object = None) -> BenefitsAnswer:
     """The benefits answer a loan system or an operator asks for (same fields in CLI `--json` and HTTP)."""
     with autocommit_reads(engine) as conn:  # one statement: its own snapshot, no transaction needed
         return benefits_answer(conn, programmes, client_id, at, product, amount)
 
 
+def caller_benefits(engine: Engine, key: str, admit: Callable[[Caller | None], object], programmes: ProgrammeSet,
+                    client_id: str, at: datetime, product: str | None = None,
+                    amount: object = None) -> BenefitsAnswer:
+    """The benefits answer for the holder of API key `key`, read on the connection that looks the key up (one
+    connection for both: the hot path of pricing); `admit` refuses a caller by raising."""
+    with autocommit_reads(engine) as conn:
+        admit(caller_of(conn, key))
+        return benefits_answer(conn, programmes, client_id, at, product, amount)
+
+
 def benefits_answer(conn: Connection, programmes: ProgrammeSet, client_id: str, at: datetime,
-                    product: str | None = None, amount: object = None) -> dict:
+                    product: str | None = None, amount: object = None) -> BenefitsAnswer:
     """The benefits answer, read on `conn` (for a caller that also checked the API key on it)."""
     at = require_utc(at)
     programme = programmes.for_moment(at)
@@ -115,42 +185,42 @@ def benefits_answer(conn: Connection, programmes: ProgrammeSet, client_id: str, 
 
 
 def benefits_view(programme: CompiledProgramme, state: ClientState, pricing: Pricing, at: datetime,
-                  amount: Decimal | None) -> dict:
-    """The benefits answer as JSON."""
+                  amount: Decimal | None) -> BenefitsAnswer:
+    """The benefits answer."""
     tier = programme.tier(pricing.tier_id)
     chosen, service = pricing.chosen, pricing.service
-    return {
-        "client_id": state.client_id,
-        "as_of": at.isoformat(),
-        "programme": {"id": programme.id, "version": programme.version},
-        "tier": tier.id,
-        "tier_name": tier.name,
-        "points_balance": state.points_balance,
-        "points_multiplier": str(tier.benefits.points_multiplier),
-        "product": chosen.product if chosen else None,
-        "amount": str(amount) if amount is not None else None,
-        "currency": programme.currency,
-        "rate_discount_bps": chosen.bps if chosen else 0,
-        "rate_discount": {"uncapped_bps": chosen.uncapped_bps, "ceiling_bps": chosen.ceiling_bps,
-                          "entitlement_ids": list(chosen.applied)} if chosen else None,
-        "interest_saved_per_year": yearly_saving(programme, amount, chosen.bps) if chosen and amount else None,
-        "rate_discount_bps_by_product": {p: decision.bps for p, decision in pricing.by_product.items()},
-        "fast_track_lane": service.fast_track_lane,
-        "fast_track_sla_hours": service.fast_track_sla_hours,
-        "relationship_manager": service.relationship_manager,
-        "fee_waiver_pct": service.fee_waiver_pct,
-        "entitlements": [entitlement_view(e, state.reserved.get(e.id)) for e in state.held],
-    }
+    return BenefitsAnswer(
+        client_id=state.client_id,
+        as_of=at.isoformat(),
+        programme=ProgrammeRef(id=programme.id, version=programme.version),
+        tier=tier.id,
+        tier_name=tier.name,
+        points_balance=state.points_balance,
+        points_multiplier=str(tier.benefits.points_multiplier),
+        product=chosen.product if chosen else None,
+        amount=str(amount) if amount is not None else None,
+        currency=programme.currency,
+        rate_discount_bps=chosen.bps if chosen else 0,
+        rate_discount=DiscountAnswer(uncapped_bps=chosen.uncapped_bps, ceiling_bps=chosen.ceiling_bps,
+                                     entitlement_ids=list(chosen.applied)) if chosen else None,
+        interest_saved_per_year=yearly_saving(programme, amount, chosen.bps) if chosen and amount else None,
+        rate_discount_bps_by_product={p: decision.bps for p, decision in pricing.by_product.items()},
+        fast_track_lane=service.fast_track_lane,
+        fast_track_sla_hours=service.fast_track_sla_hours,
+        relationship_manager=service.relationship_manager,
+        fee_waiver_pct=service.fee_waiver_pct,
+        entitlements=[entitlement_view(e, state.reserved.get(e.id)) for e in state.held],
+    )
 
 
-def entitlement_view(entitlement: Entitlement, reserved_by: str | None = None) -> dict:
-    """An entitlement with its provenance, as JSON."""
-    return {
-        "id": entitlement.id, "kind": str(entitlement.kind), "use": str(entitlement.use),
-        "bps": entitlement.bps or None, "products": list(entitlement.products), "detail": entitlement.detail,
-        "rule_id": entitlement.rule_id, "programme_id": entitlement.programme_id,
-        "programme_version": entitlement.programme_version, "event_id": entitlement.event_id,
-        "ledger_entry_id": entitlement.id, "valid_from": entitlement.valid_from.isoformat(),
-        "valid_to": entitlement.valid_to.isoformat() if entitlement.valid_to else None,
-        "reserved_by_quote": reserved_by,
-    }
+def entitlement_view(entitlement: Entitlement, reserved_by: str | None = None) -> EntitlementAnswer:
+    """An entitlement with its provenance."""
+    return EntitlementAnswer(
+        id=entitlement.id, kind=str(entitlement.kind), use=str(entitlement.use),
+        bps=entitlement.bps or None, products=list(entitlement.products), detail=entitlement.detail,
+        rule_id=entitlement.rule_id, programme_id=entitlement.programme_id,
+        programme_version=entitlement.programme_version, event_id=entitlement.event_id,
+        ledger_entry_id=entitlement.id, valid_from=entitlement.valid_from.isoformat(),
+        valid_to=entitlement.valid_to.isoformat() if entitlement.valid_to else None,
+        reserved_by_quote=reserved_by,
+    )

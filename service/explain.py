@@ -31,6 +31,7 @@ from rewards.tier_policy import instant_target
 from rewards.tiers import TIER_RULE_PREFIX
 from service.benefits import require_utc
 from service.errors import NotFoundError
+from service.explain_answer import ExplanationAnswer
 from service.redemptions import REDEEM_RULE_PREFIX
 from storage import clients as client_store
 from storage import standing
@@ -72,7 +73,7 @@ class Facts:
 
 
 def explain_client(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime,
-                   entitlement_id: int | None = None) -> dict:
+                   entitlement_id: int | None = None) -> ExplanationAnswer:
     """Why `client_id` holds each entitlement at `at` (or why it got `entitlement_id`, whatever became of it).
 
     NotFoundError for an unknown client, an unknown entitlement or another client's; InputError for a naive `at`.
@@ -80,7 +81,7 @@ def explain_client(engine: Engine, programmes: ProgrammeSet, client_id: str, at:
     at = require_utc(at)
     with read_snapshot(engine) as conn:
         facts = read_facts(conn, programmes, client_id, at, entitlement_id)
-    return explanation(facts, programmes, entitlement_id is not None)
+    return ExplanationAnswer.model_validate(explanation(facts, programmes, entitlement_id is not None))
 
 
 # --- reading -------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import islice
-from typing import BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -30,7 +30,7 @@ from engine.context import ONBOARDING_EVENT, context_at
 from engine.errors import EvaluationError, EventError
 from engine.evaluator import RuleOutcome, evaluate
 from engine.events import Event, content_digest, matching_value, parse_envelope, shown, typed_event
-from engine.json_input import MAX_LINE_BYTES, parse_json_line
+from engine.json_input import MAX_JSON_DEPTH, MAX_LINE_BYTES, nesting_depth, parse_json_line
 from engine.metrics import METRIC_INPUTS
 from engine.programme import CompiledProgramme, ProgrammeSet
 from engine.schema import Rule
@@ -38,6 +38,7 @@ from rewards.caps import CapUsage, allowed, period_bounds, usage_between
 from rewards.kinds import Reason
 from rewards.tiers import tier_grants
 from service import telemetry
+from service.answer import Answer
 from service.clock import MAX_CLOCK_SKEW, Clock, utc_now
 from service.instant_upgrades import apply_instant_upgrades
 from service.retry import with_retry
@@ -62,6 +63,24 @@ class Outcome:
     status: str
     error: str | None = None
     field: str | None = None  # the field at fault, when one is
+
+
+class EventResult(Answer):
+    """What happened to one item of a batch."""
+
+    index: int
+    id: str | None
+    status: Literal["applied", "duplicate", "rejected"]
+    error: str | None
+
+
+class EventsAnswer(Answer):
+    """Counts, and a result per item in the order sent."""
+
+    applied: int
+    duplicates: int
+    rejected: int
+    results: list[EventResult]
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,27 @@ class Ingestor:
         self._apply_checked(items, outcomes, pending)
         telemetry.count_events("api", outcomes)
         return outcomes  # type: ignore[return-value]  # every position was filled
+
+    def ingest_items(self, items: list[Any]) -> EventsAnswer:
+        """Apply the items of a parsed JSON batch (an HTTP body): each is applied, a duplicate or rejected alone,
+        whatever its shape (an EventError stands for an item nested too deep to parse)."""
+        outcomes: list[Outcome | None] = [None] * len(items)
+        for index, item in enumerate(items):
+            if isinstance(item, EventError):
+                outcomes[index] = Outcome(index, None, REJECTED, f"item {index}: {item}")
+            elif not isinstance(item, dict):
+                outcomes[index] = Outcome(index, None, REJECTED, f"item {index} is not an event object")
+            elif (depth := nesting_depth(item)) > MAX_JSON_DEPTH:  # an NDJSON line is refused as text for the same
+                outcomes[index] = Outcome(index, None, REJECTED, f"objects and arrays nested {depth} deep in item "
+                                          f"{index}; at most {MAX_JSON_DEPTH}")
+        objects = [(index, item) for index, item in enumerate(items) if outcomes[index] is None]
+        for (index, _), outcome in zip(objects, self.ingest_raw(objects), strict=True):
+            outcomes[index] = outcome
+        results = [EventResult(index=index, id=o.event_id, status=o.status, error=o.error)
+                   for index, o in enumerate(outcomes) if o is not None]
+        counts = {status: sum(1 for r in results if r.status == status) for status in (APPLIED, DUPLICATE, REJECTED)}
+        return EventsAnswer(applied=counts[APPLIED], duplicates=counts[DUPLICATE], rejected=counts[REJECTED],
+                            results=results)
 
     def _check(self, items: list[tuple[int, dict]]) -> tuple[list[Outcome | None], list[_Pending]]:
         """Validate each item alone: an outcome for each rejected one, a _Pending for the others."""

@@ -82,6 +82,7 @@ def portfolio_summary(engine: Engine, programmes: ProgrammeSet, at: datetime, to
                          "average_deposit_balance": display(values["average_deposit_balance"]),
                          "on_time_repayment_ratio": display(values["on_time_repayment_ratio"])}
                         for client_id, values in ranked],
-        "featured_benefits": [client_benefits(engine, programmes, client_id, at, featured_product)
-                              for client_id, _values in ranked[:3]],
+        "featured_benefits": [
+            client_benefits(engine, programmes, client_id, at, featured_product).model_dump(mode="json")
+            for client_id, _values in ranked[:3]],
     }

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
+from pydantic import Field
 from sqlalchemy import Engine, select
 
 from engine.context import tier_at
 from engine.metrics import METRICS, display, place
 from engine.programme import ProgrammeSet
 from rewards.caps import months_before
+from service.answer import Answer, Moment
 from service.errors import NotFoundError
 from storage import standing
 from storage.db import read_snapshot
@@ -19,7 +22,79 @@ from storage.metrics import client_metrics
 from storage.models import Client, TierAssignment
 
 
-def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime) -> dict:
+class TierChange(Answer):
+    """One row of the tier history."""
+
+    tier: str
+    from_tier: str | None
+    valid_from: Moment
+    reason: str
+    review_id: str | None
+    reasons: list[Any]
+
+
+class GraceAnswer(Answer):
+    """An open grace period."""
+
+    tier: str
+    started_at: Moment
+    until: Moment
+    review_id: str
+
+
+class PinAnswer(Answer):
+    """A manual tier override."""
+
+    tier: str
+    valid_from: Moment
+    until: Moment
+    reason: str
+    author: str
+
+
+class ChurnSignalAnswer(Answer):
+    """A churn signal that fired, with the client's value."""
+
+    id: str
+    description: str
+    metric: str
+    operator: str
+    threshold: str
+    value: str | None
+
+
+class ChurnFlagAnswer(Answer):
+    """An open churn flag."""
+
+    raised_at: Moment
+    raised_by: str
+    last_seen_at: Moment
+    signals: list[ChurnSignalAnswer]
+
+
+class ProfileAnswer(Answer):
+    """Profile, tier, tier history with reasons, and the metrics a review would see."""
+
+    client_id: str
+    name: str | None
+    segment: str | None
+    industry: str | None
+    onboarded_at: Moment | None
+    first_seen_at: Moment
+    points_balance: int
+    as_of: Moment
+    tier: str
+    qualifies_for: str
+    metrics: dict[str, str | None]
+    window_months: int
+    tier_history: list[TierChange]
+    grace: GraceAnswer | None = Field(description="the client no longer qualifies for its tier and keeps it until then")
+    pin: PinAnswer | None = Field(description="a manual override in force")
+    pins: list[PinAnswer] = Field(description="every pin, oldest first")
+    churn_flag: ChurnFlagAnswer | None = Field(description="open early warning, with the signals last seen")
+
+
+def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime) -> ProfileAnswer:
     """Profile, current tier, tier history with reasons, and the metrics a review would see at `at`."""
     at = require_utc(at)
     programme = programmes.for_moment(at)
@@ -39,7 +114,7 @@ def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at:
     started = [row for row in pins if row["valid_from"] <= at]  # the latest pin started by then holds, until it ends
     current = tier_at([(row["valid_from"], row["tier"]) for row in history], at, programme.lowest_tier.id)
     placement = place(programme.model.tiers, values)
-    return {
+    return ProfileAnswer.model_validate({
         "client_id": client_id,
         "name": client.name, "segment": client.segment, "industry": client.industry,
         "onboarded_at": client.onboarded_at.isoformat() if client.onboarded_at else None,
@@ -64,7 +139,7 @@ def client_profile(engine: Engine, programmes: ProgrammeSet, client_id: str, at:
         "churn_flag": {"raised_at": flags[0]["raised_at"].isoformat(), "raised_by": flags[0]["raised_by"],
                        "last_seen_at": flags[0]["last_seen_at"].isoformat(), "signals": flags[0]["signals"]}
         if flags else None,
-    }
+    })
 
 
 def _pin_view(row: dict) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import Engine
 
@@ -18,7 +19,9 @@ from engine.events import minor_unit_exponent
 from engine.programme import ProgrammeSet
 from rewards.kinds import Status, Use
 from service import telemetry
-from service.benefits import benefits_view, check_amount, check_product, load_state, price
+from service.answer import Answer, Moment, ProgrammeRef
+from service.benefits import (DiscountAnswer, EntitlementAnswer, benefits_view, check_amount, check_product,
+                              load_state, price)
 from service.clock import Clock, utc_now
 from service.errors import ConflictError, NotFoundError
 from service.retry import with_retry
@@ -33,8 +36,35 @@ _PRICING_KEYS = ("tier", "tier_name", "rate_discount_bps", "rate_discount", "int
                  "fast_track_lane", "fast_track_sla_hours", "relationship_manager", "fee_waiver_pct")
 
 
+class QuoteAnswer(Answer):
+    """A quote: its pricing and the single-use entitlements it holds."""
+
+    quote_id: str
+    client_id: str
+    status: Literal["held", "committed", "voided", "expired"]
+    product: str
+    amount: str
+    currency: str
+    programme: ProgrammeRef
+    created_at: Moment
+    expires_at: Moment
+    resolved_at: Moment | None
+    loan_id: str | None
+    held_entitlement_ids: list[int]
+    tier: str
+    tier_name: str
+    rate_discount_bps: int
+    rate_discount: DiscountAnswer | None
+    interest_saved_per_year: str | None
+    fast_track_lane: str | None
+    fast_track_sla_hours: int | None
+    relationship_manager: bool
+    fee_waiver_pct: int
+    entitlements_used: list[EntitlementAnswer]
+
+
 def create_quote(engine: Engine, programmes: ProgrammeSet, client_id: str, product: str, amount: object,
-                 hold: timedelta = DEFAULT_HOLD, clock: Clock = utc_now) -> dict:
+                 hold: timedelta = DEFAULT_HOLD, clock: Clock = utc_now) -> QuoteAnswer:
     """Price an application for `amount` of `product` now and hold the single-use entitlements it uses."""
     quote = with_retry(lambda: _create(engine, programmes, client_id, product, amount, hold, clock))
     telemetry.QUOTES.labels(quote_store.HELD).inc()
@@ -42,7 +72,7 @@ def create_quote(engine: Engine, programmes: ProgrammeSet, client_id: str, produ
 
 
 def _create(engine: Engine, programmes: ProgrammeSet, client_id: str, product: str, amount: object,
-            hold: timedelta, clock: Clock) -> dict:
+            hold: timedelta, clock: Clock) -> QuoteAnswer:
     with write_transaction(engine) as conn:
         programme = programmes.for_moment(clock())
         check_product(programme, product)
@@ -55,7 +85,7 @@ def _create(engine: Engine, programmes: ProgrammeSet, client_id: str, product: s
         state = load_state(conn, client_id, now)
         pricing = price(programme, state, now, product)
         used = set(pricing.chosen.applied if pricing.chosen else ()) | set(pricing.service.applied)
-        answer = benefits_view(programme, state, pricing, now, loan_amount)
+        answer = benefits_view(programme, state, pricing, now, loan_amount).model_dump(mode="json")
         row = {
             "id": f"q_{uuid.uuid4().hex}", "client_id": client_id, "product": product,
             "amount_minor": int(loan_amount.scaleb(minor_unit_exponent(programme.currency))),
@@ -72,21 +102,21 @@ def _create(engine: Engine, programmes: ProgrammeSet, client_id: str, product: s
                            "holds": holds}, now)
 
 
-def commit_quote(engine: Engine, quote_id: str, loan_id: str | None = None, clock: Clock = utc_now) -> dict:
+def commit_quote(engine: Engine, quote_id: str, loan_id: str | None = None, clock: Clock = utc_now) -> QuoteAnswer:
     """The loan was booked: consume the quote's held entitlements, once."""
     quote = with_retry(lambda: _resolve(engine, quote_id, quote_store.COMMITTED, loan_id, clock))
     telemetry.QUOTES.labels(quote_store.COMMITTED).inc()
     return quote
 
 
-def void_quote(engine: Engine, quote_id: str, clock: Clock = utc_now) -> dict:
+def void_quote(engine: Engine, quote_id: str, clock: Clock = utc_now) -> QuoteAnswer:
     """The application was withdrawn or priced again: release the quote's holds."""
     quote = with_retry(lambda: _resolve(engine, quote_id, quote_store.VOIDED, None, clock))
     telemetry.QUOTES.labels(quote_store.VOIDED).inc()
     return quote
 
 
-def get_quote(engine: Engine, quote_id: str, clock: Clock = utc_now) -> dict:
+def get_quote(engine: Engine, quote_id: str, clock: Clock = utc_now) -> QuoteAnswer:
     """A quote with its status now (a held quote past its expiry reads as expired)."""
     with read_snapshot(engine) as conn:
         quote = quote_store.find_quote(conn, quote_id)
@@ -95,7 +125,7 @@ def get_quote(engine: Engine, quote_id: str, clock: Clock = utc_now) -> dict:
     return quote_view(quote, clock())
 
 
-def _resolve(engine: Engine, quote_id: str, outcome: str, loan_id: str | None, clock: Clock) -> dict:
+def _resolve(engine: Engine, quote_id: str, outcome: str, loan_id: str | None, clock: Clock) -> QuoteAnswer:
     with write_transaction(engine) as conn:
         quote = quote_store.find_quote(conn, quote_id)
         if quote is None:
@@ -133,10 +163,10 @@ def _require_live(quote: dict, now: datetime, action: str) -> None:
                             quote_status=status, resolved_at=quote["resolved_at"].isoformat())
 
 
-def quote_view(quote: dict, now: datetime) -> dict:
-    """A quote as JSON."""
+def quote_view(quote: dict, now: datetime) -> QuoteAnswer:
+    """A quote, with the pricing stored when it was made."""
     pricing = json.loads(quote["pricing"])
-    return {
+    return QuoteAnswer.model_validate({
         "quote_id": quote["id"], "client_id": quote["client_id"],
         "status": quote_store.effective_status(quote, now),
         "product": quote["product"], "amount": pricing.pop("amount"), "currency": quote["currency"],
@@ -146,4 +176,4 @@ def quote_view(quote: dict, now: datetime) -> dict:
         "loan_id": quote["loan_id"],
         "held_entitlement_ids": quote["holds"],
         **pricing,
-    }
+    })

@@ -13,7 +13,8 @@ from engine.evaluator import award_grants
 from engine.programme import ProgrammeSet
 from rewards.kinds import Reason
 from service import telemetry
-from service.benefits import entitlement_view
+from service.answer import Answer, Moment
+from service.benefits import EntitlementAnswer, entitlement_view
 from service.clock import Clock, utc_now
 from service.errors import ConflictError, NotFoundError
 from service.expiry import expire_due
@@ -27,21 +28,51 @@ from storage.models import Client
 REDEEM_RULE_PREFIX = "redeem:"
 
 
-def catalogue(programmes: ProgrammeSet, clock: Clock = utc_now) -> list[dict]:
+class RewardAnswer(Answer):
+    """A reward of the catalogue."""
+
+    id: str
+    name: str
+    description: str
+    points: int
+    min_tier: str | None
+
+
+class RewardRef(Answer):
+    """The reward redeemed."""
+
+    id: str
+    name: str
+
+
+class RedemptionAnswer(Answer):
+    """Points spent and the entitlement granted."""
+
+    client_id: str
+    reward: RewardRef
+    points_spent: int
+    points_balance: int
+    redeemed_at: Moment
+    entitlements: list[EntitlementAnswer]
+
+
+def catalogue(programmes: ProgrammeSet, clock: Clock = utc_now) -> list[RewardAnswer]:
     """The rewards on offer now."""
-    return [{"id": reward.id, "name": reward.name, "description": reward.description, "points": reward.points,
-             "min_tier": reward.min_tier}
+    return [RewardAnswer(id=reward.id, name=reward.name, description=reward.description, points=reward.points,
+                         min_tier=reward.min_tier)
             for reward in programmes.for_moment(clock()).model.catalogue]
 
 
-def redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id: str, clock: Clock = utc_now) -> dict:
+def redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id: str,
+           clock: Clock = utc_now) -> RedemptionAnswer:
     """Spend the reward's points and grant it; ConflictError if the balance or the tier falls short."""
     redemption = with_retry(lambda: _redeem(engine, programmes, client_id, reward_id, clock))
     telemetry.REDEMPTIONS.labels(reward_id).inc()
     return redemption
 
 
-def _redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id: str, clock: Clock) -> dict:
+def _redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id: str,
+            clock: Clock) -> RedemptionAnswer:
     with write_transaction(engine) as conn:
         now = clock()
         programme = programmes.for_moment(now)
@@ -74,9 +105,8 @@ def _redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id:
                 *(ledger.grant_entry(client_id, grant, source, now) for grant in grants)]
         granted = ledger.append(conn, rows)
         entitlements = {e.id: e for e in ledger.held_entitlements(conn, client_id)}
-        return {
-            "client_id": client_id, "reward": {"id": reward.id, "name": reward.name},
-            "points_spent": reward.points, "points_balance": balance - reward.points,
-            "redeemed_at": now.isoformat(),
-            "entitlements": [entitlement_view(entitlements[entitlement_id]) for entitlement_id in granted],
-        }
+        return RedemptionAnswer(
+            client_id=client_id, reward=RewardRef(id=reward.id, name=reward.name),
+            points_spent=reward.points, points_balance=balance - reward.points, redeemed_at=now.isoformat(),
+            entitlements=[entitlement_view(entitlements[entitlement_id]) for entitlement_id in granted],
+        )

@@ -245,13 +245,12 @@ def read_outcome(engine: Engine, programmes: ProgrammeSet, client_id: str, at: d
     with read_snapshot(engine) as conn:
         entries = ledger.client_entries(conn, client_id)
     balance, earned = points_at(entries, at)
-    fast_track = ({"lane": answer["fast_track_lane"], "sla_hours": answer["fast_track_sla_hours"]}
-                  if answer["fast_track_lane"] else None)
-    return Outcome(profile["tier"], profile["qualifies_for"], balance, earned,
-                   [grant_view(entitlement) for entitlement in answer["entitlements"]],
-                   {"rate_discount_bps": answer["rate_discount_bps_by_product"], "fast_track": fast_track,
-                    "relationship_manager": answer["relationship_manager"],
-                    "fee_waiver_pct": answer["fee_waiver_pct"]})
+    fast_track = ({"lane": answer.fast_track_lane, "sla_hours": answer.fast_track_sla_hours}
+                  if answer.fast_track_lane else None)
+    return Outcome(profile.tier, profile.qualifies_for, balance, earned,
+                   [grant_view(entitlement.model_dump(mode="json")) for entitlement in answer.entitlements],
+                   {"rate_discount_bps": answer.rate_discount_bps_by_product, "fast_track": fast_track,
+                    "relationship_manager": answer.relationship_manager, "fee_waiver_pct": answer.fee_waiver_pct})
 
 
 def points_at(entries: Iterable[dict], at: datetime) -> tuple[int, dict[str, int]]:

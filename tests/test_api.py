@@ -2,14 +2,22 @@
 quotes and their holds, redemptions, idempotency keys, and the problem+json error format."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from api import answers
-
+from api.problems import problem_response
+from api.request_context import reset_request_id, set_request_id
 from rewards.kinds import Status
+from service.benefits import BenefitsAnswer
+from service.ingest import EventsAnswer
+from service.ledger_page import LedgerPage
+from service.profile import ProfileAnswer
+from service.quotes import QuoteAnswer
+from service.redemptions import RedemptionAnswer, RewardAnswer
+from service.reversal import ReversalAnswer
 from storage import ledger
 from storage.db import read_snapshot, write_transaction
 from tests.api_support import HOLD, borrower_events, make_api
@@ -379,24 +387,34 @@ def test_odd_input_is_a_4xx_not_a_server_error(api, path, params):
 
 def test_every_success_answer_matches_its_documented_schema(api):
     checks = [
-        (answers.EventsAnswer, api.client.post("/v1/events", json=[event("x", "C-1", "survey.answered",
+        (EventsAnswer, api.client.post("/v1/events", json=[event("x", "C-1", "survey.answered",
                                                                           "2026-03-02T10:00:00Z", nps=9)])),
-        (answers.BenefitsAnswer, api.client.get("/v1/clients/C-1/benefits",
+        (BenefitsAnswer, api.client.get("/v1/clients/C-1/benefits",
                                                 params={"product": "term_loan", "amount": "1000000"})),
-        (answers.ProfileAnswer, api.client.get("/v1/clients/C-1")),
-        (answers.LedgerPage, api.client.get("/v1/clients/C-1/ledger", params={"limit": 2})),
+        (ProfileAnswer, api.client.get("/v1/clients/C-1")),
+        (LedgerPage, api.client.get("/v1/clients/C-1/ledger", params={"limit": 2})),
     ]
     held = quote(api)
-    checks += [(answers.QuoteAnswer, held), (answers.QuoteAnswer, api.client.get(f"/v1/quotes/{held.json()['quote_id']}")),
-               (answers.QuoteAnswer, api.client.post(f"/v1/quotes/{held.json()['quote_id']}/commit", json={"loan_id": "L"})),
-               (answers.QuoteAnswer, api.client.post(f"/v1/quotes/{quote(api).json()['quote_id']}/void")),
-               (answers.RedemptionAnswer, api.client.post("/v1/clients/C-1/redemptions",
+    checks += [(QuoteAnswer, held), (QuoteAnswer, api.client.get(f"/v1/quotes/{held.json()['quote_id']}")),
+               (QuoteAnswer, api.client.post(f"/v1/quotes/{held.json()['quote_id']}/commit", json={"loan_id": "L"})),
+               (QuoteAnswer, api.client.post(f"/v1/quotes/{quote(api).json()['quote_id']}/void")),
+               (RedemptionAnswer, api.client.post("/v1/clients/C-1/redemptions",
                                                           json={"reward_id": "fast-track-24h"})),
-               (answers.ReversalAnswer, api.client.post("/v1/events/C-1-ref/reversal"))]
+               (ReversalAnswer, api.client.post("/v1/events/C-1-ref/reversal"))]
     for model, response in checks:
         assert response.status_code in (200, 201), response.text
         model.model_validate(response.json())  # extra or missing fields fail
     for reward in api.client.get("/v1/catalogue").json():
-        answers.RewardAnswer.model_validate(reward)
+        RewardAnswer.model_validate(reward)
     paths = api.client.get("/openapi.json").json()["paths"]
     assert "201" in paths["/v1/clients/{client_id}/quotes"]["post"]["responses"]
+
+
+def test_a_problem_document_carries_the_request_id_of_its_request():
+    token = set_request_id("req-42")
+    try:
+        within = json.loads(problem_response(409, "quote-expired", "request a new quote", "/v1/quotes/q/commit").body)
+    finally:
+        reset_request_id(token)
+    assert within["request_id"] == "req-42" and within["instance"] == "/v1/quotes/q/commit"
+    assert "request_id" not in json.loads(problem_response(409, "quote-expired", "request a new quote").body)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api import answers
+from service import explain_answer as answers
 from engine.loader import load_programmes
 from engine.schema import Condition
 from service.benefits import client_benefits
@@ -44,7 +44,7 @@ def review(engine, programmes, when: str) -> str:
 
 
 def explain(engine, programmes, client: str, when: str, entitlement: int | None = None) -> dict:
-    return explain_client(engine, programmes, client, at(when), entitlement)
+    return explain_client(engine, programmes, client, at(when), entitlement).model_dump(mode="json")
 
 
 def by_rule(answer: dict, rule_id: str) -> list[dict]:
@@ -76,11 +76,11 @@ def history(engine, plain_programmes):
     ingest(engine, programmes, event("day", "C-1", "event.attended", "2026-04-10T14:00:00Z", kind="client_day"))
     booked = at("2026-04-20T09:00:00Z")
     quote = create_quote(engine, programmes, "C-1", "working_capital", "30000000", clock=lambda: booked)
-    commit_quote(engine, quote["quote_id"], "L-900", clock=lambda: booked + timedelta(minutes=5))
+    commit_quote(engine, quote.quote_id, "L-900", clock=lambda: booked + timedelta(minutes=5))
     redeem(engine, programmes, "C-1", "fast-track-24h", clock=lambda: at("2026-04-21T09:00:00Z"))
     reverse_event(engine, "ref", "referred client withdrew", clock=lambda: at("2026-04-22T09:00:00Z"))
     return {"programmes": programmes, "silver_review": silver_review, "gold_review": gold_review,
-            "quote": quote["quote_id"]}
+            "quote": quote.quote_id}
 
 
 # --- rules, events and their values ------------------------------------------------------------------------
@@ -119,11 +119,11 @@ def test_a_condition_on_the_client_shows_its_tier_when_the_event_occurred(engine
 
 def test_it_lists_what_benefits_lists_and_what_was_held_then_but_used_up_since(engine, history):
     programmes = history["programmes"]
-    now = explain_client(engine, programmes, "C-1", NOW)["entitlements"]
-    assert {e["id"] for e in now} == {e["id"] for e in client_benefits(engine, programmes, "C-1", NOW)["entitlements"]}
+    now = explain_client(engine, programmes, "C-1", NOW).model_dump(mode="json")["entitlements"]
+    assert {e["id"] for e in now} == {e.id for e in client_benefits(engine, programmes, "C-1", NOW).entitlements}
     # `benefits --at` an earlier moment leaves out what was consumed or reversed since; explain counts it as held then.
     then = explain(engine, programmes, "C-1", "2026-04-15T00:00:00Z")["entitlements"]
-    listed = {e["id"] for e in client_benefits(engine, programmes, "C-1", at("2026-04-15T00:00:00Z"))["entitlements"]}
+    listed = {e.id for e in client_benefits(engine, programmes, "C-1", at("2026-04-15T00:00:00Z")).entitlements}
     extra = {e["rule_id"]: e["history"][-1]["action"] for e in then if e["id"] not in listed}
     assert extra == {"large-drawdown-discount": "consumed", "referral": "reversed",
                      "gold-client-day-fast-track": "consumed"}
@@ -284,7 +284,7 @@ def test_a_redeemed_entitlement_shows_the_reward_and_its_cost_and_points_add_up(
     # Earned: 6,000 (draw, standard) + 60 (repayment, silver ×1.2) + 6,000 (referral, ×1.2) + 750 (client day, ×1.5).
     # The reversal takes the referral's 6,000 back, but 1,190 of them were spent: written off.
     assert (points["earned"], points["redeemed"], points["reversed"], points["adjusted"]) == (12810, -8000, -6000, 1190)
-    assert points["balance"] == 0 == client_benefits(engine, programmes, "C-1", NOW)["points_balance"]
+    assert points["balance"] == 0 == client_benefits(engine, programmes, "C-1", NOW).points_balance
     assert {r["rule_id"]: r["points"] for r in points["earned_by_rule"]}["drawdown-points"] == 6000
     assert points["redeemed_by_reward"] == [{"reward": "fast-track-24h", "points": -8000, "entries": 1}]
     before = explain(engine, programmes, "C-1", "2026-04-15T00:00:00Z")["points"]
@@ -382,7 +382,7 @@ def test_explain_over_http_matches_its_documented_schema(engine, programmes):
     body = answers.ExplanationAnswer.model_validate(response.json())
     [discount] = [e for e in body.entitlements if e.rule_id == "large-drawdown-discount"]
     assert discount.rule.conditions[0].text == "amount 60,000,000.00 ≥ 50,000,000"
-    assert response.json() == explain_client(engine, programmes, "C-1", api.clock())
+    assert response.json() == explain_client(engine, programmes, "C-1", api.clock()).model_dump(mode="json")
     single = api.client.get("/v1/clients/C-1/explanation", headers=reader,
                             params={"entitlement": discount.id, "at": "2026-03-01T00:00:00Z"}).json()
     assert single["entitlement_id"] == discount.id and len(single["entitlements"]) == 1

@@ -159,7 +159,8 @@ def test_benefits_show_tier_points_discounts_and_provenance(engine, programmes):
     ingest(engine, programmes, ndjson(drawn("big", "C-1", "2026-03-01T00:00:00Z", "60000000"),
                                       event("ref", "C-1", "referral.converted", "2026-03-02T00:00:00Z",
                                             referred_client_id="C-2")))
-    answer = client_benefits(engine, programmes, "C-1", datetime(2026, 3, 5, tzinfo=UTC), "working_capital")
+    answer = client_benefits(engine, programmes, "C-1", datetime(2026, 3, 5, tzinfo=UTC), "working_capital").model_dump(
+        mode="json")
     assert answer["tier"] == "standard" and answer["points_balance"] == 6000 + 5000
     # Two single-use discounts (10 and 5 bps): only the larger applies to one loan.
     assert answer["rate_discount_bps"] == 10
@@ -168,7 +169,8 @@ def test_benefits_show_tier_points_discounts_and_provenance(engine, programmes):
     assert answer["fast_track_sla_hours"] is None
     kinds = {(e["rule_id"], e["event_id"], e["programme_version"]) for e in answer["entitlements"]}
     assert kinds == {("large-drawdown-discount", "big", "2026.1"), ("referral", "ref", "2026.1")}
-    later = client_benefits(engine, programmes, "C-1", datetime(2026, 12, 1, tzinfo=UTC), "working_capital")
+    later = client_benefits(engine, programmes, "C-1", datetime(2026, 12, 1, tzinfo=UTC), "working_capital").model_dump(
+        mode="json")
     assert later["rate_discount_bps"] == 5  # the 180-day grant has expired, the 365-day one has not
     with pytest.raises(NotFoundError):
         client_benefits(engine, programmes, "C-404", NOW)
@@ -181,7 +183,8 @@ def test_standing_tier_benefits_of_the_lowest_tier_are_granted_through_the_ledge
     (tmp_path / "p.yaml").write_text(text_)
     programmes = load_programmes(tmp_path / "p.yaml")
     ingest(engine, programmes, ndjson(drawn("e1", "C-1", "2026-03-01T00:00:00Z", "10000")))
-    answer = client_benefits(engine, programmes, "C-1", NOW, "trade_finance")
+    answer = client_benefits(engine, programmes, "C-1", NOW, "trade_finance").model_dump(
+        mode="json")
     assert answer["rate_discount_bps"] == 3 and answer["fee_waiver_pct"] == 5
     assert {e["rule_id"] for e in answer["entitlements"]} == {"tier:standard"}
 
@@ -190,9 +193,9 @@ def test_reversal_compensates_everything_once(engine, programmes):
     ingest(engine, programmes, ndjson(drawn("keep", "C-1", "2026-03-01T00:00:00Z", "10000000"),
                                       event("ref", "C-1", "referral.converted", "2026-03-02T00:00:00Z",
                                             referred_client_id="C-2")))
-    first = reverse_event(engine, "ref", "referred client withdrew", clock=lambda: NOW)
+    first = reverse_event(engine, "ref", "referred client withdrew", clock=lambda: NOW).model_dump(mode="json")
     assert first["status"] == "reversed" and len(first["entries"]) == 2
-    again = reverse_event(engine, "ref", clock=lambda: NOW)
+    again = reverse_event(engine, "ref", clock=lambda: NOW).model_dump(mode="json")
     assert again == {"event_id": "ref", "status": "already_reversed", "entries": [], "skipped": [], "points_written_off": 0}
     assert balance(engine, "C-1") == 1000
     with engine.connect() as conn:
@@ -346,7 +349,7 @@ def test_history_from_before_the_programme_counts_for_metrics_and_earns_nothing(
     assert {e["event_id"] for e in entries} == {"new"}
     from service.profile import client_profile
 
-    profile = client_profile(engine, programmes, "C-1", datetime(2025, 6, 1, tzinfo=UTC))
+    profile = client_profile(engine, programmes, "C-1", datetime(2025, 6, 1, tzinfo=UTC)).model_dump(mode="json")
     assert profile["metrics"]["loan_volume"] == "60000000" and profile["metrics"]["tenure_months"] == "49"
 
 

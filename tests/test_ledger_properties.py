@@ -228,7 +228,7 @@ class _Run:
         balance, cost = before["balances"].get(client), self.costs[reward]
         due = sum(lot.remaining for lot in _lots(self.engine, client) if _expires(lot) <= moment)
         try:
-            result = redeem(self.engine, self.programmes, client, reward, clock=lambda: moment)
+            result = redeem(self.engine, self.programmes, client, reward, clock=lambda: moment).model_dump(mode="json")
         except (ConflictError, NotFoundError) as exc:
             # A refused redemption writes nothing at all, not even the expiries it would have written.
             assert _snapshot(self.engine) == before, exc
@@ -265,7 +265,7 @@ class _Run:
                    for rule, points in earned.items())
         spent = sum(earned.values()) - own - gone
         balance = before["balances"][client]
-        result = reverse_event(self.engine, target, clock=lambda: NOW)
+        result = reverse_event(self.engine, target, clock=lambda: NOW).model_dump(mode="json")
         after = _snapshot(self.engine)
         if target in self.reversed:
             assert result["status"] == "already_reversed"

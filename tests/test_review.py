@@ -117,12 +117,13 @@ def test_a_client_moves_up_and_down_with_matching_grants_and_revokes(engine, pro
     ingest(engine, programmes, drawn("d1", "C-1", "2025-03-01T00:00:00Z", "40000000"),
            repaid("r1", "C-1", "2025-04-01T00:00:00Z"))
     # The shipped policy upgrades to gold instantly: with the repayment that made the client qualify.
-    history = client_profile(engine, programmes, "C-1", at("2025-05-01T00:00:00Z"))["tier_history"]
-    assert [(h["tier"], h["valid_from"], h["reason"]) for h in history][-1] == \
+    history = client_profile(engine, programmes, "C-1", at("2025-05-01T00:00:00Z")).tier_history
+    assert [(h.tier, h.valid_from, h.reason) for h in history][-1] == \
         ("gold", "2025-04-01T00:00:00.000001+00:00", "instant upgrade: qualifies for gold")
     first = run_review(engine, programmes, at("2025-06-30T00:00:00Z"), clock=lambda: NOW)
     assert first.changes == [] and first.tiers_after["gold"] == 1
-    gold = client_benefits(engine, programmes, "C-1", at("2025-07-01T00:00:00Z"), "working_capital")
+    gold = client_benefits(engine, programmes, "C-1", at("2025-07-01T00:00:00Z"), "working_capital").model_dump(
+        mode="json")
     assert (gold["tier"], gold["rate_discount_bps"], gold["fast_track_sla_hours"]) == ("gold", 10, 72)
 
     ingest(engine, programmes, drawn("d2", "C-1", "2026-02-01T00:00:00Z", "12000000"))
@@ -147,11 +148,13 @@ def test_a_client_moves_up_and_down_with_matching_grants_and_revokes(engine, pro
     revoked = [e for e in entries if e["reason"] == "revoke"]
     assert sorted(e["entitlement_id"] for e in revoked) == sorted(granted)
     assert all(e["bps"] == -granted[e["entitlement_id"]]["bps"] for e in revoked)
-    silver = client_benefits(engine, programmes, "C-1", at("2026-08-01T00:00:00Z"), "working_capital")
+    silver = client_benefits(engine, programmes, "C-1", at("2026-08-01T00:00:00Z"), "working_capital").model_dump(
+        mode="json")
     assert (silver["tier"], silver["rate_discount_bps"], silver["fast_track_sla_hours"]) == ("silver", 5, 120)
     assert {e["rule_id"] for e in silver["entitlements"]} == {"tier:silver"}
     # The past is unchanged: while gold, the client held gold's benefits.
-    then = client_benefits(engine, programmes, "C-1", at("2026-01-01T00:00:00Z"), "working_capital")
+    then = client_benefits(engine, programmes, "C-1", at("2026-01-01T00:00:00Z"), "working_capital").model_dump(
+        mode="json")
     assert (then["tier"], then["rate_discount_bps"], then["fast_track_sla_hours"]) == ("gold", 10, 72)
     assert {e["rule_id"] for e in then["entitlements"]} == {"tier:gold"}
 
@@ -234,7 +237,7 @@ def test_client_profile_shows_history_reasons_and_metrics(engine, programmes):
                                      segment="strategic"),
            drawn("d1", "C-1", "2026-03-01T00:00:00Z", "15000000"))
     run_review(engine, programmes, at("2026-06-30T00:00:00Z"))
-    profile = client_profile(engine, programmes, "C-1", at("2026-07-01T00:00:00Z"))
+    profile = client_profile(engine, programmes, "C-1", at("2026-07-01T00:00:00Z")).model_dump(mode="json")
     assert (profile["name"], profile["tier"], profile["qualifies_for"]) == ("Huaxin", "silver", "silver")
     assert profile["metrics"]["loan_volume"] == "15000000"
     assert [h["tier"] for h in profile["tier_history"]] == ["standard", "silver"]

@@ -63,7 +63,7 @@ def test_a_pin_moves_the_client_and_reviews_honour_and_report_it_until_it_ends(e
     pinned = pin_tier(engine, programmes, "C-1", "diamond", at("2025-12-31T00:00:00Z"), "strategic account", "ana",
                       clock=lambda: at("2025-04-01T00:00:00Z"))
     assert (pinned["from_tier"], pinned["tier"], pinned["moved"]) == ("standard", "diamond", True)
-    profile = client_profile(engine, programmes, "C-1", at("2025-04-02T00:00:00Z"))
+    profile = client_profile(engine, programmes, "C-1", at("2025-04-02T00:00:00Z")).model_dump(mode="json")
     assert profile["tier"] == "diamond"
     assert profile["tier_history"][-1]["reason"] == "pinned by ana until 2025-12-31: strategic account"
 
@@ -166,16 +166,16 @@ def test_points_past_their_expiry_cannot_be_spent_even_before_the_expiry_job_run
 def test_reversing_points_already_spent_writes_them_off_and_the_balance_stops_at_zero(engine, programmes):
     five_lots(engine, programmes)
     redeem(engine, programmes, "C-1", "fast-track-24h", clock=lambda: at("2025-06-01T00:00:00Z"))
-    first = reverse_event(engine, "p0", clock=lambda: NOW)
+    first = reverse_event(engine, "p0", clock=lambda: NOW).model_dump(mode="json")
     assert first["points_written_off"] == 0  # the 2,000 left cover it
-    second = reverse_event(engine, "p1", clock=lambda: NOW)
+    second = reverse_event(engine, "p1", clock=lambda: NOW).model_dump(mode="json")
     assert second["points_written_off"] == 2000
     with read_snapshot(engine) as conn:
         entries = ledger.client_entries(conn, "C-1")
         balance = sum(e["points"] for e in entries)
     [write_off] = [e for e in entries if e["reason"] == "adjust"]
     assert (balance, write_off["points"], write_off["event_id"]) == (0, 2000, "p1")
-    assert client_profile(engine, programmes, "C-1", NOW)["points_balance"] == 0
+    assert client_profile(engine, programmes, "C-1", NOW).points_balance == 0
     verified(engine)
 
 
@@ -184,7 +184,7 @@ def test_a_reversal_takes_back_its_own_lot_and_writes_off_what_already_expired(e
     reverse_event(engine, "p4", clock=lambda: NOW)  # the newest earning: its own lot, not the oldest
     assert lots_left(engine) == {"p0": 2000, "p1": 2000, "p2": 2000, "p3": 2000, "p4": 0}
     expire_points(engine, programmes, at("2027-01-10T00:00:00Z"), clock=lambda: NOW)  # p0 expires
-    reversed_ = reverse_event(engine, "p0", clock=lambda: NOW)
+    reversed_ = reverse_event(engine, "p0", clock=lambda: NOW).model_dump(mode="json")
     # The expired points were never used: nothing is taken from the client's other points for them.
     assert reversed_["points_written_off"] == 2000
     assert lots_left(engine) == {"p0": 0, "p1": 2000, "p2": 2000, "p3": 2000, "p4": 0}
@@ -301,7 +301,7 @@ def test_a_pin_to_the_tier_the_client_has_still_stops_an_earlier_dated_review(en
     # A review as of a moment before the pin (a late catch-up) would have downgraded it: the pin stands.
     late = run_review(engine, programmes, at("2026-03-01T00:00:00Z"), clock=lambda: NOW)
     assert late.changes == [] and [s["reason"] for s in late.skipped] == ["a later tier decision exists"]
-    assert client_profile(engine, programmes, "C-1", at("2026-08-01T00:00:00Z"))["tier"] == "silver"
+    assert client_profile(engine, programmes, "C-1", at("2026-08-01T00:00:00Z")).tier == "silver"
 
 
 def test_new_client_protection_counts_from_the_first_onboarding(engine, plain_programmes, tmp_path):
