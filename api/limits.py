@@ -98,7 +98,8 @@ class ServeSettings:
         """The settings from LOYALTY_* variables (unset or empty: the default); SettingError names a bad one."""
         values = {}
         for name, adapter in _ADAPTERS.items():
-            variable, raw = cls.setting(name).env, environ.get(cls.setting(name).env)
+            variable = cls.setting(name).env
+            raw = environ.get(variable)
             if not raw:  # as the CLI treats an empty variable: unset
                 continue
             try:
@@ -122,6 +123,6 @@ class ServeSettings:
 
 _FIELDS = {f.name: f for f in fields(ServeSettings)}
 # The same validation typer applies to the options (it builds these pydantic types from min and max).
-_ADAPTERS = {name: TypeAdapter(Annotated[kind, Field(ge=_FIELDS[name].metadata["setting"].low,
-                                                     le=_FIELDS[name].metadata["setting"].high)])
+_ADAPTERS = {name: TypeAdapter(Annotated[kind, Field(ge=ServeSettings.setting(name).low,
+                                                     le=ServeSettings.setting(name).high)])
              for name, kind in get_type_hints(ServeSettings).items()}
