@@ -24,7 +24,7 @@ from api.guard import RequestGuard
 from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
 from api.observe import Observe
 from api.openapi import install as install_contract
-from api.problems import ProblemError, problem_response, problem_schema
+from api.problems import ProblemError, problem_response, problem_responses
 from api.routes import router
 from engine.programme import ProgrammeSet
 from service import telemetry
@@ -97,7 +97,7 @@ def _add_operations(app: FastAPI) -> None:
         return health(app.state.engine, app.state.programmes.for_moment(app.state.clock()), rules_status())
 
     @app.get("/readyz", tags=["operations"], operation_id="getReadiness", response_model=Readiness,
-             response_model_exclude_none=True, responses=problem_schema(503))
+             response_model_exclude_none=True, responses=problem_responses(503))
     async def readyz(request: Request) -> Readiness | JSONResponse:
         """Readiness: 503 while the database does not answer (within 2 s) or lacks this release's schema;
         `degraded` (200, with the reason) while a changed rule file is refused and the last good rules are served."""
