@@ -111,8 +111,9 @@ def _add_operations(app: FastAPI) -> None:
                  "schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         """Metrics in the Prometheus text format (requests, events, quotes, redemptions, reviews, rules, pool)."""
-        programme = app.state.programmes.for_moment(app.state.clock())
-        telemetry.show_programme(programme.id, programme.version)
+        programmes = app.state.programmes
+        programme = programmes.for_moment(app.state.clock())
+        telemetry.show_programme(programme.id, [p.version for p in programmes.versions], programme.version)
         body, content_type = telemetry.exposition()
         return Response(body, media_type=content_type)
 

@@ -5,6 +5,7 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
+from sqlalchemy.exc import OperationalError
 from rich.markup import escape
 from rich.table import Table
 
@@ -56,6 +57,8 @@ def db_current(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         status = schema_status(ctx.obj.db_url)
     except SchemaMissingError as exc:  # a pre-release schema: no revision to show
         raise fail(str(exc), as_json=as_json) from None
+    except OperationalError as exc:
+        raise fail(ctx.obj.cannot_open(exc), as_json=as_json) from None
     if as_json:
         emit_json(asdict(status))
     else:

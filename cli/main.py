@@ -112,11 +112,14 @@ class Settings:
         except SchemaMissingError as exc:
             raise fail(str(exc), as_json=as_json) from None
         except OperationalError as exc:
-            where = make_url(self.db_url).render_as_string(hide_password=True)
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise fail(f"cannot open the database {where}: {reason}; check that it is running and reachable "
-                       f"(connect timeout {timeouts(role).connect:g} s, LOYALTY_DB_CONNECT_TIMEOUT)",
-                       as_json=as_json) from None
+            raise fail(self.cannot_open(exc, role), as_json=as_json) from None
+
+    def cannot_open(self, exc: OperationalError, role: str = BATCH) -> str:
+        """What to tell a person whose database did not answer."""
+        where = make_url(self.db_url).render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        return (f"cannot open the database {where}: {reason}; check that it is running and reachable "
+                f"(connect timeout {timeouts(role).connect:g} s, LOYALTY_DB_CONNECT_TIMEOUT)")
 
     def initialised_engine(self, as_json: bool) -> Engine:
         """The database engine, creating the schema on an empty database (one at another revision is refused)."""

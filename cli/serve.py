@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from api.limits import LogLevel, ServeSettings
-from cli.logs import uvicorn_log_config
+from cli.logs import formatter, uvicorn_log_config
 from cli.output import console, emit_json, fail
 from service.clock import utc_now
 from service.database import API, URL_ENV
@@ -137,7 +137,12 @@ def start_scheduler(settings: Settings, background: bool, as_json: bool = False)
     from service.scheduler import build_scheduler
 
     handler = logging.StreamHandler(sys.stdout if as_json else sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s" if as_json else "%(asctime)s %(name)s %(message)s"))
+    if as_json:  # each job's outcome is itself one JSON line
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    elif settings.log_format == "json":
+        handler.setFormatter(formatter("json"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     logger = logging.getLogger("loyalty.scheduler")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -47,11 +47,6 @@ def open_database(url: str | None, role: str = BATCH, need_schema: bool = True) 
     return engine
 
 
-def check_schema(engine: Engine) -> None:
-    """SchemaMissingError, saying what to do, unless the database is at the revision this program needs."""
-    require_schema(engine)
-
-
 def upgrade(engine: Engine) -> SchemaUpgrade:
     """Upgrade the schema to head (create it on an empty database); one upgrader at a time, safe to repeat."""
     return init_schema(engine)

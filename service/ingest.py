@@ -204,7 +204,6 @@ class Ingestor:
         """Validate and apply parsed JSON objects given with their line numbers; one outcome per item, in order."""
         outcomes, pending = self._check(items)
         self._apply_checked(items, outcomes, pending)
-        telemetry.count_events("api", outcomes)
         return outcomes  # type: ignore[return-value]  # every position was filled
 
     def ingest_items(self, items: list[Any]) -> EventsAnswer:
@@ -224,6 +223,7 @@ class Ingestor:
             outcomes[index] = outcome
         results = [EventResult(index=index, id=o.event_id, status=o.status, error=o.error)
                    for index, o in enumerate(outcomes) if o is not None]
+        telemetry.count_events("api", results)
         counts = {status: sum(1 for r in results if r.status == status) for status in (APPLIED, DUPLICATE, REJECTED)}
         return EventsAnswer(applied=counts[APPLIED], duplicates=counts[DUPLICATE], rejected=counts[REJECTED],
                             results=results)

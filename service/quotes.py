@@ -67,7 +67,7 @@ def create_quote(engine: Engine, programmes: ProgrammeSet, client_id: str, produ
                  hold: timedelta = DEFAULT_HOLD, clock: Clock = utc_now) -> QuoteAnswer:
     """Price an application for `amount` of `product` now and hold the single-use entitlements it uses."""
     quote = with_retry(lambda: _create(engine, programmes, client_id, product, amount, hold, clock))
-    telemetry.QUOTES.labels(quote_store.HELD).inc()
+    telemetry.count_quote(quote_store.HELD)
     return quote
 
 
@@ -105,14 +105,14 @@ def _create(engine: Engine, programmes: ProgrammeSet, client_id: str, product: s
 def commit_quote(engine: Engine, quote_id: str, loan_id: str | None = None, clock: Clock = utc_now) -> QuoteAnswer:
     """The loan was booked: consume the quote's held entitlements, once."""
     quote = with_retry(lambda: _resolve(engine, quote_id, quote_store.COMMITTED, loan_id, clock))
-    telemetry.QUOTES.labels(quote_store.COMMITTED).inc()
+    telemetry.count_quote(quote_store.COMMITTED)
     return quote
 
 
 def void_quote(engine: Engine, quote_id: str, clock: Clock = utc_now) -> QuoteAnswer:
     """The application was withdrawn or priced again: release the quote's holds."""
     quote = with_retry(lambda: _resolve(engine, quote_id, quote_store.VOIDED, None, clock))
-    telemetry.QUOTES.labels(quote_store.VOIDED).inc()
+    telemetry.count_quote(quote_store.VOIDED)
     return quote
 
 
@@ -152,7 +152,7 @@ def _resolve(engine: Engine, quote_id: str, outcome: str, loan_id: str | None, c
 def _require_live(quote: dict, now: datetime, action: str) -> None:
     status = quote_store.effective_status(quote, now)
     if status == quote_store.EXPIRED:
-        telemetry.QUOTES.labels(quote_store.EXPIRED).inc()  # the only moment anyone learns of it
+        telemetry.count_quote(quote_store.EXPIRED)  # the only moment anyone learns of it
         raise ConflictError(f"cannot {action} quote {quote['id']}: it expired at {quote['expires_at'].isoformat()} "
                             "and its holds were released; request a new quote", "quote-expired",
                             expired_at=quote["expires_at"].isoformat())

@@ -8,25 +8,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from engine.programme import CompiledProgramme
+from service.answer import Answer, ProgrammeRef
 from service.rules_watcher import ReloadStatus
 from service.version import package_version
 from storage.db import SchemaMissingError, require_schema
 
 
-class ProgrammeRef(BaseModel):
-    """A programme version."""
-
-    id: str
-    version: str
-
-
-class RefusedRuleFile(BaseModel):
+class RefusedRuleFile(Answer):
     """One problem of a rule file the rules watcher refused."""
 
     file: str
@@ -37,7 +31,7 @@ class RefusedRuleFile(BaseModel):
     severity: str = "error"
 
 
-class RulesState(BaseModel):
+class RulesState(Answer):
     """The rule versions served, how many sets were installed, and why the latest change was refused."""
 
     versions: list[str]
@@ -45,7 +39,7 @@ class RulesState(BaseModel):
     refused: list[RefusedRuleFile]
 
 
-class Health(BaseModel):
+class Health(Answer):
     """The process is up (liveness: no database is consulted)."""
 
     status: Literal["ok"] = "ok"
@@ -55,7 +49,7 @@ class Health(BaseModel):
     rules: RulesState | None = Field(None, description="present when the server watches the rules for new versions")
 
 
-class Readiness(BaseModel):
+class Readiness(Answer):
     """Whether this process should get traffic: `ready`, or `degraded` with the reason (still serving)."""
 
     status: Literal["ready", "degraded"]

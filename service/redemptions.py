@@ -67,7 +67,7 @@ def redeem(engine: Engine, programmes: ProgrammeSet, client_id: str, reward_id: 
            clock: Clock = utc_now) -> RedemptionAnswer:
     """Spend the reward's points and grant it; ConflictError if the balance or the tier falls short."""
     redemption = with_retry(lambda: _redeem(engine, programmes, client_id, reward_id, clock))
-    telemetry.REDEMPTIONS.labels(reward_id).inc()
+    telemetry.count_redemption(reward_id)
     return redemption
 
 

@@ -18,6 +18,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
 from sqlalchemy import Engine, event
 
 from service.errors import ConflictError, InputError, ReviewInterruptedError
+from storage.db import after_commit
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 disable_created_metrics()  # a `_created` twin of every series only doubles what a scrape carries
@@ -49,24 +50,27 @@ RULES_DEGRADED = Gauge("loyalty_rules_degraded", "1 while a changed rule file is
 POOL_IN_USE = Gauge("loyalty_db_pool_connections_in_use", "Database connections checked out of the pool now",
                     multiprocess_mode="livesum")
 
-_shown_programme: tuple[str, str] | None = None
-
-
 def count_events(source: str, outcomes: Iterable[object]) -> None:
-    """Count decided events (ingest's Outcome: `status` is applied, duplicate or rejected) from `source`."""
+    """Count decided events (each with a `status`: applied, duplicate or rejected) from `source`, once committed."""
     for status, count in collections.Counter(outcome.status for outcome in outcomes).items():  # type: ignore[attr-defined]
-        EVENTS.labels(source, status).inc(count)
+        after_commit(lambda child=EVENTS.labels(source, status), count=count: child.inc(count))
 
 
-def show_programme(programme_id: str, version: str) -> None:
-    """Record the programme version in force now (the one shown before drops to 0)."""
-    global _shown_programme
-    if _shown_programme == (programme_id, version):
-        return
-    if _shown_programme is not None:
-        PROGRAMME.labels(*_shown_programme).set(0)
-    PROGRAMME.labels(programme_id, version).set(1)
-    _shown_programme = (programme_id, version)
+def count_quote(outcome: str) -> None:
+    """Count a quote held, committed, voided or found expired, once what decided it is committed."""
+    after_commit(QUOTES.labels(outcome).inc)
+
+
+def count_redemption(reward_id: str) -> None:
+    """Count a redemption of `reward_id`, once it is committed."""
+    after_commit(REDEMPTIONS.labels(reward_id).inc)
+
+
+def show_programme(programme_id: str, versions: Iterable[str], in_force: str) -> None:
+    """Record which of the installed `versions` is in force now: 1 for it, 0 for every other. All are written
+    each time, so with several workers the most recent scrape's answer wins for every version alike."""
+    for version in versions:
+        PROGRAMME.labels(programme_id, version).set(1 if version == in_force else 0)
 
 
 def watch_pool(engine: Engine) -> None:

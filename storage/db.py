@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -269,6 +269,10 @@ def _migration_lock(engine: Engine) -> Iterator[Connection]:
                 "(LOYALTY_BATCH_STATEMENT_TIMEOUT); wait for it to finish, then run `loyalty db upgrade` again") from None
         try:
             with conn.begin():
+                # A migration rewrites whole tables (0002 rewrites the ledger): its statements take as long as
+                # the data is large, so the batch statement bound does not apply; waits for locks still do
+                # (services left running make the upgrade fail fast instead of queueing behind them).
+                conn.execute(text("SET LOCAL statement_timeout = 0"))
                 yield conn
         finally:
             try:
@@ -295,9 +299,21 @@ def autocommit_reads(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-# The write transaction of the request being served, if it has one (see `RequestTransaction`).
-# Context variables follow the request into the worker threads that run its routes.
+# The write transaction of the request being served, if it has one (see `RequestTransaction`), and what to
+# do once it commits. Context variables follow the request into the worker threads that run its routes (a
+# copy of the context: hence a list that is appended to, not a variable that is set there).
 _AMBIENT: ContextVar[Connection | None] = ContextVar("loyalty_ambient_write", default=None)
+_AFTER_COMMIT: ContextVar[list[Callable[[], None]] | None] = ContextVar("loyalty_after_commit", default=None)
+
+
+def after_commit(action: Callable[[], None]) -> None:
+    """Run `action` once what was written so far is committed: at once outside a request transaction (the
+    caller's own transactions have ended), else when the request's transaction commits; never if it rolls back."""
+    pending = _AFTER_COMMIT.get()
+    if pending is None:
+        action()
+    else:
+        pending.append(action)
 
 
 @contextmanager
@@ -321,6 +337,7 @@ class RequestTransaction:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._after_commit: list[Callable[[], None]] = []
         self.conn = engine.connect().execution_options(**{_WRITE_OPTION: True})
         try:
             self.conn.begin()
@@ -331,10 +348,11 @@ class RequestTransaction:
     @contextmanager
     def ambient(self) -> Iterator[Connection]:
         """Make this transaction the one `write_transaction` joins, for the code run inside the block."""
-        token = _AMBIENT.set(self.conn)
+        token, after = _AMBIENT.set(self.conn), _AFTER_COMMIT.set(self._after_commit)
         try:
             yield self.conn
         finally:
+            _AFTER_COMMIT.reset(after)
             _AMBIENT.reset(token)
 
     def commit(self) -> None:
@@ -343,9 +361,12 @@ class RequestTransaction:
             self.conn.commit()
         finally:
             self.conn.close()
+        for action in self._after_commit:
+            action()
 
     def rollback(self) -> None:
         """Undo everything the request wrote, and give the connection back (never raises: it is cleanup)."""
+        self._after_commit.clear()
         try:
             self.conn.rollback()
         except Exception:  # noqa: BLE001 - a broken connection rolls back by closing

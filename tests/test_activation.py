@@ -235,7 +235,7 @@ def test_a_running_server_picks_up_a_new_version_between_events_and_keeps_servin
         feeder = threading.Thread(target=feed)
         feeder.start()
         time.sleep(1.0)
-        start = (utc_now() + timedelta(seconds=8)).replace(microsecond=0)  # the command itself takes seconds
+        start = (utc_now() + timedelta(seconds=14)).replace(microsecond=0)  # the command takes seconds, more when loaded
         new = tmp_path / "v2.yaml"
         new.write_text(version_text("2026.2", start, client_day_points=1000))
         activated = cli_json("rules", "activate", str(new), "--lead", "2s", rules=rules_dir, db_url=db_url)

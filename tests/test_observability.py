@@ -20,7 +20,7 @@ from api.app import create_app
 from cli.logs import JsonLines, RequestIdFilter
 from service.apikeys import create_key
 from service.rules_watcher import RulesWatcher
-from storage.db import make_engine
+from storage.db import RequestTransaction, after_commit, make_engine
 from tests.api_support import HOLD, borrower_events, make_api, serve
 from tests.conftest import RULES, event
 
@@ -216,3 +216,18 @@ def test_a_served_request_logs_one_json_line_with_its_fields(tmp_path):
     assert {record["route"] for record in records if record.get("route", "").startswith("/docs")} == {
         "/docs", "/docs-assets"}
     assert key.split("_", 2)[2] not in log.read_text()
+
+
+def test_a_count_waits_for_the_request_transaction_and_vanishes_with_its_rollback(engine):
+    ran: list[str] = []
+    rolled_back = RequestTransaction(engine)
+    with rolled_back.ambient():
+        after_commit(lambda: ran.append("rolled back"))
+    rolled_back.rollback()
+    committed = RequestTransaction(engine)
+    with committed.ambient():
+        after_commit(lambda: ran.append("committed"))
+        assert ran == []  # not before the commit
+    committed.commit()
+    after_commit(lambda: ran.append("no request transaction"))  # the caller's own transactions have ended
+    assert ran == ["committed", "no request transaction"]

@@ -82,7 +82,7 @@ def test_a_bad_value_names_its_variable_in_the_command_and_the_factory(name):
 @pytest.mark.parametrize("variable, value, reason", [
     ("LOYALTY_WORKERS", "0", "LOYALTY_WORKERS='0' is not valid: "),
     ("LOYALTY_RULES", "/nonexistent/rules", "the rules at /nonexistent/rules do not load: "),
-    ("LOYALTY_DATABASE_URL", "mysql://loyalty@db/loyalty", "'mysql://loyalty@db/loyalty' is not a database URL"),
+    ("LOYALTY_DATABASE_URL", "mysql://loyalty@db/loyalty", "--db (or LOYALTY_DATABASE_URL) 'mysql://loyalty@db/loyalty' is not a supported database URL"),
 ])
 def test_a_worker_that_cannot_start_says_why_in_one_line_and_exits_as_a_failed_start(variable, value, reason,
                                                                                      monkeypatch, caplog):
