@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from cli.output import console, emit_json, fail, parse_duration
 from engine.errors import RuleFileError
+from rules import shipped_rules_dir
 from service import activation
 from service.clock import utc_now
 from service.database import SchemaMissingError, open_database
@@ -75,6 +76,11 @@ def rules_activate(
     Example: `loyalty rules activate corporate_lending-2027.1.yaml`
     """
     rules_dir: Path = ctx.obj.rules
+    if not dry_run and rules_dir.resolve() == shipped_rules_dir().resolve():
+        # The shipped programme is package data: the next `pip install` of the package would replace it.
+        _refuse(f"the rules in force are the programme shipped with the package ({rules_dir}), which an upgrade "
+                "of the package replaces; copy that directory to one of the bank's own, point --rules or "
+                "LOYALTY_RULES at it, and activate there", [], as_json, code="shipped-rules")
     minimum_lead = parse_duration(lead, as_json, "--lead")
 
     def checks() -> tuple[activation.Candidate, datetime | None, bool]:

@@ -323,3 +323,12 @@ def test_activation_refuses_what_no_service_would_load_and_installs_a_readable_f
     result = run_cli("rules", "activate", str(other), rules=rules_dir, db_url=unreachable)
     assert result.returncode == 2 and "cannot ask the database" in result.stderr + result.stdout
     assert not (rules_dir / other.name).exists()
+
+
+def test_activating_into_the_programme_shipped_with_the_package_is_refused(tmp_path):
+    draft = tmp_path / "next.yaml"
+    draft.write_text(version_text("2035.1", datetime(2035, 1, 1, tzinfo=UTC)))
+    before = sorted(path.name for path in RULES.iterdir())
+    answer = cli_json("rules", "activate", str(draft), db_url=f"sqlite:///{tmp_path / 'none.db'}", expect_code=1)
+    assert answer["code"] == "shipped-rules" and "LOYALTY_RULES" in answer["reason"]
+    assert sorted(path.name for path in RULES.iterdir()) == before
