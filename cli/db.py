@@ -15,7 +15,8 @@ from service.database import SchemaBusyError, SchemaMissingError, revision_histo
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 db_app = typer.Typer(help="The database's schema: upgrade it to this release (`loyalty db upgrade`), see its "
-                          "revision (`current`) and the migrations this release ships (`history`).",
+                          "revision (`current`) and the migrations this release ships (`history`). After installing "
+                          "a new release: `loyalty db current || loyalty db upgrade`.",
                      no_args_is_help=True)
 
 
