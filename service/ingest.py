@@ -44,7 +44,7 @@ from service.instant_upgrades import apply_instant_upgrades
 from service.retry import with_retry
 from service.rules_watcher import RulesWatcher
 from storage import clients as client_store
-from storage import ledger
+from storage import ledger, metric_totals
 from storage.clients import ClientRecord
 from storage.db import write_transaction
 from storage.ledger import Provenance
@@ -430,6 +430,7 @@ class _BatchWriter:
         client_store.update_profiles(self.conn, list(self.changed_profiles.values()))
         client_store.insert_tier_assignments(self.conn, self.tier_rows)
         client_store.insert_processed(self.conn, self.processed)
+        metric_totals.record(self.conn, [metric_totals.fact(row) for row in self.processed])
         ledger.append(self.conn, self.entries)
         if self.earning:
             last = max(self.earning, key=lambda item: item.event.occurred_at)

@@ -15,7 +15,7 @@ from storage import clients as client_store
 from storage import ledger
 from storage.db import write_transaction
 from storage.ledger import Provenance
-from storage import lots
+from storage import lots, metric_totals
 from storage.lots import WRITE_OFF
 from storage.models import Entitlement, EventReversal, ProcessedEvent
 
@@ -56,6 +56,7 @@ def _reverse(engine: Engine, event_id: str, reason: str, clock: Clock) -> Revers
                                   points_written_off=0)
         now = clock()
         conn.execute(insert(reversals).values(event_id=event_id, reversed_at=now, reason=reason))
+        metric_totals.rebuild(conn, [event.client_id])  # the event no longer counts in its client's metrics
         originals = [row for row in ledger.event_entries(conn, event_id)
                      if row["reason"] in (Reason.EARN, Reason.GRANT) and row["reverses_entry_id"] is None]
         grant_ids = [row["id"] for row in originals if row["reason"] == Reason.GRANT]

@@ -1,96 +1,176 @@
-"""Client metrics computed in the database, set-based: a few GROUP BY queries for every client at once."""
+"""Client metrics read in the database, set-based: a few GROUP BY queries over the monthly totals for every client at once."""
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Connection, and_, case, func, select
+from sqlalchemy import Connection, and_, case, func, or_, select
 
-from engine.context import ONBOARDING_EVENT, whole_months
+from engine.context import whole_months
 from engine.events import minor_unit_exponent
+from engine.metric_totals import Fact, MonthTotals, combine, fold, month_start, next_month_start
 from engine.metrics import Values
 from rewards.caps import months_before
-from storage.models import Client, EventReversal, ProcessedEvent
+from storage.metric_totals import FACT_COLUMNS, MONTH, PRODUCT
+from storage.models import EventReversal, ProcessedEvent
 from storage.types import as_utc
 
 EVENTS = ProcessedEvent.__table__
 REVERSAL = EventReversal.__table__
-CLIENT = Client.__table__
 
 
 def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, window_months: int, currency: str,
                    client_ids: list[str] | None = None) -> dict[str, Values]:
     """Every metric of the registry for each client (or the named ones), from events in (window_start, as_of].
 
+    Read from the monthly totals (storage/metric_totals.py): the months wholly inside a window, plus the
+    events themselves of the partial months at its edges, so the cost does not grow with the history.
     Values are exact decimals (ratios and averages are not rounded, so a threshold is never met by rounding).
     """
-    live = and_(EVENTS.c.occurred_at <= as_of, EVENTS.c.event_id.not_in(select(REVERSAL.c.event_id)))
-    if client_ids is not None:
-        live = and_(live, EVENTS.c.client_id.in_(client_ids))
-    recent = EVENTS.c.occurred_at > window_start
-
-    def count(*conditions) -> object:  # noqa: ANN002
-        return func.sum(case((and_(recent, *conditions), 1), else_=0))
-
-    def total(type_: str, period=recent) -> object:  # noqa: ANN001 - an SQL condition
-        return func.sum(case((and_(period, EVENTS.c.type == type_), EVENTS.c.amount_minor), else_=0))
-
-    previous = and_(EVENTS.c.occurred_at > months_before(window_start, window_months), EVENTS.c.occurred_at <= window_start)
-
-    is_type = EVENTS.c.type.__eq__
-    aggregates = select(
-        EVENTS.c.client_id,
-        total("loan.drawn").label("loan_volume"),
-        count(is_type("loan.drawn")).label("drawdown_count"),
-        count(is_type("repayment.made")).label("repayments"),
-        count(is_type("repayment.made"), EVENTS.c.number == 0).label("on_time"),
-        count(is_type("repayment.made"), EVENTS.c.number > 0).label("late_repayments"),
-        func.count(case((is_type("product.purchased"), EVENTS.c.label)).distinct()).label("products_held"),
-        count(is_type("referral.converted")).label("referrals"),
-        count(is_type("event.attended")).label("events_attended"),
-        func.min(case((is_type(ONBOARDING_EVENT), EVENTS.c.occurred_at))).label("onboarded_at"),
-        func.min(EVENTS.c.occurred_at).label("first_event_at"),
-        total("loan.drawn", previous).label("previous_loan_volume"),
-        func.max(case((EVENTS.c.type.in_(("loan.drawn", "repayment.made")), EVENTS.c.occurred_at))).label("last_loan_activity"),
-    ).where(live).group_by(EVENTS.c.client_id)
-
-    ranked = select(EVENTS.c.client_id, EVENTS.c.number, func.row_number().over(
-        partition_by=EVENTS.c.client_id, order_by=(EVENTS.c.occurred_at.desc(), EVENTS.c.event_id.desc())
-    ).label("position")).where(live, recent, is_type("survey.answered")).subquery()
-    latest_nps = dict(conn.execute(select(ranked.c.client_id, ranked.c.number).where(ranked.c.position == 1)).all())
-
+    previous_start = months_before(window_start, window_months)
+    full = _full_months(window_start, as_of)
+    full_before = _full_months(previous_start, window_start)
     # Deposits: the latest report of each calendar month of the window (a restated month counts once).
     # Exactly `window_months` calendar months, ending with the month of the last instant before as_of.
     last = as_of - timedelta(microseconds=1)
-    first_month, last_month = f"{months_before(last, window_months - 1):%Y-%m}", f"{last:%Y-%m}"
-    reports = select(EVENTS.c.client_id, EVENTS.c.amount_minor, func.row_number().over(
-        partition_by=(EVENTS.c.client_id, EVENTS.c.label),
-        order_by=(EVENTS.c.occurred_at.desc(), EVENTS.c.event_id.desc())).label("position")).where(
-        live, is_type("deposit.reported"), EVENTS.c.label >= first_month, EVENTS.c.label <= last_month).subquery()
-    deposits = dict(conn.execute(select(reports.c.client_id, func.sum(reports.c.amount_minor))
-                                 .where(reports.c.position == 1).group_by(reports.c.client_id)).all())
+    labels = (f"{months_before(last, window_months - 1):%Y-%m}", f"{last:%Y-%m}")
+    stored = _stored_totals(conn, full, full_before, labels, as_of, client_ids)
+    window_edges: dict[str, list[MonthTotals]] = defaultdict(list)
+    earlier_edges: dict[str, list[MonthTotals]] = defaultdict(list)
+    edges = _edge_facts(conn, [(previous_start, next_month_start(previous_start)),
+                               (month_start(window_start), next_month_start(window_start)),
+                               (month_start(as_of), as_of)], client_ids)
+    for (client_id, _), part in fold(f for f in edges if window_start < f.occurred_at <= as_of).items():
+        window_edges[client_id].append(part)
+    for (client_id, _), part in fold(f for f in edges if previous_start < f.occurred_at <= window_start).items():
+        earlier_edges[client_id].append(part)
+    stale = [client_id for client_id, row in stored.items() if row.stale_deposits]
+    deposits = {client_id: row.deposits for client_id, row in stored.items()}
+    deposits.update(_deposits_from_events(conn, as_of, labels, stale))
 
     scale = Decimal(1).scaleb(-minor_unit_exponent(currency))
     metrics: dict[str, Values] = {}
-    for row in conn.execute(aggregates):
-        since = row.onboarded_at or row.first_event_at
-        metrics[row.client_id] = {
-            "loan_volume": Decimal(row.loan_volume or 0) * scale,
-            "drawdown_count": Decimal(row.drawdown_count or 0),
-            "on_time_repayment_ratio": Decimal(row.on_time) / Decimal(row.repayments) if row.repayments else None,
-            "late_repayments": Decimal(row.late_repayments or 0),
-            "products_held": Decimal(row.products_held or 0),
-            "tenure_months": Decimal(whole_months(as_utc(since), as_of)),
-            "average_deposit_balance": Decimal(deposits.get(row.client_id) or 0) * scale / window_months,
-            "latest_nps": Decimal(latest_nps[row.client_id]) if row.client_id in latest_nps else None,
-            "referrals": Decimal(row.referrals or 0),
-            "events_attended": Decimal(row.events_attended or 0),
-            "days_since_loan_activity": Decimal((as_of - as_utc(row.last_loan_activity)).days)
-            if row.last_loan_activity else None,
-            "loan_volume_change": Decimal(row.loan_volume or 0) / Decimal(row.previous_loan_volume) - 1
-            if row.previous_loan_volume else None,
+    for client_id in stored.keys() | window_edges.keys() | earlier_edges.keys():
+        row = stored.get(client_id)
+        window = combine([row.window, *window_edges[client_id]] if row else window_edges[client_id])
+        ever = combine([row.ever, window, *earlier_edges[client_id]] if row
+                       else [window, *earlier_edges[client_id]])
+        if not ever.events:
+            continue  # every event of the client was reversed, or came after as_of
+        before = (row.previous_loan_minor if row else 0) + sum(part.loan_minor for part in earlier_edges[client_id])
+        since = ever.onboarded_at or ever.first_event_at
+        metrics[client_id] = {
+            "loan_volume": Decimal(window.loan_minor) * scale,
+            "drawdown_count": Decimal(window.drawdowns),
+            "on_time_repayment_ratio": Decimal(window.on_time) / Decimal(window.repayments) if window.repayments
+            else None,
+            "late_repayments": Decimal(window.late),
+            "products_held": Decimal(row.products if row else 0),
+            "tenure_months": Decimal(whole_months(since, as_of)),  # type: ignore[arg-type]
+            "average_deposit_balance": Decimal(deposits.get(client_id) or 0) * scale / window_months,
+            "latest_nps": Decimal(window.nps) if window.nps is not None else None,
+            "referrals": Decimal(window.referrals),
+            "events_attended": Decimal(window.attended),
+            "days_since_loan_activity": Decimal((as_of - ever.last_loan_activity).days)
+            if ever.last_loan_activity else None,
+            "loan_volume_change": Decimal(window.loan_minor) / Decimal(before) - 1 if before else None,
         }
     return metrics
+
+
+@dataclass
+class _Stored:
+    """What the stored monthly totals give one client."""
+
+    window: MonthTotals = field(default_factory=MonthTotals)  # the window's whole months
+    ever: MonthTotals = field(default_factory=MonthTotals)  # every whole month before as_of's own
+    previous_loan_minor: int = 0  # the window before's whole months
+    deposits: int = 0
+    stale_deposits: int = 0  # months whose latest report came after as_of: read from the events instead
+    products: int = 0
+
+
+def _full_months(start: datetime, end: datetime) -> tuple[str, str]:
+    """The months wholly inside (start, end], as a half-open range of month keys [first, after last)."""
+    return f"{next_month_start(start):%Y-%m}", f"{month_start(end):%Y-%m}"
+
+
+def _stored_totals(conn: Connection, full: tuple[str, str], full_before: tuple[str, str], labels: tuple[str, str],
+                   as_of: datetime, client_ids: list[str] | None) -> dict[str, _Stored]:
+    in_window = and_(MONTH.c.month >= full[0], MONTH.c.month < full[1])
+    in_before = and_(MONTH.c.month >= full_before[0], MONTH.c.month < full_before[1])
+    ever = MONTH.c.month < full[1]
+    reported = and_(MONTH.c.month >= labels[0], MONTH.c.month <= labels[1], MONTH.c.deposit_at.is_not(None))
+
+    def total(column, condition=in_window) -> object:  # noqa: ANN001 - SQL expressions
+        return func.sum(case((condition, column), else_=0))
+
+    counters = ("loan_minor", "drawdowns", "repayments", "on_time", "late", "referrals", "attended")
+    query = select(MONTH.c.client_id, *(total(MONTH.c[name]) for name in counters), total(MONTH.c.events, ever),
+                   func.min(case((ever, MONTH.c.first_event_at))), func.min(case((ever, MONTH.c.onboarded_at))),
+                   func.max(case((ever, MONTH.c.last_loan_activity))), total(MONTH.c.loan_minor, in_before),
+                   total(MONTH.c.deposit_minor, and_(reported, MONTH.c.deposit_at <= as_of)),
+                   total(1, and_(reported, MONTH.c.deposit_at > as_of))) \
+        .where(MONTH.c.month <= max(full[1], labels[1])).group_by(MONTH.c.client_id)
+    nps = select(MONTH.c.client_id, MONTH.c.nps_at, MONTH.c.nps_event_id, MONTH.c.nps, func.row_number().over(
+        partition_by=MONTH.c.client_id, order_by=(MONTH.c.nps_at.desc(), MONTH.c.nps_event_id.desc()))
+        .label("position")).where(in_window, MONTH.c.nps_at.is_not(None))
+    products = select(PRODUCT.c.client_id, func.count()).where(PRODUCT.c.first_at <= as_of) \
+        .group_by(PRODUCT.c.client_id)
+    if client_ids is not None:
+        query, nps = query.where(MONTH.c.client_id.in_(client_ids)), nps.where(MONTH.c.client_id.in_(client_ids))
+        products = products.where(PRODUCT.c.client_id.in_(client_ids))
+    stored: dict[str, _Stored] = {}
+    for client_id, *sums, events, first, onboarded, last, before, deposits, stale in conn.execute(query):
+        window = MonthTotals(0, *(int(value or 0) for value in sums))
+        ever = MonthTotals(int(events or 0), first_event_at=_moment(first), onboarded_at=_moment(onboarded),
+                           last_loan_activity=_moment(last))
+        stored[client_id] = _Stored(window, ever, int(before or 0), int(deposits or 0), int(stale or 0))
+    ranked = nps.subquery()
+    for client_id, at, event_id, value in conn.execute(select(ranked.c.client_id, ranked.c.nps_at,
+                                                              ranked.c.nps_event_id, ranked.c.nps)
+                                                       .where(ranked.c.position == 1)):
+        if client_id in stored:
+            window = stored[client_id].window
+            window.nps_at, window.nps_event_id, window.nps = _moment(at), event_id, value
+    for client_id, count in conn.execute(products):
+        stored.setdefault(client_id, _Stored()).products = count
+    return stored
+
+
+def _moment(value: datetime | str | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+def _edge_facts(conn: Connection, spans: list[tuple[datetime, datetime]], client_ids: list[str] | None) -> list[Fact]:
+    """The live events in the spans (start, end] that are not empty: the partial months at a window's edges."""
+    spans = [(start, end) for start, end in spans if end > start]
+    if not spans:
+        return []
+    query = select(*FACT_COLUMNS).where(
+        or_(*(and_(EVENTS.c.occurred_at > start, EVENTS.c.occurred_at <= end) for start, end in spans)),
+        EVENTS.c.event_id.not_in(select(REVERSAL.c.event_id)))
+    if client_ids is not None:
+        query = query.where(EVENTS.c.client_id.in_(client_ids))
+    return [Fact(row[0], row[1], row[2], as_utc(row[3]), *row[4:]) for row in conn.execute(query)]
+
+
+def _deposits_from_events(conn: Connection, as_of: datetime, labels: tuple[str, str],
+                          client_ids: list[str]) -> dict[str, int]:
+    """The window's deposits summed from the reports themselves: the latest of each month known at as_of."""
+    if not client_ids:
+        return {}
+    live = and_(EVENTS.c.occurred_at <= as_of, EVENTS.c.event_id.not_in(select(REVERSAL.c.event_id)),
+                EVENTS.c.client_id.in_(client_ids))
+    reports = select(EVENTS.c.client_id, EVENTS.c.amount_minor, func.row_number().over(
+        partition_by=(EVENTS.c.client_id, EVENTS.c.label),
+        order_by=(EVENTS.c.occurred_at.desc(), EVENTS.c.event_id.desc())).label("position")).where(
+        live, EVENTS.c.type == "deposit.reported", EVENTS.c.label >= labels[0], EVENTS.c.label <= labels[1]).subquery()
+    return {client_id: int(total or 0) for client_id, total in conn.execute(
+        select(reports.c.client_id, func.sum(reports.c.amount_minor)).where(reports.c.position == 1)
+        .group_by(reports.c.client_id))}
 
 
 def volume_by_product(conn: Connection, client_ids: list[str], start: datetime, end: datetime) -> dict[str, dict[str, int]]:

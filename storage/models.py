@@ -331,6 +331,44 @@ class IdempotencyRecord(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class ClientMonth(SQLModel, table=True):
+    """One client's events of one calendar month folded for the metrics (engine/metric_totals.py): kept in
+    the transaction that applies the events, rebuilt for the client when one is reversed; `ledger
+    verify` rebuilds them all from the events and compares. Not append-only: a projection."""
+
+    __tablename__ = "client_month"
+
+    client_id: str = Field(primary_key=True, max_length=64)
+    month: str = Field(primary_key=True, max_length=7)  # YYYY-MM: events in (its first instant, the next month's]
+    events: int = 0
+    loan_minor: int = Field(default=0, sa_type=BigInteger)
+    drawdowns: int = 0
+    repayments: int = 0
+    on_time: int = 0
+    late: int = 0
+    referrals: int = 0
+    attended: int = 0
+    first_event_at: datetime | None = _ts(default=None)
+    onboarded_at: datetime | None = _ts(default=None)
+    last_loan_activity: datetime | None = _ts(default=None)
+    nps_at: datetime | None = _ts(default=None)
+    nps_event_id: str | None = Field(default=None, max_length=128)
+    nps: int | None = Field(default=None, sa_type=BigInteger)
+    deposit_at: datetime | None = _ts(default=None)  # the latest report OF this month, whenever it arrived
+    deposit_event_id: str | None = Field(default=None, max_length=128)
+    deposit_minor: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class ClientProduct(SQLModel, table=True):
+    """A non-loan product a client took up, with its first purchase not reversed (the products_held metric)."""
+
+    __tablename__ = "client_product"
+
+    client_id: str = Field(primary_key=True, max_length=64)
+    product: str = Field(primary_key=True, max_length=64)
+    first_at: datetime = _ts()
+
+
 class SchemaInfo(SQLModel, table=True):
     """Facts about the database itself (benchmarks record their seeds here). Databases created before
     migrations also hold `schema_version` 3 here: the baseline revision (see storage/migrations)."""
@@ -343,5 +381,5 @@ class SchemaInfo(SQLModel, table=True):
 
 # The migration revisions (storage/migrations/versions), oldest first: the last is the schema these
 # models describe. Kept here so checking a database's revision needs no Alembic (a test compares them).
-SCHEMA_REVISIONS = ("0001_baseline", "0002_bigint_ids")
+SCHEMA_REVISIONS = ("0001_baseline", "0002_bigint_ids", "0004_client_totals")
 SCHEMA_VERSION = SCHEMA_REVISIONS[-1]

@@ -31,12 +31,20 @@ def loyalty(db_url: str, *args: str, code: int = 0) -> dict | list:
     return json.loads(result.stdout)
 
 
-def at_baseline(db_url: str, before_migrations: bool = False):
+def at_baseline(db_url: str, before_migrations: bool = False, programmes=None):  # noqa: ANN001
     """An engine on a database at the baseline revision; `before_migrations`: as release 0.1's
-    init_schema left it (no alembic_version; loyalty_meta.schema_version 3)."""
+    init_schema left it (no alembic_version; loyalty_meta.schema_version 3). With `programmes`, it holds
+    a demo portfolio: made by today's ingest at head, then taken down to the baseline by the migrations'
+    own downgrades (today's ingest writes tables release 0.1 did not have)."""
     engine = make_engine(db_url)
+    if programmes is not None:
+        init_schema(engine)
+        run_demo(engine, programmes, clients=12, months=6, seed=3)
     with write_transaction(engine) as conn:
-        migrations.upgrade(conn, target=BASELINE)
+        if programmes is not None:
+            migrations.downgrade(conn, BASELINE)
+        else:
+            migrations.upgrade(conn, target=BASELINE)
         if before_migrations:
             conn.execute(text("DROP TABLE alembic_version"))
             conn.execute(SchemaInfo.__table__.insert().values(key="schema_version", value="3"))
@@ -51,8 +59,7 @@ def snapshot(engine) -> dict:
 
 
 def test_release_0_1_database_with_data_is_upgraded_to_head(db_url, programmes):
-    engine = at_baseline(db_url, before_migrations=True)
-    run_demo(engine, programmes, clients=12, months=6, seed=3)
+    engine = at_baseline(db_url, before_migrations=True, programmes=programmes)
     before = snapshot(engine)
     assert before["ledger_entry"] and before["tier_assignment"]
 

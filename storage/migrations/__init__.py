@@ -71,6 +71,11 @@ def upgrade(connection: Connection, stamp_first: str | None = None, target: str 
     command.upgrade(config, target)
 
 
+def downgrade(connection: Connection, target: str) -> None:
+    """Undo the revisions after `target`, in the connection's transaction (tests make old databases this way)."""
+    command.downgrade(_config(connection), target)
+
+
 def history() -> list[Revision]:
     """Every revision, oldest first."""
     scripts = ScriptDirectory.from_config(_config())
