@@ -71,6 +71,7 @@ class MonthTotals:
     referrals: int = 0
     attended: int = 0
     first_event_at: datetime | None = None
+    last_event_at: datetime | None = None
     onboarded_at: datetime | None = None  # the month's first onboarding
     last_loan_activity: datetime | None = None
     nps_at: datetime | None = None  # the month's latest survey answer (by moment, then event id)
@@ -95,6 +96,8 @@ def add(totals: dict[tuple[str, str], MonthTotals], fact: Fact) -> None:
     month.events += 1
     if month.first_event_at is None or at < month.first_event_at:
         month.first_event_at = at
+    if month.last_event_at is None or at > month.last_event_at:
+        month.last_event_at = at
     kind = fact.type
     if kind == "loan.drawn":
         month.loan_minor += fact.amount_minor or 0
@@ -154,6 +157,8 @@ def combine(parts: Iterable[MonthTotals]) -> MonthTotals:
             setattr(total, name, getattr(total, name) + getattr(part, name))
         total.first_event_at = _earliest(total.first_event_at, part.first_event_at)
         total.onboarded_at = _earliest(total.onboarded_at, part.onboarded_at)
+        if part.last_event_at is not None and (total.last_event_at is None or part.last_event_at > total.last_event_at):
+            total.last_event_at = part.last_event_at
         if part.last_loan_activity is not None and (total.last_loan_activity is None
                                                     or part.last_loan_activity > total.last_loan_activity):
             total.last_loan_activity = part.last_loan_activity

@@ -11,13 +11,14 @@ from sqlalchemy import Connection, bindparam, func, insert, select, union_all, u
 from engine.context import ONBOARDING_EVENT
 from rewards.kinds import Reason
 from storage.types import as_utc
-from storage.models import Client, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
+from storage.models import Client, ClientMonth, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
 CLIENT = Client.__table__
 TIER = TierAssignment.__table__
 PROCESSED = ProcessedEvent.__table__
 REVERSAL = EventReversal.__table__
 ENTRY = LedgerEntry.__table__
+MONTH = ClientMonth.__table__
 
 
 @dataclass
@@ -155,9 +156,9 @@ def tiers_as_of(conn: Connection, as_of: datetime, client_ids: list[str] | None 
 
 
 def last_activity(conn: Connection, client_ids: list[str] | None = None) -> dict[str, datetime]:
-    """The time of each client's latest applied event that was not reversed."""
-    query = select(PROCESSED.c.client_id, func.max(PROCESSED.c.occurred_at)) \
-        .where(PROCESSED.c.event_id.not_in(select(REVERSAL.c.event_id))).group_by(PROCESSED.c.client_id)
+    """The time of each client's latest applied event that was not reversed (from its monthly totals)."""
+    query = select(MONTH.c.client_id, func.max(MONTH.c.last_event_at)).where(MONTH.c.last_event_at.is_not(None)) \
+        .group_by(MONTH.c.client_id)
     if client_ids is not None:
-        query = query.where(PROCESSED.c.client_id.in_(client_ids))
+        query = query.where(MONTH.c.client_id.in_(client_ids))
     return {client_id: as_utc(latest) for client_id, latest in conn.execute(query)}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Connection, and_, case, func, or_, select
+from sqlalchemy import Connection, and_, case, func, select, union_all
 
 from engine.context import whole_months
 from engine.events import minor_unit_exponent
@@ -146,14 +146,15 @@ def _moment(value: datetime | str | None) -> datetime | None:
 
 def _edge_facts(conn: Connection, spans: list[tuple[datetime, datetime]], client_ids: list[str] | None) -> list[Fact]:
     """The live events in the spans (start, end] that are not empty: the partial months at a window's edges."""
-    spans = [(start, end) for start, end in spans if end > start]
-    if not spans:
+    parts = []
+    for start, end in spans:
+        if end > start:  # one indexed range (client, time) per span: an OR of them reads every event of the client
+            part = select(*FACT_COLUMNS).where(EVENTS.c.occurred_at > start, EVENTS.c.occurred_at <= end,
+                                               EVENTS.c.event_id.not_in(select(REVERSAL.c.event_id)))
+            parts.append(part.where(EVENTS.c.client_id.in_(client_ids)) if client_ids is not None else part)
+    if not parts:
         return []
-    query = select(*FACT_COLUMNS).where(
-        or_(*(and_(EVENTS.c.occurred_at > start, EVENTS.c.occurred_at <= end) for start, end in spans)),
-        EVENTS.c.event_id.not_in(select(REVERSAL.c.event_id)))
-    if client_ids is not None:
-        query = query.where(EVENTS.c.client_id.in_(client_ids))
+    query = union_all(*parts) if len(parts) > 1 else parts[0]
     return [Fact(row[0], row[1], row[2], as_utc(row[3]), *row[4:]) for row in conn.execute(query)]
 
 

@@ -187,7 +187,9 @@ class ProcessedEvent(SQLModel, table=True):
 
     __tablename__ = "processed_event"
     __table_args__ = (Index("ix_processed_event_occurred", "occurred_at"),
-                      Index("ix_processed_event_client_type", "client_id", "type", "occurred_at"))
+                      Index("ix_processed_event_client_type", "client_id", "type", "occurred_at"),
+                      # A client's events of a span (the partial months at a metric window's edges).
+                      Index("ix_processed_event_client_time", "client_id", "occurred_at"))
 
     event_id: str = Field(primary_key=True, max_length=128)
     client_id: str = Field(max_length=64)
@@ -349,6 +351,7 @@ class ClientMonth(SQLModel, table=True):
     referrals: int = 0
     attended: int = 0
     first_event_at: datetime | None = _ts(default=None)
+    last_event_at: datetime | None = _ts(default=None)
     onboarded_at: datetime | None = _ts(default=None)
     last_loan_activity: datetime | None = _ts(default=None)
     nps_at: datetime | None = _ts(default=None)

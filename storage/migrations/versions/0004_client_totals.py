@@ -1,4 +1,5 @@
-"""Per-client monthly totals for the metrics, filled from the events already applied.
+"""Per-client monthly totals for the metrics, filled from the events already applied, and an index of
+each client's events by time (for the partial months at a window's edges).
 
 Until this revision every measurement of a client (instant upgrades at each ingest batch, reviews,
 explain) summed its whole event history; from it, the metrics read the months wholly inside a window
@@ -34,8 +35,8 @@ def upgrade() -> None:
         sa.Column("loan_minor", sa.BigInteger(), nullable=False),
         *(sa.Column(name, sa.Integer(), nullable=False)
           for name in ("drawdowns", "repayments", "on_time", "late", "referrals", "attended")),
-        *(sa.Column(name, _MOMENT, nullable=True) for name in ("first_event_at", "onboarded_at", "last_loan_activity",
-                                                               "nps_at")),
+        *(sa.Column(name, _MOMENT, nullable=True)
+          for name in ("first_event_at", "last_event_at", "onboarded_at", "last_loan_activity", "nps_at")),
         sa.Column("nps_event_id", sa.String(length=128), nullable=True),
         sa.Column("nps", sa.BigInteger(), nullable=True),
         sa.Column("deposit_at", _MOMENT, nullable=True),
@@ -50,6 +51,7 @@ def upgrade() -> None:
         sa.Column("first_at", _MOMENT, nullable=False),
         sa.PrimaryKeyConstraint("client_id", "product"),
     )
+    op.create_index("ix_processed_event_client_time", "processed_event", ["client_id", "occurred_at"])
     # The fold is the product's own (the same code ingest runs), so the rows match what ingest would write.
     from storage.metric_totals import rebuild
     rebuild(op.get_bind())
@@ -57,5 +59,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Drop the totals (the metrics can no longer be read without them: downgrade the code too)."""
+    op.drop_index("ix_processed_event_client_time", "processed_event")
     op.drop_table("client_product")
     op.drop_table("client_month")
