@@ -166,39 +166,63 @@ class Ingestor:
             lines = bounded_lines(lines)  # type: ignore[arg-type]
         report = IngestReport()
         for chunk in _chunks(enumerate(lines, start=1), self.batch_size):  # type: ignore[arg-type]
-            if self.rules is not None and self.rules.refresh():
-                self.programmes = self.rules.current()
-            decided: list[Outcome] = []
-            raw_items = []
-            for number, line in chunk:
-                try:
-                    raw = _parse_line(line, first=number == 1)
-                except EventError as exc:
-                    decided.append(Outcome(number, None, REJECTED, str(exc), exc.field))
-                except Exception:  # noqa: BLE001 - one line must never stop the others
-                    log.exception("line %d could not be parsed", number)
-                    decided.append(Outcome(number, None, REJECTED, INTERNAL_ERROR))
-                else:
-                    if raw is not None:
-                        raw_items.append((number, raw))
-            outcomes, pending = self._check(raw_items)
-            try:
-                self._apply_checked(raw_items, outcomes, pending)
-            finally:
-                decided.extend(outcome for outcome in outcomes if outcome is not None)
-                decided.sort(key=lambda outcome: outcome.line)
-                if rejects is not None:
-                    originals = dict(chunk)
-                    for outcome in decided:
-                        if outcome.status == REJECTED:
-                            rejects(outcome, originals[outcome.line])
-            for outcome in decided:
+            for outcome in self.ingest_chunk(chunk, rejects):
                 report.add(outcome)
-            telemetry.count_events("ingest", decided)
             if progress:
                 progress(len(chunk))
         report.errors.sort(key=lambda error: error["line"])
         return report
+
+    def ingest_chunk(self, chunk: list[tuple[int, InputLine]], rejects: RejectSink | None = None,
+                     moment: datetime | None = None) -> list[Outcome]:
+        """Apply numbered input lines as one batch; the outcome of each non-blank line, in line order.
+
+        `moment` is when the batch's instant upgrades are measured (default: its latest valid event
+        under a programme in force); a share of a larger batch applied elsewhere passes that batch's.
+        """
+        if self.rules is not None and self.rules.refresh():
+            self.programmes = self.rules.current()
+        decided: list[Outcome] = []
+        raw_items = []
+        for number, line in chunk:
+            try:
+                raw = _parse_line(line, first=number == 1)
+            except EventError as exc:
+                decided.append(Outcome(number, None, REJECTED, str(exc), exc.field))
+            except Exception:  # noqa: BLE001 - one line must never stop the others
+                log.exception("line %d could not be parsed", number)
+                decided.append(Outcome(number, None, REJECTED, INTERNAL_ERROR))
+            else:
+                if raw is not None:
+                    raw_items.append((number, raw))
+        outcomes, pending = self._check(raw_items)
+        try:
+            self._apply_checked(raw_items, outcomes, pending, moment)
+        finally:
+            decided.extend(outcome for outcome in outcomes if outcome is not None)
+            decided.sort(key=lambda outcome: outcome.line)
+            if rejects is not None:
+                originals = dict(chunk)
+                for outcome in decided:
+                    if outcome.status == REJECTED:
+                        rejects(outcome, originals[outcome.line])
+        telemetry.count_events("ingest", decided)
+        return decided
+
+    def batch_moment(self, chunk: list[tuple[int, InputLine]]) -> datetime | None:
+        """The moment ingest_chunk measures a chunk's instant upgrades at: its latest valid event under a
+        programme in force (None: it has none). Reads and validates the lines, writes nothing."""
+        moments = []
+        for number, line in chunk:
+            try:
+                raw = _parse_line(line, first=number == 1)
+                if raw is not None:
+                    event, _, earns = self._validate(raw)
+                    if earns:
+                        moments.append(event.occurred_at)
+            except Exception:  # noqa: BLE001, S112 - a line that does not validate has no moment; ingest says why
+                continue
+        return max(moments, default=None)
 
     def ingest_raw(self, items: list[tuple[int, dict]]) -> list[Outcome]:
         """Validate and apply parsed JSON objects given with their line numbers; one outcome per item, in order."""
@@ -243,11 +267,12 @@ class Ingestor:
         return outcomes, pending
 
     def _apply_checked(self, items: list[tuple[int, dict]], outcomes: list[Outcome | None],
-                       pending: list[_Pending]) -> None:
+                       pending: list[_Pending], moment: datetime | None = None) -> None:
         """Apply the valid items in batches, filling in their outcomes batch by batch."""
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start:start + self.batch_size]
-            for item, (status, error) in zip(batch, self._apply(batch), strict=True):
+            at = moment or max((item.event.occurred_at for item in batch if item.earns), default=None)
+            for item, (status, error) in zip(batch, self._apply(batch, at), strict=True):
                 outcomes[item.position] = Outcome(items[item.position][0], item.event.id, status, error)
 
     def _validate(self, raw: dict) -> tuple[Event, CompiledProgramme, bool]:
@@ -259,30 +284,32 @@ class Ingestor:
         earns = envelope.occurred_at >= programme.effective_from
         return typed_event(envelope, programme.model.event_types, programme.currency), programme, earns
 
-    def _apply(self, batch: list[_Pending]) -> list[tuple[str, str | None]]:
+    def _apply(self, batch: list[_Pending], moment: datetime | None) -> list[tuple[str, str | None]]:
         """Apply a batch in one transaction; if it fails for a reason other than the database being
         unreachable, apply its events one by one so only the event at fault is rejected."""
         try:
-            return with_retry(lambda: self._apply_batch(batch))
+            return with_retry(lambda: self._apply_batch(batch, moment))
         except OperationalError:
             raise  # the database is down or locked for too long: nothing more can be stored
         except Exception as exc:  # noqa: BLE001 - whatever failed, the other events must still be applied
             if len(batch) > 1:
-                return [result for item in batch for result in self._apply([item])]
+                return [result for item in batch for result in self._apply([item], moment)]
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return [(REJECTED, f"could not be stored ({type(exc).__name__}): {reason}")]
 
-    def _apply_batch(self, batch: list[_Pending]) -> list[tuple[str, str | None]]:
+    def _apply_batch(self, batch: list[_Pending], moment: datetime | None) -> list[tuple[str, str | None]]:
         with write_transaction(self.engine) as conn:
-            return _BatchWriter(conn, self.clock()).apply(batch)
+            return _BatchWriter(conn, self.clock(), moment, self.programmes).apply(batch)
 
 
 class _BatchWriter:
     """Decides and writes one batch inside one transaction."""
 
-    def __init__(self, conn: Connection, now: datetime):
+    def __init__(self, conn: Connection, now: datetime, moment: datetime | None, programmes: ProgrammeSet):
         self.conn = conn
         self.now = now
+        self.moment = moment  # when the batch's instant upgrades are measured
+        self.programmes = programmes
         self.entries: list[dict] = []
         self.processed: list[dict] = []
         self.tier_rows: list[dict] = []
@@ -432,10 +459,9 @@ class _BatchWriter:
         client_store.insert_processed(self.conn, self.processed)
         metric_totals.record(self.conn, [metric_totals.fact(row) for row in self.processed])
         ledger.append(self.conn, self.entries)
-        if self.earning:
-            last = max(self.earning, key=lambda item: item.event.occurred_at)
-            apply_instant_upgrades(self.conn, last.programme, sorted({i.event.client_id for i in self.earning}),
-                                   last.event.occurred_at, self.now)
+        if self.earning and self.moment is not None:
+            apply_instant_upgrades(self.conn, self.programmes.for_moment(self.moment),
+                                   sorted({i.event.client_id for i in self.earning}), self.moment, self.now)
 
 
 def _repeat(event_id: str, same_content: bool) -> tuple[str, str | None]:

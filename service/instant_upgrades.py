@@ -2,9 +2,11 @@
 `review.instant_upgrade` moves there with that activity, not at the next review.
 
 Checked once per ingest batch, in the batch's transaction, for the clients the batch touched: their
-metrics are measured at the batch's latest event moment (a single event through the API is its own
-batch, so there it is that event's moment), and a move takes effect then, or just after the client's
-latest applied activity if that is later. Pinned clients stay where the pin holds them.
+metrics are measured at the batch's latest valid event moment under a programme in force (a single
+event through the API is its own batch, so there it is that event's moment; a batch shared out among
+ingest processes is measured at the whole batch's moment, so the outcome does not depend on how many
+processes applied it), and a move takes effect then, or just after the client's latest applied
+activity if that is later. Pinned clients stay where the pin holds them.
 """
 from __future__ import annotations
 

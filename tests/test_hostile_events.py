@@ -323,10 +323,10 @@ def test_rejects_file_keeps_what_was_rejected_before_the_database_failed(engine,
 
     real = ingest_module.Ingestor._apply_batch
 
-    def failing(self, batch):
+    def failing(self, batch, moment):
         if any(item.event.id == "doomed" for item in batch):
             raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
-        return real(self, batch)
+        return real(self, batch, moment)
 
     monkeypatch.setattr(ingest_module.Ingestor, "_apply_batch", failing)
     events, rejects = tmp_path / "events.jsonl", tmp_path / "rejects.jsonl"
