@@ -35,6 +35,7 @@ from service.apikeys import SCOPES, create_key, list_keys, revoke_key
 from service.benefits import client_benefits
 from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError, SettingError
 from service.ingest import Ingestor, IngestReport
+from service.parallel_ingest import SharedIngestError, ingest_in_processes
 from service.ledger_audit import ledger_entries, verify_ledger
 from service.rejects import RejectsFile
 from service.profile import client_profile
@@ -202,6 +203,9 @@ def ingest(
         "--rejects", metavar="FILE", dir_okay=False,
         help="Also write every rejected line, unchanged, with its line number, field and reason, to FILE "
              "(NDJSON, replaced if it exists), to correct and ingest again.")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Processes applying the file, the events shared out by client (PostgreSQL only; "
+                            "the outcome is the same as with one).")] = 1,
 ) -> None:
     """Apply client activity events (one JSON object per line).
 
@@ -214,6 +218,9 @@ def ingest(
     FILE is {"line", "id", "field", "error", "input"} (`input_base64` for a line that is not UTF-8; a line
     over 64 KiB keeps its first 64 KiB, with "truncated": true). FILE is written as the run goes: if the
     database fails, it holds every line rejected until then.
+
+    On PostgreSQL, `--workers 4` applies a large file with four processes (each client's events in one of
+    them, in order); rejected lines reach FILE a process's batch at a time.
     """
     settings: Settings = ctx.obj
     watcher = settings.rules_watcher(as_json)
@@ -221,6 +228,8 @@ def ingest(
     ingestor = Ingestor(engine, watcher.current(), batch_size=batch_size, rules=watcher)
     if source != "-" and not Path(source).is_file():
         raise fail(f"no such file: {source}", as_json=as_json)
+    if workers > 1 and engine.dialect.name == "sqlite":
+        raise fail("--workers needs PostgreSQL: SQLite lets one process write at a time", as_json=as_json)
     if rejects is not None and source != "-" and rejects.exists() and rejects.samefile(source):
         raise fail(f"--rejects {rejects} is the input file; name another file", as_json=as_json)
     try:
@@ -228,10 +237,15 @@ def ingest(
     except OSError as exc:
         raise fail(f"cannot write the rejects file {rejects}: {exc.strerror or exc}", as_json=as_json) from None
     try:
-        if source == "-":
+        if workers > 1:
+            report = _ingest_shared(settings, source, workers, batch_size, show_progress=not as_json, rejects=sink)
+        elif source == "-":
             report = ingestor.ingest_lines(sys.stdin.buffer, rejects=sink)
         else:
             report = _ingest_file(ingestor, Path(source), show_progress=not as_json, rejects=sink)
+    except SharedIngestError as exc:
+        kept = f" The {sink.count} lines rejected so far are in {rejects}." if sink is not None else ""
+        raise fail(f"{exc}.{kept}", as_json=as_json) from None
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         kept = f" The {sink.count} lines rejected so far are in {rejects}." if sink is not None else ""
@@ -256,6 +270,15 @@ def ingest(
         if rejects is not None and report.rejected:
             console.print(f"  rejected lines written to {escape(str(rejects))}", highlight=False)
     raise typer.Exit(1 if report.rejected else 0)
+
+
+def _ingest_shared(settings: Settings, source: str, workers: int, batch_size: int, show_progress: bool,
+                   rejects: RejectsFile | None) -> IngestReport:
+    if source == "-":
+        return ingest_in_processes(settings.db_url, settings.rules, sys.stdin.buffer, workers, batch_size,
+                                   rejects=rejects)
+    with Path(source).open("rb") as handle, progress_bar("ingesting", "lines", None, enabled=show_progress) as advance:
+        return ingest_in_processes(settings.db_url, settings.rules, handle, workers, batch_size, advance, rejects)
 
 
 def _ingest_file(ingestor: Ingestor, path: Path, show_progress: bool, rejects: RejectsFile | None) -> IngestReport:

@@ -16,6 +16,7 @@ validating it can only reject it (an unexpected failure there is logged and reje
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -165,7 +166,7 @@ class Ingestor:
         if hasattr(lines, "readline"):
             lines = bounded_lines(lines)  # type: ignore[arg-type]
         report = IngestReport()
-        for chunk in _chunks(enumerate(lines, start=1), self.batch_size):  # type: ignore[arg-type]
+        for chunk in chunks(enumerate(lines, start=1), self.batch_size):  # type: ignore[arg-type]
             for outcome in self.ingest_chunk(chunk, rejects):
                 report.add(outcome)
             if progress:
@@ -209,21 +210,6 @@ class Ingestor:
         telemetry.count_events("ingest", decided)
         return decided
 
-    def batch_moment(self, chunk: list[tuple[int, InputLine]]) -> datetime | None:
-        """The moment ingest_chunk measures a chunk's instant upgrades at: its latest valid event under a
-        programme in force (None: it has none). Reads and validates the lines, writes nothing."""
-        moments = []
-        for number, line in chunk:
-            try:
-                raw = _parse_line(line, first=number == 1)
-                if raw is not None:
-                    event, _, earns = self._validate(raw)
-                    if earns:
-                        moments.append(event.occurred_at)
-            except Exception:  # noqa: BLE001, S112 - a line that does not validate has no moment; ingest says why
-                continue
-        return max(moments, default=None)
-
     def ingest_raw(self, items: list[tuple[int, dict]]) -> list[Outcome]:
         """Validate and apply parsed JSON objects given with their line numbers; one outcome per item, in order."""
         outcomes, pending = self._check(items)
@@ -258,7 +244,7 @@ class Ingestor:
         pending: list[_Pending] = []
         for position, (line, raw) in enumerate(items):
             try:
-                pending.append(_Pending(position, *self._validate(raw)))
+                pending.append(_Pending(position, *validate(raw, self.programmes, self.clock)))
             except EventError as exc:
                 outcomes[position] = Outcome(line, _given_id(raw), REJECTED, str(exc), exc.field)
             except Exception:  # noqa: BLE001 - one item must never stop the others
@@ -274,15 +260,6 @@ class Ingestor:
             at = moment or max((item.event.occurred_at for item in batch if item.earns), default=None)
             for item, (status, error) in zip(batch, self._apply(batch, at), strict=True):
                 outcomes[item.position] = Outcome(items[item.position][0], item.event.id, status, error)
-
-    def _validate(self, raw: dict) -> tuple[Event, CompiledProgramme, bool]:
-        envelope = parse_envelope(raw)
-        if envelope.occurred_at > self.clock() + MAX_CLOCK_SKEW:
-            raise EventError(f"{envelope.occurred_at.isoformat()} is in the future; an event reports what "
-                             "already happened", "occurred_at")
-        programme = self.programmes.for_moment(envelope.occurred_at)
-        earns = envelope.occurred_at >= programme.effective_from
-        return typed_event(envelope, programme.model.event_types, programme.currency), programme, earns
 
     def _apply(self, batch: list[_Pending], moment: datetime | None) -> list[tuple[str, str | None]]:
         """Apply a batch in one transaction; if it fails for a reason other than the database being
@@ -464,6 +441,41 @@ class _BatchWriter:
                                    sorted({i.event.client_id for i in self.earning}), self.moment, self.now)
 
 
+def route(chunk: list[tuple[int, InputLine]], programmes: ProgrammeSet, shares: int,
+          clock: Clock = utc_now) -> tuple[list[list[tuple[int, InputLine]]], datetime | None]:
+    """A chunk of numbered lines shared out by client among `shares` ingest processes (so each client's
+    events stay in order in one process), with the moment ingest_chunk would measure the whole chunk's
+    instant upgrades at: its latest valid event under a programme in force. A line without a client id
+    goes anywhere: it is rejected where it lands."""
+    parts: list[list[tuple[int, InputLine]]] = [[] for _ in range(shares)]
+    moments = []
+    for number, line in chunk:
+        part = number % shares
+        try:
+            raw = _parse_line(line, first=number == 1)
+            if isinstance(raw, dict) and isinstance(raw.get("client_id"), str):
+                part = zlib.crc32(raw["client_id"].encode("utf-8", "surrogatepass")) % shares
+                event, _, earns = validate(raw, programmes, clock)
+                if earns:
+                    moments.append(event.occurred_at)
+        except Exception:  # noqa: BLE001, S110 - a line that does not validate has no moment; its process says why
+            pass
+        parts[part].append((number, line))
+    return parts, max(moments, default=None)
+
+
+def validate(raw: dict, programmes: ProgrammeSet, clock: Clock) -> tuple[Event, CompiledProgramme, bool]:
+    """The typed event of a parsed item, the programme version in force at its moment, and whether it
+    earns (False for history from before the programme began); EventError when it is not valid."""
+    envelope = parse_envelope(raw)
+    if envelope.occurred_at > clock() + MAX_CLOCK_SKEW:
+        raise EventError(f"{envelope.occurred_at.isoformat()} is in the future; an event reports what "
+                         "already happened", "occurred_at")
+    programme = programmes.for_moment(envelope.occurred_at)
+    earns = envelope.occurred_at >= programme.effective_from
+    return typed_event(envelope, programme.model.event_types, programme.currency), programme, earns
+
+
 def _repeat(event_id: str, same_content: bool) -> tuple[str, str | None]:
     if same_content:
         return DUPLICATE, None
@@ -512,6 +524,7 @@ def decode_line(line: str | bytes, first: bool) -> str:
     return line.removeprefix("\ufeff") if first else line  # a byte-order mark some editors write
 
 
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
+def chunks(items: Iterator, size: int) -> Iterator[list]:
+    """Lists of `size` items (the last may be shorter), read as they are needed."""
     while chunk := list(islice(items, size)):
         yield chunk
