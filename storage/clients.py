@@ -10,6 +10,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, union_all, u
 
 from engine.context import ONBOARDING_EVENT
 from rewards.kinds import Reason
+from storage.bulk import insert_rows
 from storage.types import as_utc
 from storage.models import Client, ClientMonth, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
@@ -100,8 +101,7 @@ def processed_hashes(conn: Connection, event_ids: list[str]) -> dict[str, str]:
 
 def insert_processed(conn: Connection, rows: list[dict]) -> None:
     """Record events as processed (fails on a duplicate id: the caller retries the batch)."""
-    if rows:
-        conn.execute(insert(PROCESSED), rows)
+    insert_rows(conn, PROCESSED, rows)
 
 
 def cap_history(conn: Connection, client_ids: list[str],

@@ -14,6 +14,7 @@ from rewards.kinds import Grant, Kind, Reason, Status, Use
 from rewards.stacking import Entitlement
 from rewards.tiers import TIER_RULE_PREFIX, tier_rule_id
 from storage import lots
+from storage.bulk import insert_rows
 from storage.types import UTCDateTime
 from storage.models import Client, Entitlement as EntitlementRow, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
 
@@ -120,9 +121,8 @@ def append(conn: Connection, rows: list[dict]) -> list[int]:
             grant_ids.extend(ids)
             entitlements.extend(_entitlement_row(entry_id, row) for entry_id, row in zip(ids, run, strict=True))
         else:
-            conn.execute(insert(ENTRY), run)
-    if entitlements:
-        conn.execute(insert(ENTITLEMENT), entitlements)
+            insert_rows(conn, ENTRY, run)
+    insert_rows(conn, ENTITLEMENT, entitlements)
     _apply_points(conn, rows)
     lots.record(conn, rows)
     followers = [(row, _status_after(row["reason"])) for row in rows if row["entitlement_id"] is not None]

@@ -5,10 +5,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from rewards.kinds import Reason
 from rewards.lots import Account, Lot
+from storage.bulk import insert_rows
 from storage.models import Client, LedgerEntry, PointsLot
 
 LOT = PointsLot.__table__
@@ -28,10 +29,9 @@ def record(conn: Connection, rows: list[dict]) -> None:
     NegativeBalanceError if a client's debits outrun its lots and write-offs.
     """
     earned = [row for row in rows if _is_earning(row)]
-    if earned:
-        conn.execute(insert(LOT), [{"client_id": row["client_id"], "event_id": row["event_id"],
-                                    "rule_id": row["rule_id"], "earned_at": row["valid_from"],
-                                    "points": row["points"], "remaining": row["points"]} for row in earned])
+    insert_rows(conn, LOT, [{"client_id": row["client_id"], "event_id": row["event_id"], "rule_id": row["rule_id"],
+                             "earned_at": row["valid_from"], "points": row["points"], "remaining": row["points"]}
+                            for row in earned])
     others = [row for row in rows if row["points"] and not _is_earning(row)]
     if not others:
         return

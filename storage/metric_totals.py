@@ -1,6 +1,7 @@
 """The per-client monthly totals the metrics read (engine/metric_totals.py): kept, rebuilt and checked."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from itertools import groupby
 
@@ -8,6 +9,7 @@ from sqlalchemy import Connection, case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.metric_totals import COLUMNS, Fact, MonthTotals, add, first_purchases, fold, month_of
+from storage.bulk import insert_rows
 from storage.models import ClientMonth, ClientProduct, EventReversal, ProcessedEvent
 from storage.types import as_utc
 
@@ -125,13 +127,17 @@ def _upsert(conn: Connection, table):  # noqa: ANN001, ANN202 - a Table; the dia
 
 
 def _save(conn: Connection, totals: dict[tuple[str, str], MonthTotals]) -> None:
-    if not totals:
-        return
-    statement = _upsert(conn, MONTH)
-    statement = statement.on_conflict_do_update(index_elements=[MONTH.c.client_id, MONTH.c.month],
-                                                set_={c: statement.excluded[c] for c in COLUMNS})
-    conn.execute(statement, [{"client_id": client_id, "month": month, **item.as_row()}
-                             for (client_id, month), item in totals.items()])
+    insert_rows(conn, MONTH, [{"client_id": client_id, "month": month, **item.as_row()}
+                              for (client_id, month), item in totals.items()], _replace(conn.dialect.name))
+
+
+@functools.cache
+def _replace(dialect: str):  # noqa: ANN202 - the dialect's INSERT ... ON CONFLICT DO UPDATE
+    """An INSERT of a month's totals that replaces the stored ones (one statement per dialect: it is
+    compiled once)."""
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(MONTH)
+    return statement.on_conflict_do_update(index_elements=[MONTH.c.client_id, MONTH.c.month],
+                                           set_={c: statement.excluded[c] for c in COLUMNS})
 
 
 def _save_products(conn: Connection, first: dict[tuple[str, str], object], keep_earlier: bool) -> None:
