@@ -5,6 +5,8 @@ ledger mismatches); 2 it could not run (bad arguments, no database schema, unloa
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import sys
 from pathlib import Path
@@ -113,6 +115,7 @@ class Settings:
         self._db = db
         self.rules = rules or shipped_rules_dir()
         self.log_format = log_format
+        self._engines: list[Engine] = []
 
     @property
     def db_url(self) -> str:
@@ -130,11 +133,19 @@ class Settings:
         from service.database import BATCH, SchemaMissingError, open_database
 
         try:
-            return open_database(self.db_url, role or BATCH, need_schema)
+            engine = open_database(self.db_url, role or BATCH, need_schema)
         except SchemaMissingError as exc:
             raise fail(str(exc), as_json=as_json) from None
         except OperationalError as exc:
             raise fail(self.cannot_open(exc, role), as_json=as_json) from None
+        self._engines.append(engine)
+        return engine
+
+    def close(self) -> None:
+        """Close the database connections of every engine handed out (SQLite then checkpoints its WAL file)."""
+        for engine in self._engines:
+            engine.dispose()
+        self._engines.clear()
 
     def cannot_open(self, exc: OperationalError, role: str | None = None) -> str:
         """What to tell a person whose database (for `role`, BATCH by default) did not answer."""
@@ -203,11 +214,18 @@ def main(
         "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
 ) -> None:
     """Options shared by every command."""
-    ctx.obj = Settings(db, rules, log_format)
+    ctx.obj = settings = Settings(db, rules, log_format)
+    ctx.call_on_close(settings.close)
     if ctx.invoked_subcommand not in ("serve", "scheduler"):  # those two log for operators, as services do
         from cli.logs import log_for_people
 
         log_for_people(log_format)
+        # The process ends with the command, so skip the collector's passes over every object at exit (about
+        # 0.15 s of CPU once the services are loaded): the OS takes the memory back. What must be closed is
+        # closed before: connections by settings.close, files by their `with` blocks, logs by logging's own
+        # exit hook. (serve and scheduler keep engines of their own, which only the passes would close.)
+        atexit.unregister(gc.freeze)  # once, however many commands one process runs (tests run many)
+        atexit.register(gc.freeze)
 
 
 @app.command()

@@ -8,7 +8,7 @@ import sys
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SAMPLE
 
 COMMANDS = ["churn", "simulate", "explain", "serve", "scheduler", "init", "ingest", "benefits", "review", "client",
             "generate", "demo", "ledger", "reverse", "rules", "apikey", "db", "tier", "points"]
@@ -44,3 +44,14 @@ def test_every_command_is_listed_with_its_help():
         assert listed(result.output) == commands, group
         for command in commands:  # each one loads and shows its own help
             assert runner.invoke(app, [group, command, "--help"]).exit_code == 0, (group, command)
+
+
+def test_a_command_closes_its_connections(tmp_path):
+    # A command's objects are not collected at exit (cli/main.py), so it must close its connections itself:
+    # SQLite then checkpoints and removes its WAL file.
+    database = tmp_path / "loyalty.db"
+    runner = CliRunner(env={"LOYALTY_DATABASE_URL": f"sqlite:///{database}"})
+    for command in (["init"], ["ingest", str(SAMPLE)], ["benefits", "C-1001", "--json"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["loyalty.db"], command
