@@ -4,7 +4,9 @@
     python bench/startup.py [--repeat 15]
 
 Creates a small SQLite database in a temporary directory (`loyalty init`, then `loyalty ingest` of
-examples/sample_events.jsonl), then times every command `--repeat` times, round-robin so that the shared
+examples/sample_events.jsonl), runs every command once untimed with bytecode caching on (as after `pip
+install`, which compiles every module; PYTHONDONTWRITEBYTECODE would otherwise have each process compile
+this project's modules again), then times every command `--repeat` times, round-robin so that the shared
 machine's load falls on all of them alike, and prints the median and best of each beside the floors
 measured in the same run: `python -c pass` and `python -c "import typer"` (the CLI framework alone).
 Each process's CPU time (user + system, median) is printed too: on a loaded machine it moves much
@@ -56,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="loyalty-startup-") as name:
         work = Path(name)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LOYALTY_")}
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith("LOYALTY_") and key != "PYTHONDONTWRITEBYTECODE"}
         env.update(LOYALTY_DATABASE_URL=f"sqlite:///{work / 'loyalty.db'}", COLUMNS="120")
         cli = loyalty()
         run([*cli, "init"], env, work)
@@ -69,6 +72,8 @@ def main() -> None:
             "loyalty benefits C-1001 --json": [*cli, "benefits", "C-1001", "--json"],
             "loyalty rules check": [*cli, "rules", "check"],
         }
+        for command in commands.values():  # warm-up: every module's bytecode cached
+            run(command, env, work)
         runs: dict[str, list[tuple[float, float]]] = {label: [] for label in commands}
         for _ in range(args.repeat):
             for label, command in commands.items():
