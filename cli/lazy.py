@@ -40,6 +40,8 @@ class _Commands(Mapping[str, Any]):
 
 
 class _LazyGroup(TyperGroup):
+    """A group whose commands are the class's `sources`, built on first use (see lazy_group)."""
+
     sources: Mapping[str, str] = {}
 
     def __init__(self, **attrs: Any):

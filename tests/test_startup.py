@@ -15,7 +15,8 @@ COMMANDS = ["churn", "simulate", "explain", "serve", "scheduler", "init", "inges
 GROUPS = {"rules": ["check", "schema", "diff", "test", "activate", "versions"],
           "apikey": ["create", "list", "revoke"], "db": ["upgrade", "current", "history"], "tier": ["set"],
           "points": ["expiring", "expire"]}
-# What `--help` must not import: each costs tens of milliseconds or more, and the listing needs none of them.
+# What `--help` must not import: each (with what it imports) costs tens of milliseconds or more, and the
+# listing needs none of them.
 HEAVY = ["sqlalchemy", "sqlmodel", "pydantic", "cel", "durable", "apscheduler", "fastapi", "uvicorn",
          "prometheus_client", "matplotlib", "yaml", "storage", "cli.apikeys", "cli.db", "cli.rule_activate"]
 
