@@ -4,14 +4,17 @@ help. The CLI builds its options from them, and every worker process reads them 
 "Limits of `loyalty serve`"."""
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Annotated, Any, Literal, get_type_hints
-
-from pydantic import Field, TypeAdapter, ValidationError
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 from service.errors import SettingError
+
+# pydantic is imported where settings are validated: `loyalty --help` reads these defaults without it.
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 # A request's whole database work (key check, claim, route, commit): above the API statement
 # timeout (5 s), so a slow statement fails with the database's own error first.
@@ -96,8 +99,10 @@ class ServeSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServeSettings:
         """The settings from LOYALTY_* variables (unset or empty: the default); SettingError names a bad one."""
+        from pydantic import ValidationError
+
         values = {}
-        for name, adapter in _ADAPTERS.items():
+        for name, adapter in _adapters().items():
             variable = cls.setting(name).env
             raw = environ.get(variable)
             if not raw:  # as the CLI treats an empty variable: unset
@@ -122,7 +127,13 @@ class ServeSettings:
 
 
 _FIELDS = {f.name: f for f in fields(ServeSettings)}
-# The same validation typer applies to the options (it builds these pydantic types from min and max).
-_ADAPTERS = {name: TypeAdapter(Annotated[kind, Field(ge=ServeSettings.setting(name).low,
-                                                     le=ServeSettings.setting(name).high)])
-             for name, kind in get_type_hints(ServeSettings).items()}
+
+
+@functools.cache
+def _adapters() -> dict[str, TypeAdapter]:
+    """The same validation typer applies to the options (it builds these pydantic types from min and max)."""
+    from pydantic import Field, TypeAdapter
+
+    return {name: TypeAdapter(Annotated[kind, Field(ge=ServeSettings.setting(name).low,
+                                                    le=ServeSettings.setting(name).high)])
+            for name, kind in get_type_hints(ServeSettings).items()}

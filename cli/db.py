@@ -14,13 +14,7 @@ from service.database import SchemaBusyError, SchemaMissingError, revision_histo
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
-db_app = typer.Typer(help="The database's schema: upgrade it to this release (`loyalty db upgrade`), see its "
-                          "revision (`current`) and the migrations this release ships (`history`). After installing "
-                          "a new release: `loyalty db current || loyalty db upgrade`.",
-                     no_args_is_help=True)
 
-
-@db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Upgrade the schema to this release's head revision (an empty database gets the whole schema).
 
@@ -47,7 +41,6 @@ def db_upgrade(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         console.print(f"{escape(result.database)} is already at {result.to_revision}: nothing to do", highlight=False)
 
 
-@db_app.command("current")
 def db_current(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Show the database's schema revision against this release's head; creates nothing.
 
@@ -70,7 +63,6 @@ def db_current(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     raise typer.Exit(0 if status.status == "at head" else 1)
 
 
-@db_app.command("history")
 def db_history(as_json: JsonFlag = False) -> None:
     """List the schema migrations this release ships, oldest first (the last is head).
 

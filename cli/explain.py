@@ -8,14 +8,10 @@ from rich.markup import escape
 
 from cli.output import console, emit_json, fail, parse_moment
 from service.errors import InputError, NotFoundError
-from service.explain import explain_client
+
+# `loyalty --help` loads this module: the explanation service is imported when the command runs.
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-
-def register(app: typer.Typer, rules_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    app.command("explain")(explain)
 
 
 def explain(
@@ -47,6 +43,8 @@ def explain(
 
     Exits 2 for an unknown client, an unknown entitlement, or an entitlement of another client.
     """
+    from service.explain import explain_client
+
     programmes = ctx.obj.programmes(as_json)
     engine = ctx.obj.engine(as_json)
     try:

@@ -13,7 +13,6 @@ from decimal import Decimal
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from service.clock import utc_now
 
@@ -53,6 +52,8 @@ def progress_bar(label: str, unit: str, total: int | None = None,
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # only with a person watching
+
     count = "{task.completed:,}/{task.total:,}" if total else "{task.completed:,}"
     columns = (TextColumn(label), BarColumn(), TextColumn(f"{count} {unit}"), TimeRemainingColumn())
     with Progress(*columns, console=errors, transient=True) as bar:

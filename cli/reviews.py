@@ -9,18 +9,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.output import console, emit_json, fail, parse_duration, parse_moment, progress_bar
-from service.churn import churn_list
 from service.errors import ConflictError, InputError, NotFoundError
-from service.expiry import expire_points, expiring
-from service.pins import pin_tier
+
+# `loyalty --help` loads this module (for `churn`): each command imports the services it uses.
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
-tier_app = typer.Typer(help="Manual tier overrides: pin a client to a tier until a date.", no_args_is_help=True)
-points_app = typer.Typer(help="Points lots: what will expire, and expiry now.", no_args_is_help=True)
 
-
-@tier_app.command("set")
 def tier_set(
     ctx: typer.Context,
     client_id: Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")],
@@ -36,6 +31,8 @@ def tier_set(
     the ledger; each review reports the pins it honoured. A later pin replaces an earlier one.
     Example: `loyalty tier set C-1001 diamond --until 2027-06-30 --reason "strategic account"`.
     """
+    from service.pins import pin_tier
+
     settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
@@ -64,6 +61,8 @@ def churn(
     Each flag lists the signals that fired (from the rule file's `churn` section) with their values.
     A client that recovers is un-flagged by the next review; `--history` shows cleared flags too.
     """
+    from service.churn import churn_list
+
     settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
@@ -87,7 +86,6 @@ def churn(
         console.print(f"… and {len(flags) - limit} more (--limit N, or --json)")
 
 
-@points_app.command("expiring")
 def points_expiring(
     ctx: typer.Context,
     within: Annotated[str, typer.Option(help="How far ahead to look: 30d, 12w, 48h.")] = "30d",
@@ -100,6 +98,8 @@ def points_expiring(
     Points expire `points.expire_after_months` after they were earned; redemptions and reversals take
     the oldest lots first, so only what is left of a lot expires.
     """
+    from service.expiry import expiring
+
     settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
@@ -121,7 +121,6 @@ def points_expiring(
                   + (f" (first {limit} listed)" if len(lots) > limit else ""))
 
 
-@points_app.command("expire")
 def points_expire(
     ctx: typer.Context,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Expire what has expired by then. Default: now.")] = None,
@@ -132,6 +131,8 @@ def points_expire(
 
     Writes one `expire` entry per lot for what is left of it. Running it again expires nothing more.
     """
+    from service.expiry import expire_points
+
     settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)

@@ -24,12 +24,6 @@ T = TypeVar("T")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
-def register(app: typer.Typer, rules_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    rules_app.command("activate")(rules_activate)
-    rules_app.command("versions")(rules_versions)
-
-
 def rules_versions(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List the installed versions of the programme, oldest first, and which one is in force now.
 

@@ -13,11 +13,6 @@ from service.rule_trial import FileResult, check_location
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
-def register(app: typer.Typer, rules_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    rules_app.command("check")(rules_check)
-
-
 def rules_check(
     ctx: typer.Context,
     files: Annotated[Optional[list[Path]], typer.Argument(

@@ -24,11 +24,6 @@ TITLES = dict(zip(SECTIONS, ("Programme", "Loan products", "Discount ceilings (b
 _SIGNS = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "yellow")}
 
 
-def register(app: typer.Typer, rules_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    rules_app.command("diff")(rules_diff)
-
-
 def rules_diff(
     old: Annotated[Path, typer.Argument(help="The rule file as it is now, e.g. the live version.")],
     new: Annotated[Path, typer.Argument(help="The rule file as proposed.")],

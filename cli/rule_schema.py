@@ -11,11 +11,6 @@ from cli.output import console, emit_json
 from engine.file_schema import case_file_schema, render, rule_file_schema
 
 
-def register(app: typer.Typer, rules_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    rules_app.command("schema")(rules_schema)
-
-
 def rules_schema(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write the schema to this file instead of standard output.")] = None,

@@ -25,11 +25,6 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 CASES_FOLDER = "tests"
 
 
-def register(app: typer.Typer, rules_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    rules_app.command("test")(rules_test)
-
-
 def rules_test(
     ctx: typer.Context,
     files: Annotated[Optional[list[Path]], typer.Argument(

@@ -12,23 +12,17 @@ import typer
 from rich.markup import escape
 
 from api.limits import LogLevel, ServeSettings
-from cli.logs import formatter, uvicorn_log_config
 from cli.output import console, emit_json, fail
 from service.clock import utc_now
-from service.database import API, URL_ENV
 
+# `loyalty --help` loads this module: the web stack, the database and the scheduler are imported when the
+# command runs.
 if TYPE_CHECKING:
     from cli.main import Settings
 
 # Where prometheus-client's multiprocess mode keeps each worker's figures (see `serve`).
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _DEFAULT = ServeSettings()
-
-
-def register(app: typer.Typer, _rules_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    app.command()(serve)
-    app.command("scheduler")(run_scheduler)
 
 
 def _option(name: str) -> Any:
@@ -72,6 +66,8 @@ def serve(
 
     from api.factory import FACTORY, RULES_ENV
     from api.server import PROTOCOL
+    from cli.logs import uvicorn_log_config
+    from service.database import API, URL_ENV
 
     settings: Settings = ctx.obj
     options = ServeSettings(**{name: value for name, value in ctx.params.items() if name != "as_json"})
@@ -134,6 +130,7 @@ def start_scheduler(settings: Settings, background: bool, as_json: bool = False)
     """Build and start the scheduler; a blocking one returns once stopped (Ctrl-C)."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
+    from cli.logs import formatter
     from service.scheduler import build_scheduler
 
     handler = logging.StreamHandler(sys.stdout if as_json else sys.stderr)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import ValidationError
 
 from engine.boundary_events import boundary_activations
@@ -294,6 +293,8 @@ def _policy_problems(doc: YamlDocument, model: Programme, tier_ids: list[str]) -
 
 def schedule_problems(schedule: schema.Schedule) -> list[tuple[str, str]]:
     """(key, message) for a cron expression or time zone the scheduler would refuse."""
+    from apscheduler.triggers.cron import CronTrigger  # where a schedule is checked, not with the loader
+
     problems = []
     try:
         zone = ZoneInfo(schedule.timezone)
