@@ -275,7 +275,7 @@ def ingest(
     """
     from sqlalchemy.exc import OperationalError
 
-    from service.ingest import Ingestor
+    from service.ingest import Ingestor, collect_less
     from service.parallel_ingest import SharedIngestError
     from service.rejects import RejectsFile
 
@@ -283,6 +283,7 @@ def ingest(
     watcher = settings.rules_watcher(as_json)
     engine = settings.engine(as_json)
     ingestor = Ingestor(engine, watcher.current(), batch_size=batch_size, rules=watcher)
+    collect_less()
     if source != "-" and not Path(source).is_file():
         raise fail(f"no such file: {source}", as_json=as_json)
     if workers > 1 and engine.dialect.name == "sqlite":

@@ -15,6 +15,7 @@ validating it can only reject it (an unexpected failure there is logged and reje
 """
 from __future__ import annotations
 
+import gc
 import logging
 import zlib
 from collections import defaultdict
@@ -439,6 +440,14 @@ class _BatchWriter:
         if self.earning and self.moment is not None:
             apply_instant_upgrades(self.conn, self.programmes.for_moment(self.moment),
                                    sorted({i.event.client_id for i in self.earning}), self.moment, self.now)
+
+
+def collect_less() -> None:
+    """For a process whose work is ingesting: let the cyclic garbage collector skip what is loaded by now
+    (modules, the compiled programmes: they live as long as the process) and run less often while events
+    are applied (it cost 6-8% of ingest and found little). Never in a server: it is process-wide."""
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def route(chunk: list[tuple[int, InputLine]], programmes: ProgrammeSet, shares: int,

@@ -107,12 +107,13 @@ def _check_alive(workers: list) -> None:
 
 def _work(db_url: str, rules: str, batch_size: int, inbox, results) -> None:  # noqa: ANN001 - multiprocessing queues
     """One ingest process: apply each share it is handed, answer with its outcomes and rejected lines."""
-    from service.ingest import Ingestor
+    from service.ingest import Ingestor, collect_less
     from storage.db import make_engine
 
     try:
         watcher = RulesWatcher(Path(rules))
         ingestor = Ingestor(make_engine(db_url), watcher.current(), batch_size=batch_size, rules=watcher)
+        collect_less()
         while (item := inbox.get()) is not None:
             share, moment = item
             rejected: list[tuple[Outcome, InputLine]] = []

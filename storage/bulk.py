@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import groupby
+from operator import itemgetter
 
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
@@ -30,9 +31,15 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict], statement: obj
     for columns, group in groupby(rows, key=lambda row: tuple(row)):  # rows of the same shape together
         sql, order, processors = _prepare(conn.dialect, table, columns, statement)
         defaults = {name: _default(table, name) for name in order if name not in columns}
-        conn.exec_driver_sql(sql, [tuple(value if process is None else process(value) for value, process in
-                                         zip((row[c] if c in row else defaults[c] for c in order), processors))
-                                   for row in group])
+        values = itemgetter(*order)
+        processed = [(position, process) for position, process in enumerate(processors) if process is not None]
+        parameters = []
+        for row in group:
+            parameter = list(values({**defaults, **row} if defaults else row))
+            for position, process in processed:
+                parameter[position] = process(parameter[position])
+            parameters.append(tuple(parameter))
+        conn.exec_driver_sql(sql, parameters)
 
 
 def _default(table: Table, name: str) -> object:
