@@ -1,7 +1,7 @@
 """Ingest throughput beside its floors, on SQLite and PostgreSQL, and whether it stays flat as history grows.
 
     python bench/ingest.py [--clients 2000] [--months 18] [--seed 7] [--batch 2000] [--slice 20000]
-                           [--postgres URL | --no-postgres]
+                           [--postgres URL | --no-postgres] [--workers 2,4]
 
 The bench file is the demo generator's portfolio (224,660 events with the defaults) in `occurred_at`
 order, written once to /tmp/loyalty-bench-ingest-<clients>-<months>-<seed>.jsonl. Printed, in one run:
@@ -15,7 +15,8 @@ order, written once to /tmp/loyalty-bench-ingest-<clients>-<months>-<seed>.jsonl
   schema with executemany, a transaction per 2,000 rows of a table: what storing the result costs
   with nothing decided;
 - flatness: the same ingest in this process, timed per slice of --slice events in `occurred_at` order,
-  first and last slice (and this process's RSS after each), so a cost growing with history shows.
+  first and last slice (and this process's RSS after each), so a cost growing with history shows;
+- on PostgreSQL, `loyalty ingest --workers N` for each N of --workers (default 2), against one process.
 
 PostgreSQL runs in a schema of its own, dropped afterwards, on --postgres (default: the machine's
 local server); it is skipped, with the reason, when it does not answer. Timings are printed with the
@@ -97,12 +98,13 @@ def bench_core(programmes, lines: list[str]) -> tuple[float, float]:
     return raw_rate, per_second(len(events), time.perf_counter() - began)
 
 
-def cli_ingest(url: str, path: Path, batch: int) -> tuple[float, int, float]:
-    """(events/s, applied, peak RSS MiB) of `loyalty ingest FILE --json` in its own process."""
+def cli_ingest(url: str, path: Path, batch: int, workers: int = 1) -> tuple[float, int, float]:
+    """(events/s, applied, peak RSS MiB) of `loyalty ingest FILE --json` in its own process (and its workers')."""
     env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_RULES": str(ROOT / "rules")}
     subprocess.run([*LOYALTY, "init", "--json"], env=env, check=True, capture_output=True)
     began = time.perf_counter()
-    child = subprocess.Popen([*LOYALTY, "ingest", str(path), "--json", "--batch-size", str(batch)], env=env,
+    child = subprocess.Popen([*LOYALTY, "ingest", str(path), "--json", "--batch-size", str(batch),
+                              "--workers", str(workers)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = child.stdout.read()  # type: ignore[union-attr]
     err = child.stderr.read()  # type: ignore[union-attr]
@@ -151,6 +153,8 @@ def slices(url: str, programmes, path: Path, batch: int, size: int) -> list[tupl
     with path.open("rb") as handle:
         Ingestor(engine, programmes, batch_size=batch).ingest_lines(handle, progress=advance)
     engine.dispose()
+    if done - marks[-1][0] >= size // 2 or len(marks) == 1:  # the rest, when it is at least half a slice
+        marks.append((done, time.perf_counter(), rss()))
     return [(per_second(n1 - n0, t1 - t0), memory) for (n0, t0, _), (n1, t1, memory) in zip(marks, marks[1:])]
 
 
@@ -163,7 +167,8 @@ def rss() -> float:
 
 
 def measure(name: str, urls: list[str], programmes, path: Path, args, ceiling: float) -> None:
-    """Print one database's figures; `urls` are three new, empty databases."""
+    """Print one database's figures; `urls` are new, empty databases: three, and one more for each
+    --workers count beyond one on PostgreSQL."""
     rate, applied, peak = cli_ingest(urls[0], path, args.batch)
     floor = storage_floor(urls[0], urls[1], applied)
     parts = slices(urls[2], programmes, path, args.batch, args.slice)
@@ -180,6 +185,11 @@ def measure(name: str, urls: list[str], programmes, path: Path, args, ceiling: f
     print("    " + "  ".join(f"{r:,.0f}" for r, _ in parts))
     print(f"  peak RSS of loyalty ingest {peak:,.0f} MiB; in-process RSS after the first slice "
           f"{parts[0][1]:,.0f} MiB, after the last {parts[-1][1]:,.0f} MiB")
+    for workers, url in zip(args.workers[1:], urls[3:]) if name == "postgresql" else []:
+        shared, _, shared_peak = cli_ingest(url, path, args.batch, workers)
+        goal = f" (goal with 2 >= 1.5: {verdict(shared / rate >= 1.5)})" if workers == 2 else ""
+        print(f"  loyalty ingest --workers {workers}        {shared:>10,.0f} events/s   {shared / rate:.2f} x one "
+              f"process{goal}; peak RSS of the parent {shared_peak:,.0f} MiB")
 
 
 def main() -> None:
@@ -191,6 +201,8 @@ def main() -> None:
     parser.add_argument("--slice", type=int, default=20_000)
     parser.add_argument("--postgres", default=PG_URL, metavar="URL")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--workers", type=lambda text: [1, *(int(n) for n in text.split(",") if int(n) > 1)],
+                        default=[1, 2], metavar="N,N", help="process counts for `ingest --workers` on PostgreSQL")
     args = parser.parse_args()
 
     programmes = load_programmes(ROOT / "rules")
@@ -207,7 +219,7 @@ def main() -> None:
                 ceiling)
     if args.no_postgres:
         return
-    schemas = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    schemas = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(2 + len(args.workers))]
     try:
         admin = create_engine(args.postgres, connect_args={"connect_timeout": 3})
         with admin.begin() as conn:
