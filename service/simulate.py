@@ -1,13 +1,15 @@
 """What a rule change would cost, before it goes live: replay a history under two programmes and compare.
 
-Each programme replays the history into its own scratch database (SQLite in memory, thrown away
-afterwards; never the live database) the way the events would have happened: in `occurred_at`
-order, in batches as `loyalty ingest` makes them (instant upgrades at the end of each batch), with
-the tier review (and its points expiry) run at every moment the programme's `review.schedule` fires
-within the history, up to the as-of moment. A client that one programme moves up a tier therefore
-earns its later awards under that tier: the replay follows through. The two replays run in two
-processes when the history is large enough to pay for starting them. Each scratch database is then
-read into a summary (RunSummary), and `impact` compares the two.
+Each programme replays the history into its own scratch database (a SQLite file in a temporary
+directory, deleted afterwards; never the live database) the way the events would have happened: in
+`occurred_at` order, in batches as `loyalty ingest` makes them (instant upgrades at the end of each
+batch), with the tier review (and its points expiry) run at every moment the programme's
+`review.schedule` fires within the history, up to the as-of moment. A client that one programme
+moves up a tier therefore earns its later awards under that tier: the replay follows through. The
+history is read once, for where each event is in time; its lines are read again from the file as
+they are applied, so memory does not grow with the history. The two replays run in two processes
+when the history is large enough to pay for starting them. Each scratch database is then read into
+a summary (RunSummary), and `impact` compares the two.
 
 Interest income forgone, per year: for each drawdown replayed, the effective rate discount (bps) the
 client held on the drawdown's product at its moment, as `loyalty benefits --at` would answer then
@@ -292,6 +294,7 @@ class RunSummary:
     volume_by_product: dict[str, Decimal]  # drawdowns that had a discount
     clients: dict[str, ClientFigures]
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds spent ingesting, in reviews, summarising
 
 
 def replay(label: str, programmes: ProgrammeSet, history: History, as_of: datetime | None = None,
@@ -304,16 +307,19 @@ def replay(label: str, programmes: ProgrammeSet, history: History, as_of: dateti
     as_of = resolve_as_of(history, as_of, now)
     first_event = history.moment(0)
     last = history.count_upto(as_of)
+    phases: dict[str, float] = {}
     with scratch_engine(scratch) as engine:
         ingestor = Ingestor(engine, programmes, clock=lambda: now, batch_size=batch_size)
         report = IngestReport(rejected=len(history.rejected), errors=list(history.rejected))
         reviews, position = [], 0
         for moment in [*review_moments(programmes, first_event, as_of), None]:
             upto = history.count_upto(moment, position, last) if moment is not None else last
-            _ingest(ingestor, history.read(position, upto), batch_size, report, progress)
+            with _timed(phases, "ingest"):
+                _ingest(ingestor, history.read(position, upto), batch_size, report, progress)
             position = upto
             if moment is not None:
-                done = run_review(engine, programmes, moment, clock=lambda: now, trigger="simulation").as_dict()
+                with _timed(phases, "reviews"):
+                    done = run_review(engine, programmes, moment, clock=lambda: now, trigger="simulation").as_dict()
                 reviews.append({"as_of": done["as_of"], "upgrades": done["upgrades"],
                                 "downgrades": done["downgrades"], "points_expired": done["points_expired"]["points"]})
         report.errors.sort(key=lambda error: error["line"])
@@ -322,9 +328,20 @@ def replay(label: str, programmes: ProgrammeSet, history: History, as_of: dateti
                   "after_as_of": len(history) - last,
                   "before_programme": history.count_before(programmes.versions[0].effective_from, last),
                   "errors": report.errors}
-        summary = summarise(engine, programmes, label, as_of, first_event, events, reviews)
-    summary.seconds = time.perf_counter() - began
+        with _timed(phases, "summary"):
+            summary = summarise(engine, programmes, label, as_of, first_event, events, reviews)
+    summary.seconds, summary.phases = time.perf_counter() - began, phases
     return summary
+
+
+@contextmanager
+def _timed(phases: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the block's wall time to `phases[phase]`."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - began
 
 
 def resolve_as_of(history: History, as_of: datetime | None, now: datetime) -> datetime:
@@ -611,7 +628,9 @@ def impact(simulation: Simulation, top: int = 10) -> dict:
         "clients": _client_impact(current, new, top, unit),
         "warnings": warnings(simulation),
         "run": {"parallel": simulation.parallel, "seconds": round(simulation.seconds, 2),
-                CURRENT: round(current.seconds, 2), NEW: round(new.seconds, 2)},
+                CURRENT: round(current.seconds, 2), NEW: round(new.seconds, 2),
+                "phases": {summary.label: {phase: round(seconds, 2) for phase, seconds in summary.phases.items()}
+                           for summary in (current, new)}},
     }
 
 

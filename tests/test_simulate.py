@@ -216,6 +216,7 @@ def test_lowering_a_threshold_on_the_demo_portfolio(demo_run, proposed, shipped,
     assert by_rule["survey-feedback"]["difference"] == 0  # no tier multiplier, and capped: unchanged
     assert Decimal(found["interest_forgone_per_year"]["total"]["difference"]) > 0  # gold holds more bps
     assert found["run"]["parallel"] is True
+    assert all(set(found["run"]["phases"][side]) == {"ingest", "reviews", "summary"} for side in (CURRENT, NEW))
 
 
 def test_cli_end_to_end_with_json_and_report(history, proposed, tmp_path):
