@@ -37,7 +37,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -524,19 +524,21 @@ def _replay_in_processes(candidates: list[Candidate], events_path: Path, as_of: 
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     with tempfile.TemporaryDirectory(prefix="loyalty-simulate-") as scratch:  # removed after the children end
-        inboxes, workers = {}, {}
+        workers, receivers, senders = {}, {}, {}
         for candidate in candidates:
-            inbox, inboxes[candidate.label] = context.Pipe(duplex=False)
-            workers[candidate.label] = context.Process(
-                target=_child, name=f"simulate-{candidate.label}", daemon=True,
-                args=(candidate.label, str(candidate.rules), inbox, batch_size, now, scratch, messages))
+            label = candidate.label
+            receivers[label], senders[label] = context.Pipe(duplex=False)
+            workers[label] = context.Process(target=_child, name=f"simulate-{label}", daemon=True, args=(
+                label, str(candidate.rules), receivers[label], batch_size, now, scratch, messages))
         try:
-            for worker in workers.values():
+            for label, worker in workers.items():
                 worker.start()
+                receivers[label].close()  # the child's end: closed here too, a child that died breaks the pipe
             history = read_history(events_path)
             as_of = resolve_as_of(history, as_of, now)
-            for inbox in inboxes.values():
-                inbox.send((history, as_of))
+            for sender in senders.values():
+                with suppress(BrokenPipeError):  # that replay process has ended: _results says how
+                    sender.send((history, as_of))
             return _results(workers, messages, progress)
         finally:
             for worker in workers.values():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 import tempfile
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -24,7 +26,17 @@ from rewards.kinds import Kind, Reason
 from service.ingest import Ingestor
 from service.portfolio import portfolio_summary
 from service.review import run_review
-from service.simulate import CURRENT, NEW, Candidate, impact, read_history, replay, review_moments, simulate
+from service.simulate import (
+    CURRENT,
+    NEW,
+    Candidate,
+    SimulationError,
+    impact,
+    read_history,
+    replay,
+    review_moments,
+    simulate,
+)
 from storage.db import make_engine
 from storage.models import LedgerEntry
 from tests.conftest import RULES, SAMPLE, event, ndjson, run_cli
@@ -331,13 +343,22 @@ def test_a_replay_leaves_no_scratch_database_behind_even_when_it_fails(tmp_path,
     summary = replay(CURRENT, shipped, read_history(history), scratch=tmp_path)
     assert summary.events["applied"] == len(HISTORY) and list(tmp_path.iterdir()) == []
 
-    def fails(*_args, **_kwargs):
-        raise RuntimeError("review failed")
+    def disk_full(*_args, **_kwargs):
+        raise OperationalError("INSERT ...", None, sqlite3.OperationalError("database or disk is full"))
 
-    monkeypatch.setattr("service.simulate.run_review", fails)
-    with pytest.raises(RuntimeError, match="review failed"):
+    monkeypatch.setattr("service.simulate.run_review", disk_full)
+    with pytest.raises(SimulationError, match="filled the disk .* set TMPDIR"):
         replay(CURRENT, shipped, read_history(history), scratch=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_replay_process_that_fails_stops_the_simulation_with_its_reason(history, proposed, tmp_path):
+    missing = tmp_path / "gone.yaml"  # loaded here, then removed before the replay processes load it
+    missing.write_text(proposed.read_text())
+    candidates = [Candidate(label, missing, load_programmes(missing)) for label in (CURRENT, NEW)]
+    missing.unlink()
+    with pytest.raises(SimulationError, match="the replay under the (current|new) programme failed: .*gone.yaml"):
+        simulate(*candidates, history, parallel=True)
 
 
 def test_as_of_stops_the_replay(history, proposed, shipped):
