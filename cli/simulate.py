@@ -44,14 +44,14 @@ def simulate_command(
 
     Example: `loyalty simulate proposed.yaml --events history.jsonl --report impact/`
 
-    Each programme replays the events in time order into a scratch database in a temporary folder
-    (deleted afterwards; TMPDIR chooses where, the --db database is never opened), with a tier review
-    at each moment its `review.schedule` fires, so a client moved up a tier earns its later awards at
-    that tier. Compared: points issued (by rule), rate-discount grants (by product and rule), interest
-    income forgone a year (each drawdown times the discount the client held on it), tiers at the end
-    and the migration between them, and the clients affected, most affected first. Exits 1 when lines
-    of the history were rejected (they are counted and listed, as by `loyalty ingest`), 2 when the
-    rules do not load or the history cannot be read.
+    Each programme replays the events in time order into a temporary database file (the --db
+    database is never opened), with a tier review at each moment its `review.schedule` fires, so a
+    client moved up a tier earns its later awards at that tier. Compared: points issued (by rule),
+    rate-discount grants (by product and rule), interest income forgone a year (each drawdown times
+    the discount the client held on it), tiers at the end and the migration between them, and the
+    clients affected, most affected first. Exits 1 when lines of the history were rejected (they are
+    counted and listed, as by `loyalty ingest`), 2 when the rules do not load or the history cannot
+    be read.
     """
     proposed = _candidate(NEW, new, as_json)
     current = _candidate(CURRENT, against, as_json) if against else \
