@@ -39,7 +39,7 @@ def simulate_command(
 
     Example: `loyalty simulate proposed.yaml --events history.jsonl --report impact/`
 
-    Each programme replays the events in time order into a scratch database in memory (the --db
+    Each programme replays the events in time order into a temporary database file (the --db
     database is never opened), with a tier review at each moment its `review.schedule` fires, so a
     client moved up a tier earns its later awards at that tier. Compared: points issued (by rule),
     rate-discount grants (by product and rule), interest income forgone a year (each drawdown times

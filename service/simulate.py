@@ -1,13 +1,15 @@
 """What a rule change would cost, before it goes live: replay a history under two programmes and compare.
 
-Each programme replays the history into its own scratch database (SQLite in memory, thrown away
-afterwards; never the live database) the way the events would have happened: in `occurred_at`
-order, in batches as `loyalty ingest` makes them (instant upgrades at the end of each batch), with
-the tier review (and its points expiry) run at every moment the programme's `review.schedule` fires
-within the history, up to the as-of moment. A client that one programme moves up a tier therefore
-earns its later awards under that tier: the replay follows through. The two replays run in two
-processes when the history is large enough to pay for starting them. Each scratch database is then
-read into a summary (RunSummary), and `impact` compares the two.
+Each programme replays the history into its own scratch database (a SQLite file in a temporary
+directory, deleted afterwards; never the live database) the way the events would have happened: in
+`occurred_at` order, in batches as `loyalty ingest` makes them (instant upgrades at the end of each
+batch), with the tier review (and its points expiry) run at every moment the programme's
+`review.schedule` fires within the history, up to the as-of moment. A client that one programme
+moves up a tier therefore earns its later awards under that tier: the replay follows through. The
+history is read once, for where each event is in time; its lines are read again from the file as
+they are applied, so memory does not grow with the history. The two replays run in two processes
+when the history is large enough to pay for starting them. Each scratch database is then read into
+a summary (RunSummary), and `impact` compares the two.
 
 Interest income forgone, per year: for each drawdown replayed, the effective rate discount (bps) the
 client held on the drawdown's product at its moment, as `loyalty benefits --at` would answer then
@@ -28,18 +30,23 @@ import multiprocessing
 import os
 import queue
 import signal
+import tempfile
 import time
 import traceback
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import Engine, event, func, select
+from sqlalchemy.exc import OperationalError
 
 from engine.errors import EventError
 from engine.events import minor_unit_exponent, parse_envelope
@@ -49,7 +56,7 @@ from engine.programme import ProgrammeSet
 from rewards.kinds import Kind, Reason, Use
 from rewards.stacking import Entitlement, rate_discount
 from service.clock import Clock, utc_now
-from service.ingest import INTERNAL_ERROR, IngestReport, Ingestor, bounded_lines, line_text
+from service.ingest import INTERNAL_ERROR, IngestReport, Ingestor, bounded_lines, decode_line, line_text
 from service.review import run_review
 from service.scheduler import cron_trigger
 from storage import clients as client_store
@@ -62,7 +69,10 @@ ENTRY = LedgerEntry.__table__
 PROCESSED = ProcessedEvent.__table__
 
 DEFAULT_BATCH = 2000  # as `loyalty ingest`: instant upgrades land where a real ingest would put them
-PARALLEL_FROM = 10_000  # events: below this, starting two processes costs more than it saves
+PARALLEL_FROM_BYTES = 2 << 20  # about 10,000 events: below this, starting two processes costs more than it saves
+# SQLite's page cache per replay; the rest of its database (about 1.5 KiB an event) waits in the system's
+# page cache. From 2 MiB to 256 MiB the replay's CPU time moved within the noise (150k events).
+SCRATCH_CACHE_KIB = 64 * 1024
 CURRENT, NEW = "current", "new"
 NO_TIER = "(none)"  # a client the other programme never created (its events were all rejected there)
 _NARROW_EVENTS_INDEX = "ix_processed_event_client_type"  # storage.models: (client_id, type, occurred_at)
@@ -75,43 +85,88 @@ class SimulationError(Exception):
 
 # --- the history -------------------------------------------------------------------------------------
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 @dataclass
 class History:
-    """An NDJSON history's events in time order, and the lines that could not be placed in time."""
+    """Where an NDJSON history's events are in its file, in time order, and the lines that could not be placed in time.
+
+    Only the places are held (four numbers an event), not the lines: a replay reads each line again
+    when it applies it, so half a million events cost a few MiB here instead of a few hundred.
+    """
 
     path: Path
     lines: int
-    events: list[tuple[datetime, int, str]]  # (occurred_at in UTC, line number, line text), sorted
+    moments: array  # each event's occurred_at in UTC, microseconds since 1970, ascending
+    numbers: array  # its line number (ties in time keep the file's order)
+    offsets: array  # where its line starts in the file, in bytes
+    sizes: array  # its length in bytes
     rejected: list[dict] = field(default_factory=list)  # {"line", "id", "error"}, as ingest reports them
 
-    @property
-    def moments(self) -> list[datetime]:
-        """The events' moments, in order (for bisecting)."""
-        return [moment for moment, _, _ in self.events]
+    def __len__(self) -> int:
+        return len(self.moments)
+
+    def moment(self, index: int) -> datetime:
+        """The moment of the event at `index` in time order."""
+        return _EPOCH + self.moments[index] * _MICROSECOND
+
+    def count_upto(self, moment: datetime, start: int = 0, stop: int | None = None) -> int:
+        """How many events (from the start) happened at or before `moment`, looking between `start` and `stop`."""
+        return bisect_right(self.moments, _micros(moment), start, len(self) if stop is None else stop)
+
+    def count_before(self, moment: datetime, stop: int | None = None) -> int:
+        """How many events happened before `moment`."""
+        return bisect_left(self.moments, _micros(moment), 0, len(self) if stop is None else stop)
+
+    def read(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
+        """(line number, text) of the events from `start` to `stop` in time order, read from the file."""
+        with self.path.open("rb", buffering=_READ_BUFFER) as handle:
+            # In a history already in time order the seeks stay within the buffer: a sequential read.
+            for index in range(start, stop):
+                handle.seek(self.offsets[index])
+                number = self.numbers[index]
+                yield number, decode_line(handle.read(self.sizes[index]), first=number == 1)
+
+
+_READ_BUFFER = 1 << 20
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def read_history(path: Path) -> History:
-    """Read an NDJSON history; each line is kept with its number, sorted by `occurred_at` (stable).
+    """Find the events of an NDJSON history and sort them by `occurred_at` (stable: ties keep the file's order).
 
     A line that is not JSON, or whose `occurred_at` is not a moment with a zone, is rejected here
     with the reason ingest would give; every other check happens when the event is replayed.
     """
-    events: list[tuple[datetime, int, str]] = []
+    moments, numbers, offsets, sizes = (array("q") for _ in range(4))
     rejected: list[dict] = []
-    number = 0
+    number = offset = 0
     with path.open("rb") as handle:
         for number, line in enumerate(bounded_lines(handle), start=1):
+            start = offset
+            offset = offset + len(line) if isinstance(line, bytes) else handle.tell()
             try:
                 text = line_text(line, first=number == 1)
                 if text.strip():
-                    events.append((_occurred_at(text), number, text))
+                    moments.append(_micros(_occurred_at(text)))
+                    numbers.append(number)
+                    offsets.append(start)
+                    sizes.append(offset - start)
             except EventError as exc:
                 rejected.append({"line": number, "id": getattr(exc, "event_id", None), "error": str(exc)})
             except Exception:  # noqa: BLE001 - one line must never stop the replay, as in ingest
                 log.exception("line %d of %s could not be read", number, path)
                 rejected.append({"line": number, "id": None, "error": INTERNAL_ERROR})
-    events.sort(key=lambda item: (item[0], item[1]))
-    return History(path, number, events, rejected)
+    columns = (moments, numbers, offsets, sizes)
+    if any(later < earlier for earlier, later in pairwise(moments)):  # most histories are in time order already
+        order = sorted(range(len(moments)), key=moments.__getitem__)
+        columns = tuple(array("q", (column[i] for i in order)) for column in columns)
+    return History(path, number, *columns, rejected=rejected)
 
 
 def _occurred_at(text: str) -> datetime:
@@ -169,28 +224,43 @@ def review_moments(programmes: ProgrammeSet, start: datetime, end: datetime) -> 
 
 # --- replaying into a scratch database ---------------------------------------------------------------
 
-def scratch_engine() -> Engine:
-    """An empty SQLite database in memory, with the schema, tuned for a throwaway run."""
-    # "sqlite://" is pooled one connection per thread, so every transaction of the replay sees the
-    # same in-memory database; it vanishes with the engine. In memory there is no file to sync and
-    # the rollback journal is in memory too (journal_mode=MEMORY): rollbacks still work, which the
-    # ingest needs to retry a failed batch event by event.
-    engine = make_engine("sqlite://")
+@contextmanager
+def scratch_engine(folder: Path | None = None) -> Iterator[Engine]:
+    """An empty SQLite database with the schema, in a new file in a temporary directory (in `folder`, or
+    the system's), tuned for a throwaway run; the directory is deleted when the block ends, however it ends."""
+    with tempfile.TemporaryDirectory(prefix="loyalty-simulate-", dir=folder) as directory:
+        # A file, not memory: the database of a large history outgrows the memory a replay may use,
+        # and a file's pages beyond SQLite's bounded cache wait in the system's page cache instead.
+        engine = make_engine(f"sqlite:///{Path(directory) / 'replay.db'}")
 
-    @event.listens_for(engine, "connect")
-    def _sort_in_memory(dbapi_connection, _record) -> None:  # noqa: ANN001 - a DB-API connection
-        dbapi_connection.execute("PRAGMA temp_store=MEMORY")  # GROUP BY and ORDER BY scratch space
+        @event.listens_for(engine, "connect")
+        def _throwaway(dbapi_connection, _record) -> None:  # noqa: ANN001 - a DB-API connection
+            # Nothing here must survive a crash: nothing is synced. The rollback journal stays (ingest
+            # rolls a failed batch back to retry it event by event) but in a file that is kept between
+            # transactions, as are sorts too large for the cache: a batch's journal held in memory cost
+            # 10 MiB and more. make_engine chose WAL for concurrent writers; a replay has one.
+            for pragma in ("journal_mode=PERSIST", "synchronous=OFF", f"cache_size=-{SCRATCH_CACHE_KIB}",
+                           "temp_store=FILE"):
+                dbapi_connection.execute(f"PRAGMA {pragma}")
 
-    init_schema(engine)
-    with engine.begin() as conn:
-        # Each batch's instant-upgrade check measures its clients' metrics over their whole history.
-        # The schema's (client, type, time) index, widened with every column those queries read,
-        # lets them answer from the index without visiting the wide event rows: about a third off
-        # the metrics queries, a tenth of the replay (bench/simulate.py). Scratch databases only.
-        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {_NARROW_EVENTS_INDEX}")
-        conn.exec_driver_sql(f"CREATE INDEX {_METRICS_INDEX} ON processed_event "
-                             "(client_id, type, occurred_at, amount_minor, number, label, event_id)")
-    return engine
+        try:
+            init_schema(engine)
+            with engine.begin() as conn:
+                # Each batch's instant-upgrade check measures its clients' metrics over their whole history.
+                # The schema's (client, type, time) index, widened with every column those queries read,
+                # lets them answer from the index without visiting the wide event rows: about a third off
+                # the metrics queries, a tenth of the replay (bench/simulate.py). Scratch databases only.
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {_NARROW_EVENTS_INDEX}")
+                conn.exec_driver_sql(f"CREATE INDEX {_METRICS_INDEX} ON processed_event "
+                                     "(client_id, type, occurred_at, amount_minor, number, label, event_id)")
+            yield engine
+        except OperationalError as exc:
+            if "full" in str(exc):
+                raise SimulationError(f"the scratch database of a replay filled the disk of {directory}; set TMPDIR "
+                                      "to a folder with more room (a replay needs about 2 KiB per event)") from None
+            raise
+        finally:
+            engine.dispose()
 
 
 class ClientFigures(NamedTuple):
@@ -224,70 +294,84 @@ class RunSummary:
     volume_by_product: dict[str, Decimal]  # drawdowns that had a discount
     clients: dict[str, ClientFigures]
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds spent ingesting, in reviews, summarising
 
 
 def replay(label: str, programmes: ProgrammeSet, history: History, as_of: datetime | None = None,
            batch_size: int = DEFAULT_BATCH, clock: Clock = utc_now,
-           progress: Callable[[int], None] | None = None) -> RunSummary:
-    """Replay `history` under `programmes` into a scratch database, with the scheduled reviews, and summarise it."""
+           progress: Callable[[int], None] | None = None, scratch: Path | None = None) -> RunSummary:
+    """Replay `history` under `programmes` into a scratch database (in a temporary directory in `scratch`,
+    or the system's), with the scheduled reviews, and summarise it."""
     began = time.perf_counter()
     now = clock()
-    as_of = _as_of(history, as_of, now)
-    moments = history.moments
-    last = bisect_right(moments, as_of)
-    engine = scratch_engine()
-    try:
+    as_of = resolve_as_of(history, as_of, now)
+    first_event = history.moment(0)
+    last = history.count_upto(as_of)
+    phases: dict[str, float] = {}
+    with scratch_engine(scratch) as engine:
         ingestor = Ingestor(engine, programmes, clock=lambda: now, batch_size=batch_size)
         report = IngestReport(rejected=len(history.rejected), errors=list(history.rejected))
         reviews, position = [], 0
-        for moment in [*review_moments(programmes, moments[0], as_of), None]:
-            upto = bisect_right(moments, moment, hi=last) if moment is not None else last
-            _ingest(ingestor, history.events[position:upto], batch_size, report, progress)
+        for moment in [*review_moments(programmes, first_event, as_of), None]:
+            upto = history.count_upto(moment, position, last) if moment is not None else last
+            with _timed(phases, "ingest"):
+                _ingest(ingestor, history.read(position, upto), batch_size, report, progress)
             position = upto
             if moment is not None:
-                done = run_review(engine, programmes, moment, clock=lambda: now, trigger="simulation").as_dict()
+                with _timed(phases, "reviews"):
+                    done = run_review(engine, programmes, moment, clock=lambda: now, trigger="simulation").as_dict()
                 reviews.append({"as_of": done["as_of"], "upgrades": done["upgrades"],
                                 "downgrades": done["downgrades"], "points_expired": done["points_expired"]["points"]})
         report.errors.sort(key=lambda error: error["line"])
         events = {"lines": history.lines, "replayed": last, "applied": report.applied,
                   "duplicates": report.duplicates, "rejected": report.rejected,
-                  "after_as_of": len(moments) - last,
-                  "before_programme": bisect_left(moments, programmes.versions[0].effective_from, hi=last),
+                  "after_as_of": len(history) - last,
+                  "before_programme": history.count_before(programmes.versions[0].effective_from, last),
                   "errors": report.errors}
-        summary = summarise(engine, programmes, label, as_of, moments[0], events, reviews)
-    finally:
-        engine.dispose()
-    summary.seconds = time.perf_counter() - began
+        with _timed(phases, "summary"):
+            summary = summarise(engine, programmes, label, as_of, first_event, events, reviews)
+    summary.seconds, summary.phases = time.perf_counter() - began, phases
     return summary
 
 
-def _as_of(history: History, as_of: datetime | None, now: datetime) -> datetime:
-    if not history.events:
+@contextmanager
+def _timed(phases: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the block's wall time to `phases[phase]`."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - began
+
+
+def resolve_as_of(history: History, as_of: datetime | None, now: datetime) -> datetime:
+    """The moment a replay stops at: `as_of` in UTC, by default the last event (at most now); SimulationError
+    when the history has no event or `as_of` has no zone, is in the future or precedes every event."""
+    if not len(history):
         problem = f" (first: line {history.rejected[0]['line']}: {history.rejected[0]['error']})" \
             if history.rejected else ""
         raise SimulationError(f"{history.path} has no event to replay: {len(history.rejected)} line(s) "
                               f"rejected{problem}")
     if as_of is None:
         # Events later than now would be refused by ingest: the default stops at now.
-        return min(history.events[-1][0], now)
+        return min(history.moment(len(history) - 1), now)
     if as_of.tzinfo is None:
         raise SimulationError("the as-of moment has no time zone; give UTC, e.g. 2026-06-30T00:00:00Z")
     as_of = as_of.astimezone(UTC)
     if as_of > now:
         raise SimulationError(f"--as-of {as_of.isoformat()} is in the future: a simulation replays what happened")
-    if as_of < history.events[0][0]:
+    if as_of < history.moment(0):
         raise SimulationError(f"--as-of {as_of.isoformat()} is before the history's first event "
-                              f"({history.events[0][0].isoformat()}): nothing to replay")
+                              f"({history.moment(0).isoformat()}): nothing to replay")
     return as_of
 
 
-def _ingest(ingestor: Ingestor, events: list[tuple[datetime, int, str]], batch_size: int, report: IngestReport,
+def _ingest(ingestor: Ingestor, lines: Iterator[tuple[int, str]], batch_size: int, report: IngestReport,
             progress: Callable[[int], None] | None) -> None:
     """Apply events in batches as `loyalty ingest` would, each outcome under its original line number."""
-    for start in range(0, len(events), batch_size):
-        chunk = events[start:start + batch_size]
+    while chunk := list(islice(lines, batch_size)):
         items = []
-        for _, number, text in chunk:
+        for number, text in chunk:
             try:
                 items.append((number, parse_json_line(text)))
             except EventError as exc:  # read_history parsed it already: only a parser difference lands here
@@ -413,19 +497,20 @@ def simulate(current: Candidate, new: Candidate, events_path: Path, as_of: datet
              batch_size: int = DEFAULT_BATCH, progress: Callable[[int], None] | None = None,
              parallel: bool | None = None, clock: Clock = utc_now) -> Simulation:
     """Replay the history at `events_path` under both candidates (in two processes if `parallel`, by
-    default when the history has PARALLEL_FROM events or more and the machine two cores; each process
+    default when the history has PARALLEL_FROM_BYTES or more and the machine two cores; each process
     loads its candidate's rules from `rules` again, as they cannot be sent across).
 
     `progress` is told how many events each replayed batch held (both replays count).
     """
     began = time.perf_counter()
     if parallel is None:
-        parallel = (os.cpu_count() or 1) >= 2 and count_lines(events_path) >= PARALLEL_FROM
+        parallel = (os.cpu_count() or 1) >= 2 and events_path.stat().st_size >= PARALLEL_FROM_BYTES
     now = clock()
     if parallel:
         summaries = _replay_in_processes([current, new], events_path, as_of, batch_size, now, progress)
     else:
         history = read_history(events_path)
+        as_of = resolve_as_of(history, as_of, now)
         summaries = {c.label: replay(c.label, c.programmes, history, as_of, batch_size, lambda: now, progress)
                      for c in (current, new)}
     return Simulation(summaries[current.label], summaries[new.label], parallel, time.perf_counter() - began)
@@ -434,59 +519,76 @@ def simulate(current: Candidate, new: Candidate, events_path: Path, as_of: datet
 def _replay_in_processes(candidates: list[Candidate], events_path: Path, as_of: datetime | None, batch_size: int,
                          now: datetime, progress: Callable[[int], None] | None) -> dict[str, RunSummary]:
     # spawn, not fork: the parent may run threads (a progress bar) and holds a compiled matching
-    # core; each child loads the rules and reads the history itself.
+    # core; each child loads the rules itself, while this process finds the history's events and
+    # then hands their places over (reading it once, in the time the children take to start).
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    workers = {c.label: context.Process(target=_child, name=f"simulate-{c.label}", daemon=True,
-                                        args=(c.label, str(c.rules), str(events_path), as_of, batch_size, now,
-                                              messages))
-               for c in candidates}
-    for worker in workers.values():
-        worker.start()
+    with tempfile.TemporaryDirectory(prefix="loyalty-simulate-") as scratch:  # removed after the children end
+        workers, receivers, senders = {}, {}, {}
+        for candidate in candidates:
+            label = candidate.label
+            receivers[label], senders[label] = context.Pipe(duplex=False)
+            workers[label] = context.Process(target=_child, name=f"simulate-{label}", daemon=True, args=(
+                label, str(candidate.rules), receivers[label], batch_size, now, scratch, messages))
+        try:
+            for label, worker in workers.items():
+                worker.start()
+                receivers[label].close()  # the child's end: closed here too, a child that died breaks the pipe
+            history = read_history(events_path)
+            as_of = resolve_as_of(history, as_of, now)
+            for sender in senders.values():
+                with suppress(BrokenPipeError):  # that replay process has ended: _results says how
+                    sender.send((history, as_of))
+            return _results(workers, messages, progress)
+        finally:
+            for worker in workers.values():
+                if worker.is_alive():
+                    worker.terminate()
+                worker.join()
+
+
+def _results(workers: dict, messages, progress: Callable[[int], None] | None) -> dict[str, RunSummary]:  # noqa: ANN001
+    """Each replay's summary, passing its progress on; SimulationError when one fails or stops without a result."""
     results: dict[str, RunSummary] = {}
     silent: Counter[str] = Counter()  # half-second waits since a replay process ended without its result
-    try:
-        while len(results) < len(workers):
-            try:
-                kind, label, payload = messages.get(timeout=0.5)
-            except queue.Empty:
-                for name, worker in workers.items():
-                    # A replay's last message may still be in the pipe when it exits: give it 2 s.
-                    if name not in results and not worker.is_alive():
-                        silent[name] += 1
-                        if silent[name] > 4:
-                            raise SimulationError(f"the replay under the {name} programme stopped (exit code "
-                                                  f"{worker.exitcode}) without a result") from None
-                continue
-            if kind == "progress":
-                if progress:
-                    progress(payload)
-            elif kind == "done":
-                results[label] = payload
-            else:
-                raise SimulationError(payload)
-    finally:
-        for worker in workers.values():
-            if worker.is_alive():
-                worker.terminate()
-            worker.join()
+    while len(results) < len(workers):
+        try:
+            kind, label, payload = messages.get(timeout=0.5)
+        except queue.Empty:
+            for name, worker in workers.items():
+                # A replay's last message may still be in the pipe when it exits: give it 2 s.
+                if name not in results and not worker.is_alive():
+                    silent[name] += 1
+                    if silent[name] > 4:
+                        raise SimulationError(f"the replay under the {name} programme stopped (exit code "
+                                              f"{worker.exitcode}) without a result") from None
+            continue
+        if kind == "progress":
+            if progress:
+                progress(payload)
+        elif kind == "done":
+            results[label] = payload
+        else:
+            raise SimulationError(payload)
     return results
 
 
-def _child(label: str, rules: str, events_path: str, as_of: datetime | None, batch_size: int, now: datetime,
-           messages) -> None:  # noqa: ANN001 - a multiprocessing queue
-    """A replay process: load the rules, replay, send the summary (or the error) back."""
+def _child(label: str, rules: str, inbox, batch_size: int, now: datetime, scratch: str,  # noqa: ANN001
+           messages) -> None:  # noqa: ANN001 - multiprocessing's pipe end and queue
+    """A replay process: load the rules, receive the history, replay, send the summary (or the error) back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends both replays
     try:
         programmes = load_programmes(Path(rules))
-        history = read_history(Path(events_path))
-        # The history and the compiled rules live as long as the process: out of the collector's
-        # sight, its full collections stop walking half a million lines (a few % of the replay).
+        history, as_of = inbox.recv()
+        # The compiled rules live as long as the process: out of the collector's sight, its full
+        # collections stop walking them.
         gc.collect()
         gc.freeze()
         summary = replay(label, programmes, history, as_of, batch_size, lambda: now,
-                         lambda n: messages.put(("progress", label, n)))
+                         lambda n: messages.put(("progress", label, n)), Path(scratch))
         messages.put(("done", label, summary))
+    except EOFError:
+        return  # the parent stopped before sending the history: it reports why
     except SimulationError as exc:
         messages.put(("error", label, str(exc)))
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the parent must hear of it
@@ -528,7 +630,9 @@ def impact(simulation: Simulation, top: int = 10) -> dict:
         "clients": _client_impact(current, new, top, unit),
         "warnings": warnings(simulation),
         "run": {"parallel": simulation.parallel, "seconds": round(simulation.seconds, 2),
-                CURRENT: round(current.seconds, 2), NEW: round(new.seconds, 2)},
+                CURRENT: round(current.seconds, 2), NEW: round(new.seconds, 2),
+                "phases": {summary.label: {phase: round(seconds, 2) for phase, seconds in summary.phases.items()}
+                           for summary in (current, new)}},
     }
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
+import tempfile
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -23,7 +26,17 @@ from rewards.kinds import Kind, Reason
 from service.ingest import Ingestor
 from service.portfolio import portfolio_summary
 from service.review import run_review
-from service.simulate import CURRENT, NEW, Candidate, impact, review_moments, simulate
+from service.simulate import (
+    CURRENT,
+    NEW,
+    Candidate,
+    SimulationError,
+    impact,
+    read_history,
+    replay,
+    review_moments,
+    simulate,
+)
 from storage.db import make_engine
 from storage.models import LedgerEntry
 from tests.conftest import RULES, SAMPLE, event, ndjson, run_cli
@@ -193,12 +206,16 @@ def test_a_changed_programme_follows_through_to_later_awards(history, proposed, 
     assert [r["upgrades"] for r in found["reviews"][CURRENT]] == [1, 1]
 
 
-def test_lowering_a_threshold_on_the_demo_portfolio(demo_run, proposed, shipped, tmp_path):
+def test_lowering_a_threshold_on_the_demo_portfolio(demo_run, proposed, shipped, tmp_path, monkeypatch):
     events, same, _ = demo_run
     path = tmp_path / "demo.jsonl"
     path.write_text(ndjson(*events))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     found = impact(simulate(Candidate(CURRENT, RULES, shipped), Candidate(NEW, proposed, load_programmes(proposed)),
                             path, parallel=True))
+    assert list(scratch.iterdir()) == []  # the replays' scratch databases are gone
     # The current side is the same replay as before, whether run here or in a child process.
     assert found["points"]["issued"]["current"] == sum(same.current.points_by_rule.values())
     tiers = {row["tier"]: row for row in found["tiers"]["distribution"]}
@@ -211,6 +228,7 @@ def test_lowering_a_threshold_on_the_demo_portfolio(demo_run, proposed, shipped,
     assert by_rule["survey-feedback"]["difference"] == 0  # no tier multiplier, and capped: unchanged
     assert Decimal(found["interest_forgone_per_year"]["total"]["difference"]) > 0  # gold holds more bps
     assert found["run"]["parallel"] is True
+    assert all(set(found["run"]["phases"][side]) == {"ingest", "reviews", "summary"} for side in (CURRENT, NEW))
 
 
 def test_cli_end_to_end_with_json_and_report(history, proposed, tmp_path):
@@ -308,6 +326,41 @@ def test_bad_inputs(history, proposed, tmp_path):
     assert code == 2 and "no event to replay" in json.loads(out)["error"]
 
 
+def test_the_history_is_replayed_in_time_order_from_its_file(tmp_path):
+    """Only where each event is gets held; its line is read again from the file, in time order (ties in the
+    file's order), a byte-order mark on the first line skipped as ingest skips it."""
+    lines = [json.dumps(e) for e in (HISTORY[3], HISTORY[0], HISTORY[4], HISTORY[1])]  # h-4 (April) first
+    path = tmp_path / "unordered.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join([lines[0], "", lines[1], lines[2] + "\r", lines[3]]).encode())
+    history = read_history(path)
+    assert list(history.numbers) == [3, 4, 5, 1] and history.lines == 5  # h-1 and h-5 at the same moment
+    assert [json.loads(text)["id"] for _, text in history.read(0, len(history))] == ["h-1", "h-5", "h-2", "h-4"]
+    assert history.count_upto(moment("2025-02-03T10:00:00Z")) == 3
+    assert history.moment(3) == moment("2025-04-15T10:00:00Z")
+
+
+def test_a_replay_leaves_no_scratch_database_behind_even_when_it_fails(tmp_path, history, shipped, monkeypatch):
+    summary = replay(CURRENT, shipped, read_history(history), scratch=tmp_path)
+    assert summary.events["applied"] == len(HISTORY) and list(tmp_path.iterdir()) == []
+
+    def disk_full(*_args, **_kwargs):
+        raise OperationalError("INSERT ...", None, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr("service.simulate.run_review", disk_full)
+    with pytest.raises(SimulationError, match="filled the disk .* set TMPDIR"):
+        replay(CURRENT, shipped, read_history(history), scratch=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_replay_process_that_fails_stops_the_simulation_with_its_reason(history, proposed, tmp_path):
+    missing = tmp_path / "gone.yaml"  # loaded here, then removed before the replay processes load it
+    missing.write_text(proposed.read_text())
+    candidates = [Candidate(label, missing, load_programmes(missing)) for label in (CURRENT, NEW)]
+    missing.unlink()
+    with pytest.raises(SimulationError, match="the replay under the (current|new) programme failed: .*gone.yaml"):
+        simulate(*candidates, history, parallel=True)
+
+
 def test_as_of_stops_the_replay(history, proposed, shipped):
     result = simulate(Candidate(CURRENT, RULES, shipped), Candidate(NEW, proposed, load_programmes(proposed)),
                       history, as_of=datetime(2025, 4, 30, tzinfo=UTC), parallel=False)
@@ -321,7 +374,7 @@ def test_as_of_stops_the_replay(history, proposed, shipped):
 def test_a_hostile_line_in_the_history_is_rejected_alone(tmp_path):
     """Lines over the length bound (read in bounded pieces) and unusable numbers are rejected with their
     line; the rest of the history is replayed."""
-    from service.simulate import count_lines, read_history
+    from service.simulate import count_lines
 
     good = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()][:2]
     history = tmp_path / "history.jsonl"
@@ -333,7 +386,9 @@ def test_a_hostile_line_in_the_history_is_rejected_alone(tmp_path):
         json.dumps(good[1]).encode(),  # no newline at the end
     ]))
     read = read_history(history)
-    assert [line for _, line, _ in read.events] == [1, 3, 5]  # line 3's amount is rejected when it is replayed
+    assert list(read.numbers) == [1, 3, 5]  # line 3's amount is rejected when it is replayed
+    lines = history.read_text().splitlines()
+    assert [text.removesuffix("\n") for _, text in read.read(0, len(read))] == [lines[0], lines[2], lines[4]]
     reasons = {error["line"]: error["error"] for error in read.rejected}
     assert "200,010 bytes" in reasons[2] and "2999" in reasons[4] and set(reasons) == {2, 4}
     assert count_lines(history) == 5
