@@ -28,6 +28,7 @@ from api.problems import ProblemError, problem_response, problem_responses
 from api.routes import router
 from engine.programme import ProgrammeSet
 from service import telemetry
+from service.apikeys import KeyCache
 from service.clock import Clock, utc_now
 from service.errors import ConflictError, InputError, NotFoundError
 from service.quotes import DEFAULT_HOLD
@@ -54,10 +55,12 @@ class LoyaltyAPI(FastAPI):
 def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
                hold: timedelta = DEFAULT_HOLD, max_body_bytes: int = MAX_BODY_BYTES,
                request_seconds: float = REQUEST_TIMEOUT, body_seconds: float = BODY_TIMEOUT,
-               observe: bool = True) -> FastAPI:
+               observe: bool = True, key_cache_seconds: float = 0.0) -> FastAPI:
     """The API over `engine` and `programmes`; `hold` is how long a quote reserves its entitlements,
     `request_seconds` bounds each request's database work and `body_seconds` the arrival of its body;
-    `observe=False` leaves out request ids, request logs and request metrics (for the benchmark)."""
+    `observe=False` leaves out request ids, request logs and request metrics (for the benchmark);
+    `key_cache_seconds` is how long a verified API key is admitted without reading it again (0: every
+    request reads its key; `loyalty serve` keeps them `api.limits.KEY_CACHE_SECONDS`)."""
     app = LoyaltyAPI(title="Loyalty engine benefits API", version=package_version(),
                      description="Benefits, quotes with holds, redemptions, events and ledgers for loan systems. "
                                  "Authenticate with an API key from `loyalty apikey create`. Every POST accepts an "
@@ -66,6 +69,7 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
                      docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.observe = observe
     app.state.engine, app.state.programmes, app.state.clock, app.state.hold = engine, programmes, clock, hold
+    app.state.keys = KeyCache(key_cache_seconds)
     app.state.rules_status = None  # set by `loyalty serve` when it watches the rules for new versions
     app.include_router(router)
     install_contract(app)

@@ -5,7 +5,8 @@ from datetime import datetime
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
 from api.problems import ProblemError, problem_responses
@@ -39,6 +40,12 @@ WRITE = {**READ, **problem_responses(400, 408, 409, 413)}
 MISSING = problem_responses(404)
 
 router = APIRouter(prefix="/v1")
+
+
+def as_sent(answer: BaseModel) -> Response:
+    """`answer` as the JSON its route's `response_model` documents, sent as it is: FastAPI would validate the
+    model it was built as a second time before serialising it."""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.post("/events", operation_id="postEvents", dependencies=[Depends(require("events:write"))],
@@ -81,13 +88,13 @@ async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str
                        product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
                        amount: Annotated[str | None, Query(max_length=40,
                                                           description="loan amount (needs product)")] = None,
-                       at: At = None) -> BenefitsAnswer:
+                       at: At = None) -> Response:
     """Tier, points, the effective rate discount for a product after stacking and the ceiling, fast track,
     and every entitlement with its provenance. Same fields as `loyalty benefits --json`."""
     state = request.app.state
-    return await run_read(state.engine, caller_benefits, state.engine, key,
-                          lambda caller: authorize(caller, "benefits:read"), state.programmes, client_id,
-                          at or state.clock(), product, amount)
+    return as_sent(await run_read(state.engine, caller_benefits, state.engine, state.keys, key,
+                                  lambda caller: authorize(caller, "benefits:read"), state.programmes, client_id,
+                                  at or state.clock(), product, amount))
 
 
 @router.get("/clients/{client_id}", operation_id="getProfile", dependencies=[Depends(require("benefits:read"))],
