@@ -1,6 +1,7 @@
-"""The API keys `loyalty serve` keeps after verifying them: admitted without a read for a few seconds, so a key
-revoked by another process is refused once its verification is that old, never later; unknown and wrong keys
-are never kept."""
+"""The benefits query's hot path: requests in the plain form get the answer FastAPI's parameter solving gives,
+and every other request FastAPI's own answer; the API keys `loyalty serve` keeps after verifying them are
+admitted without a read for a few seconds, so a key revoked by another process is refused once its
+verification is that old, never later; unknown and wrong keys are never kept."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,42 @@ import pytest
 
 from service.apikeys import Caller, KeyCache, authenticate, create_key, revoke_key
 from storage.db import init_schema, make_engine
+from tests.api_support import borrower_events, make_api
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def api(engine, programmes):
+    api = make_api(engine, programmes)
+    assert api.client.post("/v1/events", json=borrower_events()).json()["applied"] == 3
+    return api
+
+
+def test_a_plain_benefits_request_gets_the_answer_of_the_same_request_solved_by_fastapi(api):
+    solved_at = api.clock().isoformat()  # an `at` sends the request through FastAPI's solving
+    for params in ({}, {"product": "working_capital"}, {"product": "term_loan", "amount": "1000000"}):
+        plain = api.client.get("/v1/clients/C-1/benefits", params=params)
+        solved = api.client.get("/v1/clients/C-1/benefits", params={**params, "at": solved_at})
+        assert plain.status_code == solved.status_code == 200, plain.text
+        assert plain.json() == solved.json() and plain.headers["content-type"] == solved.headers["content-type"]
+
+
+def test_requests_outside_the_plain_form_get_fastapis_answers(api):
+    for query, headers, status, code in [
+        ("", {"Authorization": ""}, 401, "unauthenticated"),
+        ("?product=" + "x" * 65, {}, 422, "invalid-request"),
+        ("?amount=1&amount=" + "9" * 41, {}, 422, "invalid-request"),  # repeated: FastAPI reads the last one
+        ("?product=nope&product=working_capital", {}, 200, None),
+        ("?product=working_capital&unknown=1", {}, 200, None),
+        ("?product=payday", {}, 422, "invalid-input"),
+    ]:
+        response = api.client.get(f"/v1/clients/C-1/benefits{query}", headers=headers)
+        assert response.status_code == status, (query, response.text)
+        if code:
+            assert response.headers["content-type"] == PROBLEM and response.json()["type"] == f"/problems/{code}"
+        else:
+            assert response.json()["product"] == "working_capital"
 
 
 class Ticks:
