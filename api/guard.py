@@ -81,9 +81,9 @@ class RequestGuard:
         else:  # no body (a GET): nothing to bound or read, the app reads the connection's own empty one
             body, replay = b"", receive
         deadline = _now() + self.request_seconds
-        key = headers.get("idempotency-key")
-        credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
-        keyed = scope["method"] == "POST" and key is not None and credential is not None
+        key = headers.get("idempotency-key") if scope["method"] == "POST" else None
+        credential = presented_key(headers.get("authorization"), headers.get("x-api-key")) if key is not None else None
+        keyed = credential is not None
         try:
             check_backlog(self.request_seconds)
         except DeadlineExceeded as exc:
