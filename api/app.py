@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 
 from api.deadlines import HEALTH_TIMEOUT, DeadlineExceeded, in_thread
 from api.guard import RequestGuard
+from api.hot_path import BenefitsHotPath
 from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
 from api.observe import Observe
 from api.openapi import install as install_contract
@@ -76,6 +77,7 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
     _add_operations(app)
     app.include_router(router)
     install_contract(app)
+    app.add_middleware(BenefitsHotPath)  # inside the guard: its work is bounded like any other
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, request_seconds=request_seconds,
                        body_seconds=body_seconds)
     _add_error_handlers(app)

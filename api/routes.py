@@ -1,20 +1,17 @@
 """The `/v1` endpoints: thin adapters from HTTP to the use cases in `service/`."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, TypeAdapter, ValidationError
-from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
+from pydantic import BaseModel
 
 from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
 from api.problems import ProblemError, problem_responses
 from api.reads import run_read
-from api.security import authorize, credential, presented_key, require
+from api.security import authorize, credential, require
 from engine.errors import EventError
 from engine.json_input import parse_json_items
 from service.benefits import BenefitsAnswer, caller_benefits
@@ -87,6 +84,8 @@ def post_reversal(request: Request, event_id: EventId, body: ReversalRequest | N
 # The benefits query is what loan systems call while pricing: the key check and one indexed read, run
 # together by `run_read` (one hop to a worker thread at most). Everything that writes, or aggregates
 # (profiles), runs in worker threads.
+@router.get("/clients/{client_id}/benefits", operation_id="getBenefits", tags=["benefits"],
+            response_model=BenefitsAnswer, responses={**READ, **MISSING})
 async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str, Depends(credential)],
                        product: Product = None, amount: Amount = None, at: At = None) -> Response:
     """Tier, points, the effective rate discount for a product after stacking and the ceiling, fast track,
@@ -95,53 +94,6 @@ async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str
     return as_sent(await run_read(state.engine, caller_benefits, state.engine, state.keys, key,
                                   lambda caller: authorize(caller, "benefits:read"), state.programmes, client_id,
                                   at or state.clock(), product, amount))
-
-
-class _PlainBenefits(TypedDict, total=False):
-    """The benefits query's parameters in the form loan systems send them: no `at`, each at most once."""
-
-    client_id: ClientId
-    product: Product
-    amount: Amount
-
-
-_PLAIN = TypeAdapter(_PlainBenefits)  # validated as FastAPI validates each: the same declarations
-_PLAIN_QUERY = frozenset(_PlainBenefits.__annotations__) - {"client_id"}
-
-
-def _plain_benefits(request: Request) -> dict | None:
-    """`get_benefits`' arguments from a request in the plain form with a key, or None for any other request."""
-    key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    query = request.query_params
-    if not key or not query.keys() <= _PLAIN_QUERY or len(query.multi_items()) != len(query):
-        return None
-    try:
-        values = _PLAIN.validate_python({**query, "client_id": request.path_params["client_id"]})
-    except ValidationError:
-        return None
-    return {"product": None, "amount": None, **values, "key": key, "at": None}
-
-
-class _BenefitsRoute(APIRoute):
-    """The benefits route, handing a request in the plain form to the endpoint with its parameters validated in
-    one step; any other request (no key, an `at`, a parameter repeated, unknown or refused) is solved by
-    FastAPI, whose answers (401 and 422 included) stay the contract. Solving the key dependency and four
-    parameters one by one cost a fifth of the CPU of a benefits request."""
-
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        """FastAPI's handler, for what the plain form does not cover."""
-        solving = super().get_route_handler()
-
-        async def handler(request: Request) -> Response:
-            plain = _plain_benefits(request)
-            return await solving(request) if plain is None else await get_benefits(request, **plain)
-
-        return handler
-
-
-router.add_api_route("/clients/{client_id}/benefits", get_benefits, methods=["GET"], operation_id="getBenefits",
-                     tags=["benefits"], response_model=BenefitsAnswer, responses={**READ, **MISSING},
-                     route_class_override=_BenefitsRoute)
 
 
 @router.get("/clients/{client_id}", operation_id="getProfile", dependencies=[Depends(require("benefits:read"))],

@@ -1,7 +1,7 @@
-"""The benefits query's hot path: requests in the plain form get the answer FastAPI's parameter solving gives,
-and every other request FastAPI's own answer; the API keys `loyalty serve` keeps after verifying them are
-admitted without a read for a few seconds, so a key revoked by another process is refused once its
-verification is that old, never later; unknown and wrong keys are never kept."""
+"""The benefits query's hot path (`api.hot_path`): a request in the plain form gets the answer FastAPI gives the same
+request, and any other request, or one refused, FastAPI's own answer. The API keys `loyalty serve` keeps after
+verifying them are admitted without a read for a few seconds, so a key revoked by another process is refused
+once its verification is that old, never later; unknown and wrong keys are never kept."""
 from __future__ import annotations
 
 import hashlib
@@ -31,16 +31,18 @@ def test_a_plain_benefits_request_gets_the_answer_of_the_same_request_solved_by_
         assert plain.json() == solved.json() and plain.headers["content-type"] == solved.headers["content-type"]
 
 
-def test_requests_outside_the_plain_form_get_fastapis_answers(api):
-    for query, headers, status, code in [
-        ("", {"Authorization": ""}, 401, "unauthenticated"),
-        ("?product=" + "x" * 65, {}, 422, "invalid-request"),
-        ("?amount=1&amount=" + "9" * 41, {}, 422, "invalid-request"),  # repeated: FastAPI reads the last one
-        ("?product=nope&product=working_capital", {}, 200, None),
-        ("?product=working_capital&unknown=1", {}, 200, None),
-        ("?product=payday", {}, 422, "invalid-input"),
+def test_other_requests_and_refused_ones_get_fastapis_answers(api):
+    for client, query, headers, status, code in [
+        ("C-1", "", {"Authorization": ""}, 401, "unauthenticated"),
+        ("C-1", "", {"Authorization": "Bearer lk_nope_nope"}, 401, "invalid-key"),  # plain, refused
+        ("C-404", "", {}, 404, "not-found"),  # plain, refused
+        ("C-1", "?product=" + "x" * 65, {}, 422, "invalid-request"),
+        ("C-1", "?amount=1&amount=" + "9" * 41, {}, 422, "invalid-request"),  # repeated: FastAPI reads the last one
+        ("C-1", "?product=nope&product=working_capital", {}, 200, None),
+        ("C-1", "?product=working_capital&unknown=1", {}, 200, None),
+        ("C-1", "?product=payday", {}, 422, "invalid-input"),  # plain, refused
     ]:
-        response = api.client.get(f"/v1/clients/C-1/benefits{query}", headers=headers)
+        response = api.client.get(f"/v1/clients/{client}/benefits{query}", headers=headers)
         assert response.status_code == status, (query, response.text)
         if code:
             assert response.headers["content-type"] == PROBLEM and response.json()["type"] == f"/problems/{code}"
