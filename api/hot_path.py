@@ -13,6 +13,8 @@ unknown or revoked key, an unknown client, a database error), which FastAPI runs
 """
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -74,8 +76,9 @@ class HotPaths:
 async def _benefits(request: Request, client_id: str) -> Response | None:
     """The benefits answer to a request in the plain form; None for any other, or one refused or failed."""
     key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    query = request.query_params
-    if not key or not query.keys() <= _QUERY or len(query.multi_items()) != len(query):
+    pairs = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)  # as Starlette does
+    query = dict(pairs)
+    if not key or not query.keys() <= _QUERY or len(query) != len(pairs):
         return None
     try:
         values = _PLAIN.validate_python({**query, "client_id": client_id})
