@@ -11,7 +11,7 @@ from importlib.resources import files
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -19,20 +19,20 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
-from api.deadlines import HEALTH_TIMEOUT, DeadlineExceeded, in_thread
 from api.guard import RequestGuard
+from api.hot_path import HotPaths
 from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
 from api.observe import Observe
 from api.openapi import install as install_contract
-from api.problems import ProblemError, problem_response, problem_responses
+from api.operations import operations
+from api.problems import ProblemError, problem_response
 from api.routes import router
 from engine.programme import ProgrammeSet
 from service import telemetry
+from service.apikeys import KeyCache
 from service.clock import Clock, utc_now
 from service.errors import ConflictError, InputError, NotFoundError
 from service.quotes import DEFAULT_HOLD
-from service.readiness import Health, NotReady, Readiness, health, readiness
-from service.rules_watcher import ReloadStatus
 from service.version import package_version
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -54,10 +54,12 @@ class LoyaltyAPI(FastAPI):
 def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
                hold: timedelta = DEFAULT_HOLD, max_body_bytes: int = MAX_BODY_BYTES,
                request_seconds: float = REQUEST_TIMEOUT, body_seconds: float = BODY_TIMEOUT,
-               observe: bool = True) -> FastAPI:
+               observe: bool = True, key_cache_seconds: float = 0.0) -> FastAPI:
     """The API over `engine` and `programmes`; `hold` is how long a quote reserves its entitlements,
     `request_seconds` bounds each request's database work and `body_seconds` the arrival of its body;
-    `observe=False` leaves out request ids, request logs and request metrics (for the benchmark)."""
+    `observe=False` leaves out request ids, request logs and request metrics (for the benchmark);
+    `key_cache_seconds` is how long a verified API key is admitted without reading it again (0: every
+    request reads its key; `loyalty serve` keeps them `api.limits.KEY_CACHE_SECONDS`)."""
     app = LoyaltyAPI(title="Loyalty engine benefits API", version=package_version(),
                      description="Benefits, quotes with holds, redemptions, events and ledgers for loan systems. "
                                  "Authenticate with an API key from `loyalty apikey create`. Every POST accepts an "
@@ -66,13 +68,15 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
                      docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.observe = observe
     app.state.engine, app.state.programmes, app.state.clock, app.state.hold = engine, programmes, clock, hold
+    app.state.keys = KeyCache(key_cache_seconds)
     app.state.rules_status = None  # set by `loyalty serve` when it watches the rules for new versions
     app.include_router(router)
+    app.include_router(operations)
     install_contract(app)
+    app.add_middleware(HotPaths)  # inside the guard: its work is bounded like any other
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, request_seconds=request_seconds,
                        body_seconds=body_seconds)
     _add_error_handlers(app)
-    _add_operations(app)
     _add_docs(app)
     telemetry.watch_pool(engine)
     return app
@@ -82,40 +86,6 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     yield
     telemetry.process_exited()
-
-
-def _add_operations(app: FastAPI) -> None:
-    """Liveness, readiness and metrics: no key needed (operators restrict /metrics at the network)."""
-
-    def rules_status() -> ReloadStatus | None:
-        return app.state.rules_status() if app.state.rules_status else None
-
-    @app.get("/healthz", tags=["operations"], operation_id="getHealth", response_model=Health)
-    async def healthz() -> Health:
-        """Liveness: the process answers (no database is consulted); the release, the programme version in force
-        and the rules served."""
-        return health(app.state.engine, app.state.programmes.for_moment(app.state.clock()), rules_status())
-
-    @app.get("/readyz", tags=["operations"], operation_id="getReadiness", response_model=Readiness,
-             response_model_exclude_none=True, responses=problem_responses(503))
-    async def readyz(request: Request) -> Readiness | JSONResponse:
-        """Readiness: 503 while the database does not answer (within 2 s) or lacks this release's schema;
-        `degraded` (200, with the reason) while a changed rule file is refused and the last good rules are served."""
-        try:
-            return await in_thread(lambda: readiness(app.state.engine, rules_status()), HEALTH_TIMEOUT)
-        except (NotReady, DeadlineExceeded) as exc:  # each says what is missing, e.g. "the database did not answer"
-            return problem_response(503, "not-ready", str(exc), request.url.path, {"Retry-After": "2"})
-
-    @app.get("/metrics", tags=["operations"], operation_id="getMetrics", response_class=Response,
-             responses={200: {"description": "Prometheus text format", "content": {"text/plain": {
-                 "schema": {"type": "string"}}}}})
-    async def metrics() -> Response:
-        """Metrics in the Prometheus text format (requests, events, quotes, redemptions, reviews, rules, pool)."""
-        programmes = app.state.programmes
-        programme = programmes.for_moment(app.state.clock())
-        telemetry.show_programme(programme.id, [p.version for p in programmes.versions], programme.version)
-        body, content_type = telemetry.exposition()
-        return Response(body, media_type=content_type)
 
 
 _DOCS_ASSETS = "/docs-assets"

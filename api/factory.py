@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from uvicorn.config import STARTUP_FAILURE
 
 from api.app import create_app
-from api.limits import ServeSettings
+from api.limits import KEY_CACHE_SECONDS, ServeSettings
 from engine.errors import RuleFileError
 from rules import shipped_rules_dir
 from service.errors import SettingError
@@ -51,7 +51,8 @@ def create_app_from_env() -> FastAPI:
     except RuleFileError as exc:
         _cannot_start(f"the rules at {rules_location()} do not load: {'; '.join(str(p) for p in exc.problems)}")
     app = create_app(engine, watcher.current(), hold=timedelta(seconds=settings.hold_seconds),
-                     request_seconds=settings.request_timeout, body_seconds=settings.body_timeout)
+                     request_seconds=settings.request_timeout, body_seconds=settings.body_timeout,
+                     key_cache_seconds=KEY_CACHE_SECONDS)
     # A new version installed by `loyalty rules activate` replaces the set whole; each request keeps
     # the set it started with.
     watcher.on_install = lambda programmes: setattr(app.state, "programmes", programmes)

@@ -63,23 +63,27 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        try:
-            with anyio.fail_after(self.body_seconds):
-                body = await self._read_body(headers, receive)
-        except _TooLarge:
-            await problem_response(413, "body-too-large", f"the request body is over {self.max_body_bytes:,} bytes; "
-                                   "send fewer events per request (at most 1,000)", scope["path"])(scope, receive, send)
-            return
-        except TimeoutError:
-            await problem_response(408, "body-timeout", f"the request body did not arrive within "
-                                   f"{self.body_seconds:g} s; send it at once", scope["path"],
-                                   {"Connection": "close"})(scope, receive, send)
-            return
-        replay = _replayer(body, receive)
-        deadline = anyio.current_time() + self.request_seconds
-        key = headers.get("idempotency-key")
-        credential = presented_key(headers.get("authorization"), headers.get("x-api-key"))
-        keyed = scope["method"] == "POST" and key is not None and credential is not None
+        if "content-length" in headers or "transfer-encoding" in headers:
+            try:
+                with anyio.fail_after(self.body_seconds):
+                    body = await self._read_body(headers, receive)
+            except _TooLarge:
+                await problem_response(413, "body-too-large", f"the request body is over {self.max_body_bytes:,} "
+                                       "bytes; send fewer events per request (at most 1,000)",
+                                       scope["path"])(scope, receive, send)
+                return
+            except TimeoutError:
+                await problem_response(408, "body-timeout", f"the request body did not arrive within "
+                                       f"{self.body_seconds:g} s; send it at once", scope["path"],
+                                       {"Connection": "close"})(scope, receive, send)
+                return
+            replay = _replayer(body, receive)
+        else:  # no body (a GET): nothing to bound or read, the app reads the connection's own empty one
+            body, replay = b"", receive
+        deadline = _now() + self.request_seconds
+        key = headers.get("idempotency-key") if scope["method"] == "POST" else None
+        credential = presented_key(headers.get("authorization"), headers.get("x-api-key")) if key is not None else None
+        keyed = credential is not None
         try:
             check_backlog(self.request_seconds)
         except DeadlineExceeded as exc:
@@ -129,10 +133,11 @@ class RequestGuard:
         engine = state.engine
 
         def left() -> float:
-            return deadline - anyio.current_time()
+            return deadline - _now()
 
         try:
-            caller = await in_thread(lambda: authenticate(engine, credential), left())
+            keys = state.keys
+            caller = keys.get(credential) or await in_thread(lambda: authenticate(engine, credential, keys), left())
             if caller is None:  # the route answers 401; nothing is stored or replayed for an unknown key
                 tracked = _Tracked(send)
                 await _bounded(self.app(scope, receive, tracked), tracked, deadline, self.request_seconds)
@@ -162,7 +167,7 @@ class RequestGuard:
         try:
             finished = await _wait(task, deadline)
         except BaseException:
-            await _quietly(request.rollback, deadline - anyio.current_time())
+            await _quietly(request.rollback, deadline - _now())
             raise
         if not finished:
             _abandon(task, request.rollback)
@@ -171,12 +176,12 @@ class RequestGuard:
             body = buffered.body.decode("utf-8", errors="replace")
             try:
                 await in_thread(lambda: request.complete(buffered.status, buffered.content_type, body),
-                                deadline - anyio.current_time())
+                                deadline - _now())
             except (DBAPIError, PoolTimeoutError):
                 await _database_unavailable(scope, receive, send)
                 return
         else:
-            await _quietly(request.rollback, deadline - anyio.current_time())
+            await _quietly(request.rollback, deadline - _now())
         for message in buffered.messages:
             await send(message)
 
@@ -230,7 +235,7 @@ async def _bounded(work: Awaitable[None], tracked: _Tracked, deadline: float, se
 
 async def _wait(task: asyncio.Future, deadline: float) -> bool:
     """Wait for `task` until `deadline`; True if it finished (its exception, if any, is raised)."""
-    done, _ = await asyncio.wait({task}, timeout=max(deadline - anyio.current_time(), 0))
+    done, _ = await asyncio.wait({task}, timeout=max(deadline - _now(), 0))
     if done:
         task.result()
         return True
@@ -296,6 +301,12 @@ _REFUSALS = {
                           "before recording its response, and it may have taken effect; check the resource (the "
                           "quote, the ledger) before sending it again with a new key", None),
 }
+
+
+def _now() -> float:
+    """The event loop's clock, which deadlines are set on (anyio's `current_time`, without its look-up of the
+    running async library on every call)."""
+    return asyncio.get_running_loop().time()
 
 
 def _replayer(body: bytes, receive_more: Receive) -> Receive:

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 # A request's whole database work (key check, claim, route, commit): above the API statement
 # timeout (5 s), so a slow statement fails with the database's own error first.
 REQUEST_TIMEOUT = 10.0
+# How long `loyalty serve` admits an API key it verified without reading it again: a key revoked by
+# `loyalty apikey revoke` is refused at most this long after (reading it per request cost more CPU than the
+# benefits read it guards).
+KEY_CACHE_SECONDS = 5.0
 # A body (at most 2 MiB) must arrive within this: a client dribbling bytes holds a connection and
 # memory, and 2 MiB at 100 kB/s takes 20 s.
 BODY_TIMEOUT = 30.0

@@ -104,10 +104,11 @@ class Observe:
             seconds = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             route = route_template(scope, root_path)
-            telemetry.REQUESTS.labels(method, route, str(status)).observe(seconds)
-            log.info("%s %s %d %.1f ms", method, route, status, seconds * 1000,
-                     extra={"method": method, "route": route, "status": status,
-                            "duration_ms": round(seconds * 1000, 2), "request_id": request_id,
-                            "api_key_id": caller[0] if caller else None})
+            telemetry.observe_request(method, route, status, seconds)
+            if log.isEnabledFor(logging.INFO):  # `serve --log-level warning` drops the line: do not build it
+                log.info("%s %s %d %.1f ms", method, route, status, seconds * 1000,
+                         extra={"method": method, "route": route, "status": status,
+                                "duration_ms": round(seconds * 1000, 2), "request_id": request_id,
+                                "api_key_id": caller[0] if caller else None})
             _CALLER.reset(caller_token)
             reset_request_id(token)

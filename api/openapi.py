@@ -1,6 +1,7 @@
 """The OpenAPI document as a contract for generated clients: FastAPI's document, finished with what the
 request guard and the middleware do around the routes (one declaration each, for every operation).
 
+- every `/v1` operation needs an API key, sent either way `api.security.KEY_SCHEMES` names;
 - every error answer is `application/problem+json` with the one `Problem` schema;
 - `X-Request-ID` is a request parameter and a response header of every operation;
 - `Idempotency-Key` is a header parameter of every POST (the guard enforces its bounds), and a POST's
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 from api.guard import MAX_KEY_LENGTH
 from api.problems import MEDIA_TYPE
 from api.routes import MAX_EVENTS
+from api.security import KEY_SCHEMES
 from engine.events import EventEnvelope
 
 REQUEST_ID = {"name": "X-Request-ID", "in": "header", "required": False,
@@ -36,6 +38,7 @@ _REPLAYED = {"description": "`true` when this is the stored answer to an earlier
                             "Idempotency-Key", "schema": {"type": "string", "enum": ["true"]}}
 _SCHEMAS = "#/components/schemas/"
 EVENTS_PATH = "/v1/events"
+KEYED = "/v1/"  # the paths that need an API key
 
 
 def install(app: FastAPI) -> None:
@@ -55,11 +58,16 @@ def install(app: FastAPI) -> None:
 
 def finish(document: dict) -> None:
     """Complete a document FastAPI generated (in place)."""
-    schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update(_event_schemas())
+    components = document.setdefault("components", {})
+    components.setdefault("schemas", {}).update(_event_schemas())
+    components["securitySchemes"] = {scheme.scheme_name: scheme.model.model_dump(mode="json", by_alias=True,
+                                                                                 exclude_none=True)
+                                     for scheme in KEY_SCHEMES}
     for path, methods in document.get("paths", {}).items():
         for method, operation in methods.items():
             post = method == "post"
+            if path.startswith(KEYED):
+                operation["security"] = [{scheme.scheme_name: []} for scheme in KEY_SCHEMES]
             operation["parameters"] = [*operation.get("parameters", []), REQUEST_ID,
                                        *([IDEMPOTENCY_KEY] if post else [])]
             if post and path == EVENTS_PATH:

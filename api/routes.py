@@ -5,7 +5,8 @@ from datetime import datetime
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from api.models import CommitRequest, QuoteRequest, RedemptionRequest, ReversalRequest
 from api.problems import ProblemError, problem_responses
@@ -30,6 +31,8 @@ ClientId = Annotated[str, Path(min_length=1, max_length=64, pattern=PRINTABLE,
 QuoteId = Annotated[str, Path(min_length=1, max_length=40, pattern=PRINTABLE)]
 EventId = Annotated[str, Path(min_length=1, max_length=128, pattern=PRINTABLE)]
 At = Annotated[datetime | None, Query(description="moment to look at, ISO 8601 with zone; default now")]
+Product = Annotated[str | None, Query(max_length=64, description="loan product to price")]
+Amount = Annotated[str | None, Query(max_length=40, description="loan amount (needs product)")]
 # The problems every operation can answer: no or a bad key (401), a key without the scope (403), a parameter
 # that does not fit (422), a failure (500), the database unavailable or the request's time bound passed (503).
 READ = problem_responses(401, 403, 422, 500, 503)
@@ -39,6 +42,12 @@ WRITE = {**READ, **problem_responses(400, 408, 409, 413)}
 MISSING = problem_responses(404)
 
 router = APIRouter(prefix="/v1")
+
+
+def as_sent(answer: BaseModel) -> Response:
+    """`answer` as the JSON its route's `response_model` documents, sent as it is: FastAPI would validate the
+    model it was built as a second time before serialising it."""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.post("/events", operation_id="postEvents", dependencies=[Depends(require("events:write"))],
@@ -78,16 +87,13 @@ def post_reversal(request: Request, event_id: EventId, body: ReversalRequest | N
 @router.get("/clients/{client_id}/benefits", operation_id="getBenefits", tags=["benefits"],
             response_model=BenefitsAnswer, responses={**READ, **MISSING})
 async def get_benefits(request: Request, client_id: ClientId, key: Annotated[str, Depends(credential)],
-                       product: Annotated[str | None, Query(max_length=64, description="loan product to price")] = None,
-                       amount: Annotated[str | None, Query(max_length=40,
-                                                          description="loan amount (needs product)")] = None,
-                       at: At = None) -> BenefitsAnswer:
+                       product: Product = None, amount: Amount = None, at: At = None) -> Response:
     """Tier, points, the effective rate discount for a product after stacking and the ceiling, fast track,
     and every entitlement with its provenance. Same fields as `loyalty benefits --json`."""
     state = request.app.state
-    return await run_read(state.engine, caller_benefits, state.engine, key,
-                          lambda caller: authorize(caller, "benefits:read"), state.programmes, client_id,
-                          at or state.clock(), product, amount)
+    return as_sent(await run_read(state.engine, caller_benefits, state.engine, state.keys, key,
+                                  lambda caller: authorize(caller, "benefits:read"), state.programmes, client_id,
+                                  at or state.clock(), product, amount))
 
 
 @router.get("/clients/{client_id}", operation_id="getProfile", dependencies=[Depends(require("benefits:read"))],

@@ -4,16 +4,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.types import Scope
 
 from api.observe import note_api_key
 from api.problems import ProblemError
 from api.reads import run_read
-from service.apikeys import Caller, authenticate
+from service.apikeys import Caller, KeyCache, authenticate
 
-_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer lk_…` (from `loyalty apikey create`)")
-_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="or `X-API-Key: lk_…`")
+# The two ways to send a key, as the OpenAPI document declares them on every `/v1` operation (`api.openapi`).
+# Requests are read by `credential`, not by these classes: solving them as dependencies of every request cost
+# more CPU than the rest of the key check.
+KEY_SCHEMES = (HTTPBearer(auto_error=False, description="`Authorization: Bearer lk_…` (from `loyalty apikey create`)"),
+               APIKeyHeader(name="X-API-Key", auto_error=False, description="or `X-API-Key: lk_…`"))
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="loyalty"'}
 _CALLER = "loyalty_caller"  # where a request's scope state keeps its authenticated caller
 
@@ -26,14 +29,10 @@ def presented_key(authorization: str | None, api_key: str | None) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-async def _schemes(_bearer_key: HTTPAuthorizationCredentials | None = Depends(_bearer),
-                   _header_key: str | None = Depends(_header)) -> None:
-    """Declares both ways to send a key, so the OpenAPI document shows them; `credential` reads them."""
-
-
-async def credential(request: Request, _: None = Depends(_schemes)) -> str:
+async def credential(request: Request) -> str:
     """The API key the request carries (read as the idempotency guard reads it); 401 if it carries none."""
-    key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    headers = request.headers
+    key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
     if not key:
         raise ProblemError(401, "unauthenticated", "this endpoint needs an API key: send `Authorization: Bearer "
                            "<key>` or `X-API-Key: <key>`; `loyalty apikey create` makes one", _CHALLENGE)
@@ -63,10 +62,11 @@ def require(scope: str) -> Callable:
     """A dependency admitting callers whose key has `scope`."""
 
     async def check(request: Request, key: str = Depends(credential)) -> Caller:
-        known = request.scope.get("state", {}).get(_CALLER)
-        if known is not None:  # read from the same headers by the guard
+        keys: KeyCache = request.app.state.keys
+        known = request.scope.get("state", {}).get(_CALLER) or keys.get(key)
+        if known is not None:  # read from the same headers by the guard, or verified lately
             return authorize(known, scope)
         engine = request.app.state.engine
-        return await run_read(engine, lambda: authorize(authenticate(engine, key), scope))
+        return await run_read(engine, lambda: authorize(authenticate(engine, key, keys), scope))
 
     return check

@@ -18,10 +18,9 @@ from engine.events import minor_unit_exponent, parse_money
 from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.stacking import DiscountDecision, Entitlement, ServiceBenefits, rate_discount, service_benefits
 from service.answer import Answer, Moment, ProgrammeRef
-from service.apikeys import Caller, caller_of
+from service.apikeys import Caller, KeyCache, authenticate
 from service.errors import InputError, NotFoundError
-from storage.db import autocommit_reads
-from storage.holdings import client_holdings
+from storage.holdings import Holdings, client_holdings, read_holdings
 
 
 class EntitlementFields(Answer):
@@ -131,8 +130,12 @@ def check_amount(programme: CompiledProgramme, amount: object) -> Decimal:
 
 
 def load_state(conn: Connection, client_id: str, at: datetime) -> ClientState:
-    """Read a client's balance, tier history, entitlements valid at `at` and their holds; NotFoundError if unknown."""
-    holdings = client_holdings(conn, client_id, at)
+    """Read a client's balance, tier history, entitlements valid at `at` and their holds in `conn`'s transaction;
+    NotFoundError if unknown."""
+    return _state(client_holdings(conn, client_id, at), client_id, at)
+
+
+def _state(holdings: Holdings | None, client_id: str, at: datetime) -> ClientState:
     if holdings is None:
         raise NotFoundError(f"no client {client_id!r}: it has no events yet")
     held = [e for e in holdings.held if e.valid_at(at)]
@@ -157,31 +160,23 @@ def yearly_saving(programme: CompiledProgramme, amount: Decimal, bps: int) -> st
 def client_benefits(engine: Engine, programmes: ProgrammeSet, client_id: str, at: datetime,
                     product: str | None = None, amount: object = None) -> BenefitsAnswer:
     """The benefits answer a loan system or an operator asks for (same fields in CLI `--json` and HTTP)."""
-    with autocommit_reads(engine) as conn:  # one statement: its own snapshot, no transaction needed
-        return benefits_answer(conn, programmes, client_id, at, product, amount)
-
-
-def caller_benefits(engine: Engine, key: str, admit: Callable[[Caller | None], object], programmes: ProgrammeSet,
-                    client_id: str, at: datetime, product: str | None = None,
-                    amount: object = None) -> BenefitsAnswer:
-    """The benefits answer for the holder of API key `key`, read on the connection that looks the key up (one
-    connection for both: the hot path of pricing); `admit` refuses a caller by raising."""
-    with autocommit_reads(engine) as conn:
-        admit(caller_of(conn, key))
-        return benefits_answer(conn, programmes, client_id, at, product, amount)
-
-
-def benefits_answer(conn: Connection, programmes: ProgrammeSet, client_id: str, at: datetime,
-                    product: str | None = None, amount: object = None) -> BenefitsAnswer:
-    """The benefits answer, read on `conn` (for a caller that also checked the API key on it)."""
     at = require_utc(at)
     programme = programmes.for_moment(at)
     check_product(programme, product)
     loan_amount = check_amount(programme, amount) if amount is not None else None
     if loan_amount is not None and product is None:
         raise InputError("an amount needs a product: say which loan product it is for")
-    state = load_state(conn, client_id, at)
+    state = _state(read_holdings(engine, client_id, at), client_id, at)  # one statement: its own snapshot
     return benefits_view(programme, state, price(programme, state, at, product), at, loan_amount)
+
+
+def caller_benefits(engine: Engine, keys: KeyCache, key: str, admit: Callable[[Caller | None], object],
+                    programmes: ProgrammeSet, client_id: str, at: datetime, product: str | None = None,
+                    amount: object = None) -> BenefitsAnswer:
+    """The benefits answer for the holder of API key `key` (read unless `keys` verified it lately), in one call
+    for the hot path of pricing (one hop to a worker thread at most); `admit` refuses a caller by raising."""
+    admit(authenticate(engine, key, keys))
+    return client_benefits(engine, programmes, client_id, at, product, amount)
 
 
 def benefits_view(programme: CompiledProgramme, state: ClientState, pricing: Pricing, at: datetime,
