@@ -419,33 +419,34 @@ def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewRep
     """Read one page of clients in a snapshot and decide each (nothing is written here)."""
     as_of, window = report.as_of, programme.model.review.window_months
     window_start = months_before(as_of, window)
-    expire_after = programme.model.points.expire_after_months
+    rank = {tier: position for position, tier in enumerate(programme.tier_ids)}
     with read_snapshot(engine) as conn:
         ids = review_pages.clients(conn, page)
         metrics = client_metrics(conn, as_of, window_start, window, programme.currency, ids)
-        current = client_store.tiers_as_of(conn, as_of, ids)
-        pins = standing.pins_in_force(conn, as_of, ids)
-        graces = standing.open_graces(conn, ids)
-        flags = standing.open_flags(conn, ids)
-        tenure = standing.tenure_starts(conn, ids, as_of)
+        current = {client_id: in_force for client_id, in_force in client_store.tiers_as_of(conn, as_of, ids).items()
+                   if in_force.tier is not None}  # the others were not clients yet at that moment
+        pins = standing.pins_in_force(conn, as_of, page)
+        graces = standing.open_graces(conn, page)
+        flags = standing.open_flags(conn, page)
+        values = {client_id: metrics.get(client_id, dict.fromkeys(METRICS)) for client_id in ids if client_id in current}
+        placements = {client_id: place(programme.model.tiers, values[client_id]) for client_id in values}
+        # Tenure matters only to a downgrade: read for the clients placed below their tier.
+        tenure = standing.tenure_starts(conn, [client_id for client_id, placement in placements.items()
+                                               if rank[placement.tier] < rank[current[client_id].tier]], as_of)
         decided = _Page(ids)
-        for client_id in ids:
-            in_force = current.get(client_id)
-            if in_force is None or in_force.tier is None:
-                continue  # not a client yet at that moment
-            values = metrics.get(client_id, dict.fromkeys(METRICS))
-            placement = place(programme.model.tiers, values)
+        for client_id, placement in placements.items():
+            in_force = current[client_id]
             tier_after = _decide_client(programme, report, decided, client_id, in_force, placement,
-                                        Standing(in_force.tier, in_force.since, tenure[client_id],
+                                        Standing(in_force.tier, in_force.since, tenure.get(client_id),  # type: ignore[arg-type]
                                                  graces.get(client_id), pins.get(client_id)))
-            _churn(programme, report, decided, client_id, tier_after, values, flags.get(client_id))
+            _churn(programme, report, decided, client_id, tier_after, values[client_id], flags.get(client_id))
         if report.dry_run:  # a review finds when each move takes effect under the clients' locks, when it writes
             latest = client_store.last_activity(conn, [change.client_id for change in decided.changes])
             decided.changes = [replace(change, effective_from=effective_moment(
                 as_of, latest.get(change.client_id), current[change.client_id].since)) for change in decided.changes]
-        elif expire_after is not None:
-            due = lots.open_lots_earned_by(conn, earned_no_later_than(as_of, expire_after), ids)
-            decided.expiring = sorted({lot.client_id for lot in due})
+        elif programme.model.points.expire_after_months is not None:
+            due = set(lots.lot_clients(conn, earned_no_later_than(as_of, programme.model.points.expire_after_months)))
+            decided.expiring = [client_id for client_id in ids if client_id in due]
         changed = [change.client_id for change in decided.changes + decided.already_moved]
         decided.volumes = volume_by_product(conn, changed, window_start, as_of)
     return decided

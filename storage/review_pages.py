@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, func, insert, or_, select, true, update
 
 from storage.models import Client, ReviewPage
 
@@ -45,14 +45,17 @@ def recorded(conn: Connection, review_id: str) -> bool:
     return conn.execute(select(PAGES.c.page).where(PAGES.c.review_id == review_id).limit(1)).first() is not None
 
 
+def within(page: Page, client_id: ColumnElement) -> ColumnElement[bool]:
+    """The condition that a client id column is in a page: a range, which reads far faster than a list of
+    the page's thousands of ids."""
+    return and_(true(), *([client_id > page.after] if page.after is not None else []),
+                *([client_id <= page.last] if page.last is not None else []))
+
+
 def clients(conn: Connection, page: Page) -> list[str]:
     """The ids of the clients in a page, in order."""
-    query = select(CLIENTS.c.client_id).order_by(CLIENTS.c.client_id)
-    if page.after is not None:
-        query = query.where(CLIENTS.c.client_id > page.after)
-    if page.last is not None:
-        query = query.where(CLIENTS.c.client_id <= page.last)
-    return list(conn.execute(query).scalars())
+    return list(conn.execute(select(CLIENTS.c.client_id).where(within(page, CLIENTS.c.client_id))
+                             .order_by(CLIENTS.c.client_id)).scalars())
 
 
 def claimants(conn: Connection, review_id: str, unfinished_only: bool = False,
