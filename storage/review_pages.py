@@ -6,6 +6,7 @@ transaction that writes it, held by the claim: a process whose claim was taken o
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -120,8 +121,7 @@ def unfinished(conn: Connection, review_id: str) -> int:
         PAGES.c.review_id == review_id, PAGES.c.finished_at.is_(None))).scalar_one()
 
 
-def outcomes(conn: Connection, review_id: str) -> list[str]:
-    """The outcomes of the review's written pages, in page order."""
-    return list(conn.execute(select(PAGES.c.outcome).where(PAGES.c.review_id == review_id,
-                                                           PAGES.c.finished_at.is_not(None))
-                             .order_by(PAGES.c.page)).scalars())
+def outcomes(conn: Connection, review_id: str, skip: Iterable[int] = ()) -> dict[int, str]:
+    """The outcome of each written page of the review but those numbered in `skip`, by page number."""
+    return dict(conn.execute(select(PAGES.c.page, PAGES.c.outcome).where(
+        PAGES.c.review_id == review_id, PAGES.c.finished_at.is_not(None), PAGES.c.page.not_in(sorted(skip)))).all())
