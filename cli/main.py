@@ -390,8 +390,9 @@ def review(
     report_dir: Annotated[Optional[Path], typer.Option(
         "--report", help="Also write the report to this folder: CSV files and report.html with charts.")] = None,
     review_id: Annotated[Optional[str], typer.Option(
-        "--id", help="Finish an interrupted review: run it again under its id (see `loyalty review` output); it "
-                     "keeps the moment it was started with.")] = None,
+        "--id", help="Name the review. Run again under its id (see `loyalty review` output) to finish an "
+                     "interrupted review at the moment it was started with; in other processes while it runs, "
+                     "to share its work.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Tier review: place every client under the review policy, flag churn risk, expire points, report.
@@ -400,8 +401,10 @@ def review(
     the rule file allows (instant upgrades, at most N steps down, grace period, minimum time in a
     tier, new-client protection, pins set with `loyalty tier set`). Each move is recorded with its
     reasons and moves standing benefits through the ledger. Running the same review again changes
-    nothing; an interrupted one is finished with `--id`. `--dry-run` writes nothing and shows what
-    would change. `--report DIR` saves the report as CSV files and a self-contained HTML page.
+    nothing; an interrupted one is finished with `--id`. The same `loyalty review --id R` started in
+    several processes (several machines on one PostgreSQL) shares the review: each writes pages of
+    clients, and each prints the whole report. `--dry-run` writes nothing and shows what would change.
+    `--report DIR` saves the report as CSV files and a self-contained HTML page.
     """
     from cli.review_view import print_review
     from service.review import run_review
@@ -413,7 +416,8 @@ def review(
     moment = parse_moment(as_of, as_json, "--as-of") if as_of is not None else None
     try:
         with progress_bar("reviewing clients", "clients", enabled=not as_json) as advance:
-            report = run_review(engine, programmes, moment, dry_run=dry_run, progress=advance, review_id=review_id)
+            report = run_review(engine, programmes, moment, dry_run=dry_run, progress=advance, review_id=review_id,
+                                share=True)
     except (InputError, ConflictError, ReviewInterruptedError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     result = report.as_dict()

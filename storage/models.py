@@ -382,7 +382,24 @@ class SchemaInfo(SQLModel, table=True):
     value: str
 
 
+class ReviewPage(SQLModel, table=True):
+    """One page of a tier review: a range of client ids, the process that claimed it and until when, and
+    once written, what it found (its share of the report, JSON), committed with the page's writes.
+    Processes sharing a review take its pages from here, so whoever finished a page, the report is whole."""
+
+    __tablename__ = "review_page"
+
+    review_id: str = Field(primary_key=True, foreign_key="tier_review.id", max_length=64)
+    page: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    after_client_id: str | None = Field(default=None, max_length=64)  # clients after this one (None: from the first)
+    last_client_id: str | None = Field(default=None, max_length=64)  # up to this one (None: to the last)
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claimed_until: datetime | None = _ts(default=None)  # past it, another process may take the page over
+    finished_at: datetime | None = _ts(default=None)
+    outcome: str | None = Field(default=None, sa_column=Column(Text))
+
+
 # The migration revisions (storage/migrations/versions), oldest first: the last is the schema these
 # models describe. Kept here so checking a database's revision needs no Alembic (a test compares them).
-SCHEMA_REVISIONS = ("0001_baseline", "0002_bigint_ids", "0004_client_totals")
+SCHEMA_REVISIONS = ("0001_baseline", "0002_bigint_ids", "0003_review_pages", "0004_client_totals")
 SCHEMA_VERSION = SCHEMA_REVISIONS[-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, insert, select, update
 
 from engine.context import ONBOARDING_EVENT
 from rewards.tier_policy import Grace, Pin
@@ -16,6 +16,7 @@ from storage.models import (
     TierGrace,
     TierPin,
 )
+from storage.review_pages import Page, within
 from storage.types import as_utc
 
 PIN = TierPin.__table__
@@ -26,16 +27,21 @@ EVENTS = ProcessedEvent.__table__
 REVERSAL = EventReversal.__table__
 
 
-def pins_in_force(conn: Connection, at: datetime, client_ids: list[str] | None = None) -> dict[str, Pin]:
-    """Per client, the pin in force at `at` (the latest one started by then, if it has not ended)."""
+def pins_in_force(conn: Connection, at: datetime, clients: list[str] | Page | None = None) -> dict[str, Pin]:
+    """Per client (of the ids or the page given), the pin in force at `at` (the latest one started by then,
+    if it has not ended)."""
     query = select(PIN).where(PIN.c.valid_from <= at).order_by(PIN.c.client_id, PIN.c.valid_from, PIN.c.id)
-    if client_ids is not None:
-        query = query.where(PIN.c.client_id.in_(client_ids))
+    if clients is not None:
+        query = query.where(_among(PIN.c.client_id, clients))
     latest: dict[str, dict] = {}
     for row in conn.execute(query):
         latest[row.client_id] = dict(row._mapping)
     return {client_id: Pin(row["tier"], row["until"], row["reason"], row["author"])
             for client_id, row in latest.items() if row["until"] > at}
+
+
+def _among(client_id: ColumnElement, clients: list[str] | Page) -> ColumnElement[bool]:
+    return client_id.in_(clients) if isinstance(clients, list) else within(clients, client_id)
 
 
 def pin_history(conn: Connection, client_id: str) -> list[dict]:
@@ -49,10 +55,10 @@ def insert_pin(conn: Connection, row: dict) -> None:
     conn.execute(insert(PIN).values(**row))
 
 
-def open_graces(conn: Connection, client_ids: list[str]) -> dict[str, Grace]:
-    """Per client, its open grace period."""
+def open_graces(conn: Connection, clients: list[str] | Page) -> dict[str, Grace]:
+    """Per client (of the ids or the page given), its open grace period."""
     query = select(GRACE.c.client_id, GRACE.c.tier, GRACE.c.until).where(
-        GRACE.c.client_id.in_(client_ids), GRACE.c.ended_at.is_(None))
+        _among(GRACE.c.client_id, clients), GRACE.c.ended_at.is_(None))
     return {row.client_id: Grace(row.tier, row.until) for row in conn.execute(query)}
 
 
@@ -78,9 +84,9 @@ def open_grace_rows(conn: Connection, rows: list[dict]) -> None:
         conn.execute(insert(GRACE), rows)
 
 
-def open_flags(conn: Connection, client_ids: list[str]) -> dict[str, dict]:
-    """Per client, its open churn flag as a row."""
-    query = select(FLAG).where(FLAG.c.client_id.in_(client_ids), FLAG.c.cleared_at.is_(None))
+def open_flags(conn: Connection, clients: list[str] | Page) -> dict[str, dict]:
+    """Per client (of the ids or the page given), its open churn flag as a row."""
+    query = select(FLAG).where(_among(FLAG.c.client_id, clients), FLAG.c.cleared_at.is_(None))
     return {row.client_id: dict(row._mapping) for row in conn.execute(query)}
 
 

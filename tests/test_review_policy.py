@@ -214,9 +214,10 @@ def test_one_review_at_a_time_and_an_interrupted_review_resumes_without_double_e
         run_review(engine, programmes, moment, clock=lambda: NOW, review_id="review-q2", progress=crash_after_two_pages)
     assert leases.current(engine, review_module.LEASE) is None  # released on the way out
     resumed = run_review(engine, programmes, moment, clock=lambda: NOW, review_id="review-q2")
-    # The report and the audit row cover the whole review, the moves written before the crash included.
+    # The report and the audit row cover the whole review: the pages written before the crash recorded
+    # their share of the report with their moves, reasons included.
     assert resumed.resumed and resumed.migration == {"standard": {"silver": 4}} and resumed.skipped == []
-    assert [c.policy for c in resumed.changes] == ["written before the review was resumed"] * 2 + ["review"] * 2
+    assert [c.policy for c in resumed.changes] == ["review"] * 4 and all(c.reasons for c in resumed.changes)
     tiers, reviews = TierAssignment.__table__, TierReview.__table__
     with read_snapshot(engine) as conn:
         moves = conn.execute(select(func.count()).select_from(tiers).where(tiers.c.review_id == "review-q2")).scalar()

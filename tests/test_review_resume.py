@@ -151,25 +151,37 @@ def _move(file: Path, folder: Path) -> Path:
     return file.rename(folder / file.name)
 
 
-def test_a_lease_left_by_a_process_that_died_on_this_machine_is_taken_over(engine, programmes):
+def test_a_review_whose_processes_died_on_this_machine_is_taken_over(engine, programmes):
     import socket
     import subprocess
     from datetime import timedelta
 
     from service.errors import ConflictError
-    from storage import leases
+    from storage import leases, review_pages, reviews
+    from storage.db import write_transaction
 
     portfolio(engine, programmes)
     gone = subprocess.Popen(["true"])  # a process of this machine that has ended
     gone.wait()
     host, place = socket.gethostname(), review_module._place()
-    for holder in (f"{host}:{os.getppid()}:alive:{place}",  # a live process here
-                   f"{host}:{gone.pid}:elsewhere:0123456789ab.4026531836",  # same name, another machine or container
-                   f"{host}:{gone.pid}:old"):  # no place: wait for the lease to lapse
-        assert leases.acquire(engine, review_module.LEASE, holder, timedelta(minutes=5), NOW)
-        with pytest.raises(ConflictError, match="another tier review is running"):
+    with write_transaction(engine) as conn:  # a review another process started, and holds the lease of
+        reviews.record_start(conn, "review-old", "manual", MOMENT, "p", "1", NOW)
+        review_pages.create(conn, "review-old", review_pages.bounds(["C-0", "C-1", "C-2"], 1))
+    assert leases.acquire(engine, review_module.LEASE, "review-old", timedelta(minutes=5), NOW)
+    for claimant in (None,  # no page claimed yet: nothing known, wait for the lease to lapse
+                     f"{host}:{os.getppid()}:alive:{place}",  # a live process here
+                     f"{host}:{gone.pid}:elsewhere:0123456789ab.4026531836",  # same name, another machine or container
+                     f"{host}:{gone.pid}:old"):  # no place: wait for the lease to lapse
+        if claimant:
+            with write_transaction(engine) as conn:
+                assert review_pages.claim(conn, "review-old", claimant, NOW, NOW + timedelta(minutes=2), set())
+        with pytest.raises(ConflictError, match=r"another tier review is running \(review-old, lease until"):
             run_review(engine, programmes, MOMENT, clock=lambda: NOW)
-        leases.release(engine, review_module.LEASE, holder)
-    assert leases.acquire(engine, review_module.LEASE, f"{host}:{gone.pid}:dead:{place}", timedelta(minutes=5), NOW)
+        if claimant:
+            with write_transaction(engine) as conn:
+                review_pages.release(conn, "review-old", claimant, NOW)
+    with write_transaction(engine) as conn:
+        assert review_pages.claim(conn, "review-old", f"{host}:{gone.pid}:dead:{place}", NOW,
+                                  NOW + timedelta(minutes=2), set())
     assert run_review(engine, programmes, MOMENT, clock=lambda: NOW).clients == len(AMOUNTS)
     assert leases.current(engine, review_module.LEASE) is None

@@ -9,7 +9,7 @@ from now on, so a database upgraded here and one built by ingest hold the same r
 checks). On a large ledger this reads every event once: minutes for tens of millions of events.
 
 Revision ID: 0004_client_totals
-Revises: 0002_bigint_ids
+Revises: 0003_review_pages
 Create Date: 2026-12-06
 """
 from typing import Sequence, Union
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_client_totals"
-down_revision: Union[str, Sequence[str], None] = "0002_bigint_ids"
+down_revision: Union[str, Sequence[str], None] = "0003_review_pages"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
