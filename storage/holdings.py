@@ -92,7 +92,8 @@ def _compiled(dialect: Dialect) -> _Compiled:
 
 
 def client_holdings(conn: Connection, client_id: str, at: datetime) -> Holdings | None:
-    """What a client holds at `at`, or None if there is no such client; read in `conn`'s transaction.
+    """What a client holds at `at`, or None if there is no such client; read in the transaction `conn` has begun
+    (as `write_transaction` and `read_snapshot` begin theirs: the statement bypasses SQLAlchemy's autobegin).
 
     A hold lives until its quote is committed, voided or expires; quotes made after `at` count too:
     holds are about now, and a host whose clock is behind another's must still see the other's holds.
@@ -127,18 +128,19 @@ def _autocommit(raw: PoolProxiedConnection, dialect: Dialect) -> Iterator[None]:
 def _read(raw: PoolProxiedConnection, dialect: Dialect, client_id: str, at: datetime) -> Holdings | None:
     compiled = _compiled(dialect)
     parameters = compiled.parameters(client_id, at)
-    cursor = raw.cursor()
     try:
-        cursor.execute(compiled.sql, parameters)
-        rows = cursor.fetchall()
+        cursor = raw.cursor()
+        try:
+            cursor.execute(compiled.sql, parameters)
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
     except dialect.loaded_dbapi.Error as exc:
-        lost = dialect.is_disconnect(exc, raw, cursor)
+        lost = dialect.is_disconnect(exc, raw, None)
         if lost:
             raw.invalidate(exc)
         raise DBAPIError.instance(compiled.sql, parameters, exc, dialect.loaded_dbapi.Error,
                                   connection_invalidated=lost, dialect=dialect) from exc
-    finally:
-        cursor.close()
     if not rows:
         return None
     held: dict[int, Entitlement] = {}
