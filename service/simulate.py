@@ -70,8 +70,9 @@ PROCESSED = ProcessedEvent.__table__
 
 DEFAULT_BATCH = 2000  # as `loyalty ingest`: instant upgrades land where a real ingest would put them
 PARALLEL_FROM_BYTES = 2 << 20  # about 10,000 events: below this, starting two processes costs more than it saves
-# SQLite's page cache per replay; the rest of its database (about 1.5 KiB an event) waits in the system's
-# page cache. From 2 MiB to 256 MiB the replay's CPU time moved within the noise (150k events).
+# SQLite's page cache per replay; the rest of its database (about 1.2 KiB an event with the journal)
+# waits in the system's page cache. From 2 MiB to 256 MiB the CPU time of a replay of 150k events
+# moved within the noise.
 SCRATCH_CACHE_KIB = 64 * 1024
 CURRENT, NEW = "current", "new"
 NO_TIER = "(none)"  # a client the other programme never created (its events were all rejected there)
@@ -257,7 +258,7 @@ def scratch_engine(folder: Path | None = None) -> Iterator[Engine]:
         except OperationalError as exc:
             if "full" in str(exc):
                 raise SimulationError(f"the scratch database of a replay filled the disk of {directory}; set TMPDIR "
-                                      "to a folder with more room (a replay needs about 2 KiB per event)") from None
+                                      "to a folder with more room (a replay needs about 1.5 KiB per event)") from None
             raise
         finally:
             engine.dispose()
