@@ -168,19 +168,20 @@ def run(path: Path, batch: int, sequential: bool, runs: int) -> None:
     wall = [s["seconds"] for s in simulations]
     mib = [s["mib"] for s in simulations]
     print(f"{runs} run(s): medians (lowest-highest); events/s of the simulation count both replays")
-    rows: list[tuple[str, list[float], list[float] | None]] = [
-        ("floor: plain ingest, one database", floor, [f["mib"] for f in floors])]
+    rows: list[tuple[str, list[float], list[float] | None, list[float] | None]] = [
+        ("floor: plain ingest, one database", floor, [f["cpu"] for f in floors], [f["mib"] for f in floors])]
     for side in (CURRENT, NEW):
-        rows.append((f"{side} replay", [s[side] for s in simulations], None))
-        rows += [(f"  {phase}", [s["impact"]["run"]["phases"][side][phase] for s in simulations], None)
+        rows.append((f"{side} replay", [s[side] for s in simulations], None, None))
+        rows += [(f"  {phase}", [s["impact"]["run"]["phases"][side][phase] for s in simulations], None, None)
                  for phase in ("ingest", "reviews", "summary")]
-    rows += [("simulation, wall", wall, mib),
-             ("  outside the replays", [s["seconds"] - max(s[CURRENT], s[NEW]) for s in simulations], None)]
-    print(f"{'':<36}{'seconds':>20}{'events/s':>22}{'peak RSS MiB':>20}")
-    for label, seconds, peaks in rows:
+    rows += [("simulation, wall", wall, [s["cpu"] for s in simulations], mib),
+             ("  outside the replays", [s["seconds"] - max(s[CURRENT], s[NEW]) for s in simulations], None, None)]
+    print(f"{'':<36}{'seconds':>20}{'events/s':>22}{'CPU s':>20}{'peak RSS MiB':>20}")
+    for label, seconds, cpu, peaks in rows:
         rates = "" if label.startswith("  ") else \
             spread([events * (2 if label.startswith("simulation") else 1) / s for s in seconds], "{:,.0f}")
-        print(f"{label:<36}{spread(seconds, '{:.1f}'):>20}{rates:>22}{spread(peaks, '{:,.0f}') if peaks else '':>20}")
+        print(f"{label:<36}{spread(seconds, '{:.1f}'):>20}{rates:>22}{spread(cpu, '{:.1f}') if cpu else '':>20}"
+              f"{spread(peaks, '{:,.0f}') if peaks else '':>20}")
     print(f"  ({mode}; outside the replays: start-up, reading the history, handing results over; the simulation's "
           f"RSS is its largest replay process's, the parent's {spread([s['parent_mib'] for s in simulations], '{:,.0f}')} MiB)")
     replays = [max(s[CURRENT], s[NEW]) for s in simulations]
@@ -188,9 +189,8 @@ def run(path: Path, batch: int, sequential: bool, runs: int) -> None:
           f"time, {spread([s['cpu'] / 2 / f['cpu'] for s, f in zip(simulations, floors, strict=True)], '{:.2f}')} "
           "in CPU (the simulation's CPU over two; unlike time, not stretched when the replays share the cores "
           "with other work): what a replay adds to ingesting")
-    print(f"CPU: {spread([s['cpu'] for s in simulations], '{:.1f}')} s for the simulation (both replays); other "
-          f"processes kept {spread([s['others'] for s in simulations], '{:.2f}')} of the {os.cpu_count()} cores busy "
-          "meanwhile (on a quiet machine 0: above a few tenths, the wall time is suspect)")
+    print(f"other processes kept {spread([s['others'] for s in simulations], '{:.2f}')} of the {os.cpu_count()} "
+          "cores busy during the simulation (on a quiet machine 0: above a few tenths, its wall time is suspect)")
     print(f"goal: under {GOAL_SECONDS} s for two programmes: {verdict(statistics.median(wall) < GOAL_SECONDS)} "
           f"({statistics.median(wall):.1f} s); under {GOAL_MIB} MiB per replay: "
           f"{verdict(statistics.median(mib) < GOAL_MIB)} ({statistics.median(mib):,.0f} MiB)")
