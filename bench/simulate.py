@@ -13,9 +13,10 @@ Each run measures, one after the other and each in its own process (so each peak
   database of the kind a replay uses, with no review, no summary and no second programme;
 - the simulation as `loyalty simulate` runs it (`service.simulate.simulate`: two replay processes on a
   machine with two cores, unless --sequential), and the peak RSS of its largest replay process.
-Printed: each figure (the median of --runs, with the lowest and highest), a replay's time over the
-floor's, the CPU the simulation used and how busy other processes kept the machine meanwhile (it is
-shared), and the verdict against the goals (issue 14: under 60 s for two programmes, under 400 MiB a
+Printed: each figure (the median of --runs, with the lowest and highest): wall and CPU time, events/s
+and peak RSS, each replay's time in ingest, reviews and summary, the time outside the replays
+(start-up, reading the history, results), a replay over the floor in time and in CPU, how busy other
+processes kept the machine meanwhile (it is shared), and the verdict against the goals (issue 14: under 60 s for two programmes, under 400 MiB a
 replay). Timings are printed, never asserted. --profile replays the history's first --profile-events
 events under the shipped rules in this process under cProfile and prints the top functions by own
 time and by cumulative time.
@@ -182,8 +183,9 @@ def run(path: Path, batch: int, sequential: bool, runs: int) -> None:
             spread([events * (2 if label.startswith("simulation") else 1) / s for s in seconds], "{:,.0f}")
         print(f"{label:<36}{spread(seconds, '{:.1f}'):>20}{rates:>22}{spread(cpu, '{:.1f}') if cpu else '':>20}"
               f"{spread(peaks, '{:,.0f}') if peaks else '':>20}")
+    parent = spread([s["parent_mib"] for s in simulations], "{:,.0f}")
     print(f"  ({mode}; outside the replays: start-up, reading the history, handing results over; the simulation's "
-          f"RSS is its largest replay process's, the parent's {spread([s['parent_mib'] for s in simulations], '{:,.0f}')} MiB)")
+          f"RSS is its largest replay process's, the parent's {parent} MiB)")
     replays = [max(s[CURRENT], s[NEW]) for s in simulations]
     print(f"slower replay / floor: {spread([r / f for r, f in zip(replays, floor, strict=True)], '{:.2f}')} in "
           f"time, {spread([s['cpu'] / 2 / f['cpu'] for s, f in zip(simulations, floors, strict=True)], '{:.2f}')} "
