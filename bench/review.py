@@ -1,7 +1,7 @@
 """The periodic tier review of a large portfolio: wall time and peak memory, on SQLite and PostgreSQL,
 beside the metric read it needs, and one review shared by two processes on PostgreSQL.
 
-    python bench/review.py [--clients 100000] [--runs 3] [--postgres [URL]] [--reseed] [--profile]
+    python bench/review.py [--clients 100000] [--runs 3] [--postgres [URL]] [--processes 2] [--reseed] [--profile]
     python bench/review.py --quick          # 10,000 clients, one run (and `ledger verify` on a new seed)
 
 Seeds a portfolio straight into the tables, from a fixed random seed: per client a `client` row, a
@@ -33,14 +33,16 @@ is its own, not the seeding's. Measured on each database, --runs times, in this 
 
 - metrics: `storage.metrics.client_metrics` for every client in one read transaction, the floor
   under any review (the ratio to it says how much a review adds);
+- paged: the same metrics read as a review reads them, a page of clients at a time, each page in
+  its own snapshot (what the review pays for its metrics; the rest is what it adds);
 - dry run: `run_review(..., dry_run=True)`, every decision and nothing written;
 - review: `run_review(...)`, writing the moves (tier rows, revocations, grants), grace periods,
   churn flags and expiry; then a digest of everything it wrote (tier rows, grace periods, flags,
   ledger entries), on the same work copy as the two before;
-- 2 processes (PostgreSQL): the same review on a fresh copy, run by two child processes at once
-  sharing it (`run_review(share=True)`, as `loyalty review --id R` started twice): its time from the
-  first one's start to the last one's end, the speed-up over one process, and whether both reports
-  and the digest are those of the one-process review.
+- 2 procs (PostgreSQL; and 3 procs... up to --processes N): the same review on a fresh copy, run by
+  that many child processes at once sharing it (`run_review(share=True)`, as `loyalty review --id R`
+  started twice): its time from the first one's start to the last one's end, the speed-up over one
+  process, and whether every report and the digest are those of the one-process review.
 
 The review's clock is fixed just after AS_OF. `others` is the cores every other process used during
 a measurement (PostgreSQL's included): this machine is shared, and on SQLite more than a few tenths
@@ -88,8 +90,9 @@ from rewards.caps import months_before  # noqa: E402
 from rewards.kinds import Reason  # noqa: E402
 from rewards.points import apply_multiplier  # noqa: E402
 from rewards.tiers import tier_grants  # noqa: E402
+from service.review import PAGE as REVIEW_PAGE  # noqa: E402
 from service.review import run_review  # noqa: E402
-from storage import ledger  # noqa: E402
+from storage import ledger, review_pages, reviews  # noqa: E402
 from storage.db import init_schema, make_engine, read_snapshot, write_transaction  # noqa: E402
 from storage.ledger import Provenance  # noqa: E402
 from storage import metric_totals  # noqa: E402
@@ -134,7 +137,7 @@ LEGEND = ("up, down: moves written (dry run: decided); same: clients left in the
           "downgrade policy;\nchurn: churn flags raised or renewed; expired: points expired; skip: clients skipped "
           "with a reason; x metrics: seconds over the metric\nread's of the same run; RSS0, peak: the child's RSS in "
           "MiB once it had loaded the rules, and its peak (VmHWM); CPU s: the child's\nCPU in the measured call "
-          "(2 processes: both); others: cores every other process used meanwhile (PostgreSQL's included).")
+          "(n procs: all of them); others: cores every other process used meanwhile (PostgreSQL's included).")
 
 # (share of clients, loan volume drawn in the window in CNY, products drawn with weights, tier it earns).
 # The volumes straddle the thresholds (silver 10M, gold 30M, diamond 100M CNY) so reviews move clients.
@@ -743,6 +746,16 @@ def child(mode: str, url: str, profile: bool) -> None:
             metrics = client_metrics(conn, AS_OF, months_before(AS_OF, window), window, programme.currency)
         seconds, cpu, peak_kib = time.perf_counter() - began, time.process_time() - cpu_began, memory_kib("VmHWM")
         result: dict = {"clients": len(metrics)}
+    elif mode == "paged":
+        with read_snapshot(engine) as conn:
+            pages = review_pages.bounds(reviews.all_client_ids(conn), REVIEW_PAGE)
+        read = 0
+        for page in pages:
+            with read_snapshot(engine) as conn:
+                ids = review_pages.clients(conn, page)
+                read += len(client_metrics(conn, AS_OF, months_before(AS_OF, window), window, programme.currency, ids))
+        seconds, cpu, peak_kib = time.perf_counter() - began, time.process_time() - cpu_began, memory_kib("VmHWM")
+        result = {"clients": read}
     else:
         dry = mode == "dry"
         report = run_review(engine, programmes, AS_OF, dry_run=dry, clock=lambda: CLOCK,
@@ -860,22 +873,20 @@ def measure_database(database: str, fresh, cleanup, args: argparse.Namespace) ->
     for number in range(1, args.runs + 1):
         url = fresh(args)
         try:
-            found = {mode: measure(mode, url) for mode in ("metrics", "dry", "review")}
+            found = {mode: measure(mode, url) for mode in ("metrics", "paged", "dry", "review")}
             found["written"] = written_digest(url) if "error" not in found["review"] else None
         finally:
             cleanup(args)
-        if database == "PostgreSQL":
+        for processes in range(2, args.processes + 1) if database == "PostgreSQL" else ():
             url = fresh(args)
             try:
-                found["shared"] = measure("review", url, processes=2)
-                found["shared_written"] = written_digest(url) if "error" not in found["shared"] else None
+                found[f"{processes} procs"] = shared = measure("review", url, processes=processes)
+                found[f"{processes} written"] = written_digest(url) if "error" not in shared else None
             finally:
                 cleanup(args)
-        labels = {"metrics": "metrics", "dry": "dry run", "review": "review", "shared": "2 procs"}
         print(f"  run {number}/{args.runs}:")
-        for mode, label in labels.items():
-            if mode in found:
-                print("  " + result_line(database, label, found[mode], found["metrics"]))
+        for mode in modes(found):
+            print("  " + result_line(database, "dry run" if mode == "dry" else mode, found[mode], found["metrics"]))
         rounds.append(found)
     if args.profile:
         url = fresh(args)
@@ -886,6 +897,11 @@ def measure_database(database: str, fresh, cleanup, args: argparse.Namespace) ->
     return rounds
 
 
+def modes(found: dict) -> list[str]:
+    """The measurements of a round, in order: metrics, dry, review, then reviews shared by 2, 3... processes."""
+    return [mode for mode in found if mode in ("metrics", "paged", "dry", "review") or mode.endswith(" procs")]
+
+
 def median_of(rounds: list[dict], mode: str) -> float | None:
     """The median time of `mode` over the rounds that have one."""
     times = [found[mode]["seconds"] for found in rounds if mode in found and "error" not in found[mode]]
@@ -894,7 +910,7 @@ def median_of(rounds: list[dict], mode: str) -> float | None:
 
 def goals_of(database: str, rounds: list[dict]) -> list[str]:
     """The goals of issue 14 against the medians of the rounds, each met or NOT met."""
-    metrics, dry, review = (median_of(rounds, mode) for mode in ("metrics", "dry", "review"))
+    metrics, paged, dry, review = (median_of(rounds, mode) for mode in ("metrics", "paged", "dry", "review"))
     if review is None or metrics is None:
         return [f"{database:<11}review: no result"]
     times = ", ".join(f"{found['review']['seconds']:.1f}" for found in rounds if "error" not in found["review"])
@@ -906,18 +922,25 @@ def goals_of(database: str, rounds: list[dict]) -> list[str]:
         f"{database:<11}review <= {GOAL_RATIO:g}x the metric read: {review / metrics:.2f}x (metric read {metrics:.1f} s, "
         f"the floor) -> {verdict(review <= GOAL_RATIO * metrics)}; dry run {dry / metrics:.2f}x ({dry:.1f} s)"
         if dry is not None else f"{database:<11}review / metric read: {review / metrics:.2f}x",
+        f"{database:<11}the metrics read page by page as the review reads them: {paged:.1f} s ({paged / metrics:.2f}x "
+        f"the floor); the review adds {review - paged:.1f} s to them" if paged is not None else
+        f"{database:<11}metrics read page by page: no result",
         f"{database:<11}peak RSS {last['peak_mib']:,.0f} MiB ({growth:,.0f} MiB over the {last['started_mib']:,.0f} MiB at "
         f"start, {growth * 1024 * 1024 / max(1, last['clients']):,.0f} bytes per client)",
     ]
-    shared = median_of(rounds, "shared")
-    if shared is not None:
-        same = all(found["shared_written"] == found["written"] and {p["report"] for p in found["shared"]["processes"]}
-                   == {found["review"]["report"]} for found in rounds if "shared" in found)
-        goals += [f"{database:<11}one review shared by 2 processes >= {GOAL_SPEEDUP:g}x one process: "
-                  f"{review / shared:.2f}x ({shared:.1f} s against {review:.1f} s) -> "
-                  f"{verdict(review / shared >= GOAL_SPEEDUP)}",
-                  f"{database:<11}2 processes write and report what one does (tier rows, grace periods, flags, "
-                  f"ledger entries; both reports) -> {verdict(same)}"]
+    for mode in modes(rounds[0])[4:]:
+        processes, shared = int(mode.split()[0]), median_of(rounds, mode)
+        if shared is None:
+            goals.append(f"{database:<11}{mode}: no result")
+            continue
+        same = all(found[f"{processes} written"] == found["written"] and {p["report"] for p in found[mode]["processes"]}
+                   == {found["review"]["report"]} for found in rounds if mode in found and "error" not in found[mode])
+        speedup = f"{review / shared:.2f}x ({shared:.1f} s against {review:.1f} s)"
+        goals += [f"{database:<11}one review shared by {processes} processes >= {GOAL_SPEEDUP:g}x one process: {speedup} "
+                  f"-> {verdict(review / shared >= GOAL_SPEEDUP)}" if processes == 2 else
+                  f"{database:<11}one review shared by {processes} processes: {speedup}",
+                  f"{database:<11}{processes} processes write and report what one does (tier rows, grace periods, "
+                  f"flags, ledger entries; every report) -> {verdict(same)}"]
     return goals
 
 
@@ -930,11 +953,13 @@ def main() -> None:
     parser.add_argument("--postgres", nargs="?", const=PG_URL, metavar="URL",
                         help="also measure PostgreSQL, on the server of URL (default $LOYALTY_BENCH_PG_URL or "
                              "the local `test` database; the bench creates its own databases there)")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="PostgreSQL: the review shared by 2, and up to this many, processes (default 2)")
     parser.add_argument("--reseed", action="store_true", help="seed again even if a seed of this size exists")
     parser.add_argument("--profile", action="store_true",
                         help="afterwards, one more review on a fresh copy under cProfile (its time is not counted)")
     parser.add_argument("--quick", action="store_true", help="10,000 clients, one run, and `ledger verify` on a new seed")
-    parser.add_argument("--child", choices=("metrics", "dry", "review"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("metrics", "paged", "dry", "review"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     if parser.parse_args().quick:  # smaller defaults; --clients and --runs given explicitly still win
         parser.set_defaults(clients=10_000, runs=1)
@@ -961,10 +986,8 @@ def main() -> None:
             continue
         print(f"  {HEADER}")
         rounds = measure_database(database, fresh, cleanup, args)
-        rows += [result_line(database, f"{label} {number}", found[mode], found["metrics"])
-                 for number, found in enumerate(rounds, 1)
-                 for mode, label in (("metrics", "metrics"), ("dry", "dry"), ("review", "review"), ("shared", "2 procs"))
-                 if mode in found]
+        rows += [result_line(database, f"{mode} {number}", found[mode], found["metrics"])
+                 for number, found in enumerate(rounds, 1) for mode in modes(found)]
         goals += goals_of(database, rounds)
     print(f"\n{HEADER}")
     print("\n".join(rows))

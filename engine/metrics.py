@@ -5,6 +5,7 @@ programme's review window; this module names them and decides qualifications fro
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
@@ -77,12 +78,15 @@ def display(value: Decimal | None) -> str | None:
     return format(shown.normalize(), "f")
 
 
+_MEETS = {"gte": operator.ge, "gt": operator.gt, "lte": operator.le, "lt": operator.lt}
+
+
 def check(threshold: Threshold, values: Values) -> Check:
     """Compare a client's metric with a threshold; a missing value never meets it."""
     value = values.get(threshold.metric)
-    op, limit = threshold.operator, threshold.value
-    met = value is not None and {"gte": value >= limit, "gt": value > limit,
-                                 "lte": value <= limit, "lt": value < limit}[op]
+    op = threshold.operator
+    limit = getattr(threshold, op)  # threshold.value without finding the operator again: reviews check every client
+    met = value is not None and _MEETS[op](value, limit)
     return Check(threshold.metric, op, limit, value, met)
 
 

@@ -163,9 +163,11 @@ def run_review(engine: Engine, programmes: ProgrammeSet, as_of: datetime | None 
     """Review every client as of `as_of` (default: now) under the review policy; write the outcome unless `dry_run`.
 
     `review_id` names the review (a scheduled one is named by its moment); an unfinished review of
-    that id is resumed at the moment it was started with (another `as_of` is refused). ConflictError
-    if another review is running or this one already finished; ReviewInterruptedError if the database
-    stops answering half-way.
+    that id is resumed at the moment it was started with (another `as_of` is refused). With `share`,
+    a review of that id that other processes are running is joined: this process writes pages of it
+    too, and reports the whole review. ConflictError if another review is running (or this one,
+    without `share`) or this one already finished; ReviewInterruptedError if the database stops
+    answering half-way.
     """
     if review_id is not None and not REVIEW_ID.fullmatch(review_id):
         raise InputError(f"review id {review_id[:80]!r} is not one; expected 1 to 64 letters, digits, '.', '_', "
@@ -406,7 +408,7 @@ def _finish(engine: Engine, report: ReviewReport, now: datetime) -> bool:
     summary = report.as_dict()
     with write_transaction(engine) as conn:
         return reviews.record_finish(conn, report.review_id, now, report.clients, summary["upgrades"],
-                              summary["downgrades"], report.points_expired["points"], len(report.churn_flagged))
+                                     summary["downgrades"], report.points_expired["points"], len(report.churn_flagged))
 
 
 # --- deciding ------------------------------------------------------------------------------------------
