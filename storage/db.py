@@ -3,6 +3,7 @@ revision check, and upgrades to head (the migrations in storage/migrations) unde
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -142,10 +143,10 @@ def _configure_sqlite(engine: Engine, busy_seconds: float, cache_kib: int) -> No
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+        _enter_wal(cursor, busy_seconds)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
         cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
         cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
@@ -156,6 +157,22 @@ def _configure_sqlite(engine: Engine, busy_seconds: float, cache_kib: int) -> No
         # lock; readers begin deferred and, under WAL, never wait for a writer.
         writes = connection.get_execution_options().get(_WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def _enter_wal(cursor: sqlite3.Cursor, busy_seconds: float) -> None:
+    """Put the database in WAL mode, retrying within the busy timeout while another connection holds it."""
+    # A new database file enters WAL mode on its first write; a second connection switching it at the
+    # same moment gets "database is locked" at once (SQLite skips the busy handler where waiting could
+    # deadlock), so the switch is retried here rather than failing that connection.
+    deadline = time.monotonic() + busy_seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 @dataclass(frozen=True)
