@@ -74,7 +74,7 @@ from rewards.tiers import tier_grants  # noqa: E402
 from service.apikeys import create_key  # noqa: E402
 from service.benefits import client_benefits  # noqa: E402
 from service.clock import utc_now  # noqa: E402
-from service.redemptions import REDEEM_RULE_PREFIX  # noqa: E402
+from rewards.notices import REDEEM_RULE_PREFIX  # noqa: E402
 from storage import ledger  # noqa: E402
 from storage.db import init_schema, make_engine, write_transaction  # noqa: E402
 from storage.ledger import Provenance  # noqa: E402

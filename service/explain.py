@@ -32,7 +32,7 @@ from rewards.tiers import TIER_RULE_PREFIX
 from service.benefits import require_utc
 from service.errors import NotFoundError
 from service.explain_answer import ExplanationAnswer
-from service.redemptions import REDEEM_RULE_PREFIX
+from rewards.notices import REDEEM_RULE_PREFIX
 from storage import clients as client_store
 from storage import standing
 from storage.db import read_snapshot

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from engine.events import minor_unit_exponent
 from engine.programme import ProgrammeSet
+from rewards import notices
 from rewards.kinds import Status, Use
 from service import telemetry
 from service.answer import Answer, Moment, ProgrammeRef
@@ -26,7 +27,7 @@ from service.clock import Clock, utc_now
 from service.errors import ConflictError, NotFoundError
 from service.retry import with_retry
 from storage import clients as client_store
-from storage import ledger
+from storage import ledger, outbox
 from storage import quotes as quote_store
 from storage.db import read_snapshot, write_transaction
 from storage.ledger import held_entitlements
@@ -146,6 +147,11 @@ def _resolve(engine: Engine, quote_id: str, outcome: str, loan_id: str | None, c
             ledger.append(conn, [ledger.consume_entry(held[e], now, now, detail) for e in quote["holds"]])
         if not quote_store.resolve(conn, quote_id, outcome, now, loan_id):
             raise ConflictError(f"quote {quote_id} was resolved by another request", "quote-resolved")
+        if outcome == quote_store.COMMITTED:
+            outbox.record(conn, [notices.notice(
+                "quote.committed", now, client_id=quote["client_id"], quote_id=quote_id, loan_id=loan_id,
+                product=quote["product"], amount_minor=quote["amount_minor"], currency=quote["currency"],
+                entitlement_ids=quote["holds"], pricing=json.loads(quote["pricing"]), committed_at=now)], now)
         return quote_view({**quote, "status": outcome, "resolved_at": now, "loan_id": loan_id}, now)
 
 

@@ -12,6 +12,7 @@ from engine.errors import did_you_mean
 from engine.evaluator import award_grants
 from engine.programme import ProgrammeSet
 from rewards.kinds import Reason
+from rewards.notices import REDEEM_RULE_PREFIX
 from service import telemetry
 from service.answer import Answer, Moment
 from service.benefits import EntitlementAnswer, entitlement_view
@@ -24,8 +25,6 @@ from storage import ledger
 from storage.db import write_transaction
 from storage.ledger import Provenance
 from storage.models import Client
-
-REDEEM_RULE_PREFIX = "redeem:"
 
 
 class RewardAnswer(Answer):

@@ -32,7 +32,10 @@ def move_rows(programme: CompiledProgramme, move: TierMove, held: list[dict], no
     """The tier-history row and the ledger entries of `move`; `held` is the client's active standing
     tier entitlements (rows of the entitlement table), all of which end at the move."""
     source = Provenance(programme.id, programme.version, event_id)
+    rank = {tier: position for position, tier in enumerate(programme.tier_ids)}  # a tier no longer offered ranks lowest
+    direction = "up" if rank.get(move.to_tier, -1) > rank.get(move.from_tier, -1) else "down"
     tier_row = {"client_id": move.client_id, "tier": move.to_tier, "previous_tier": move.from_tier,
+                "direction": direction,
                 "valid_from": move.effective_from, "reason": move.reason,
                 "details": json.dumps(move.details) if move.details is not None else None,
                 "review_id": move.review_id, "programme_id": programme.id,

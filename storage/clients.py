@@ -9,7 +9,9 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, func, insert, select, union_all, update
 
 from engine.context import ONBOARDING_EVENT
+from rewards import notices
 from rewards.kinds import Reason
+from storage import outbox
 from storage.bulk import insert_rows
 from storage.types import as_utc
 from storage.models import Client, ClientMonth, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
@@ -86,9 +88,13 @@ def tier_histories(conn: Connection, client_ids: list[str]) -> dict[str, list[tu
 
 
 def insert_tier_assignments(conn: Connection, rows: list[dict]) -> None:
-    """Append tier-history rows."""
-    if rows:
-        conn.execute(insert(TIER), rows)
+    """Append tier-history rows, with a tier.changed notice for each that moves a client (a row with a
+    previous tier carries the move's `direction`, up or down, for the notice; the table does not keep it)."""
+    if not rows:
+        return
+    moves = [row for row in rows if row.get("previous_tier") is not None]
+    outbox.record(conn, [notices.tier_changed(row) for row in moves], rows[0]["created_at"])
+    conn.execute(insert(TIER), [{key: value for key, value in row.items() if key != "direction"} for row in rows])
 
 
 def processed_hashes(conn: Connection, event_ids: list[str]) -> dict[str, str]:

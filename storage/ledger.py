@@ -10,10 +10,11 @@ from datetime import datetime
 
 from sqlalchemy import Connection, and_, bindparam, case, func, insert, select, update
 
+from rewards import notices
 from rewards.kinds import Grant, Kind, Reason, Status, Use
 from rewards.stacking import Entitlement
 from rewards.tiers import TIER_RULE_PREFIX, tier_rule_id
-from storage import lots
+from storage import lots, outbox
 from storage.bulk import insert_rows
 from storage.types import UTCDateTime
 from storage.models import Client, Entitlement as EntitlementRow, EventReversal, LedgerEntry, ProcessedEvent, TierAssignment
@@ -111,6 +112,7 @@ def append(conn: Connection, rows: list[dict]) -> list[int]:
     """
     grant_ids: list[int] = []
     entitlements: list[dict] = []
+    announced = []
     for is_grant, run in groupby(rows, key=lambda row: row["reason"] == Reason.GRANT):
         run = list(run)
         if is_grant:
@@ -120,9 +122,13 @@ def append(conn: Connection, rows: list[dict]) -> list[int]:
             ids = [row[0] for row in result]
             grant_ids.extend(ids)
             entitlements.extend(_entitlement_row(entry_id, row) for entry_id, row in zip(ids, run, strict=True))
+            announced.extend(notices.from_entry(row, entry_id) for entry_id, row in zip(ids, run, strict=True))
         else:
             insert_rows(conn, ENTRY, run)
+            announced.extend(notices.from_entry(row, None) for row in run if row["reason"] not in _UNANNOUNCED)
     insert_rows(conn, ENTITLEMENT, entitlements)
+    if rows:
+        outbox.record(conn, announced, rows[0]["created_at"])
     _apply_points(conn, rows)
     lots.record(conn, rows)
     followers = [(row, _status_after(row["reason"])) for row in rows if row["entitlement_id"] is not None]
@@ -134,6 +140,8 @@ def append(conn: Connection, rows: list[dict]) -> list[int]:
     return grant_ids
 
 
+# Points earned and adjusted are nobody's news (the balance is there to read): no notice, no work.
+_UNANNOUNCED = frozenset({Reason.EARN, Reason.ADJUST})
 _REVOKED_AT = bindparam("revoked_at", type_=UTCDateTime())
 # A revoked entitlement was held until the revocation's moment (or its own end, if earlier): not erased from the past.
 _STATUS_UPDATES = {

@@ -399,7 +399,32 @@ class ReviewPage(SQLModel, table=True):
     outcome: str | None = Field(default=None, sa_column=Column(Text))
 
 
+class OutboxEvent(SQLModel, table=True):
+    """A decision worth acting on (rewards/notices.py), written in the same transaction as the change
+    that caused it: the transactional outbox the webhook dispatcher and the broker publisher read.
+
+    Rows are never deleted or rewritten; only `routed_at` is set once, when a dispatcher has handed the
+    record to every subscription. `seq` orders the records: per client, in the order of their commits
+    (a client's writers hold its row lock)."""
+
+    __tablename__ = "outbox_event"
+    __table_args__ = (Index("ix_outbox_event_client", "client_id", "seq"),
+                      _partial_index("ix_outbox_event_unrouted", "seq", "routed_at IS NULL", unique=False))
+
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    id: str = Field(max_length=40, unique=True)  # msg_<32 hex>: the webhook-id receivers deduplicate by
+    type: str = Field(max_length=64)
+    version: int = 1  # of the type's schema
+    client_id: str | None = Field(default=None, max_length=64)
+    occurred_at: datetime = _ts()  # when the decision took effect
+    data: str = Field(sa_column=Column(Text, nullable=False))  # JSON, as the type's schema says
+    dedupe_key: str | None = Field(default=None, max_length=200, unique=True)  # a notice given once per key
+    created_at: datetime = _ts()
+    routed_at: datetime | None = _ts(default=None)
+
+
 # The migration revisions (storage/migrations/versions), oldest first: the last is the schema these
 # models describe. Kept here so checking a database's revision needs no Alembic (a test compares them).
-SCHEMA_REVISIONS = ("0001_baseline", "0002_bigint_ids", "0003_review_pages", "0004_client_totals")
+SCHEMA_REVISIONS = ("0001_baseline", "0002_bigint_ids", "0003_review_pages", "0004_client_totals",
+                    "0005_outbox")
 SCHEMA_VERSION = SCHEMA_REVISIONS[-1]

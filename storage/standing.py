@@ -7,7 +7,9 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, insert, select, update
 
 from engine.context import ONBOARDING_EVENT
+from rewards import notices
 from rewards.tier_policy import Grace, Pin
+from storage import outbox
 from storage.models import (
     ChurnFlag,
     Client,
@@ -69,8 +71,13 @@ def grace_of(conn: Connection, client_id: str) -> dict | None:
 
 
 def close_graces(conn: Connection, endings: list[dict]) -> None:
-    """End open grace periods: dicts of client_id, ended_at, ended_by, outcome."""
+    """End open grace periods: dicts of client_id, ended_at, ended_by, outcome (a grace.ended notice each
+    that had one open)."""
     if endings:
+        opened = open_graces(conn, [e["client_id"] for e in endings])
+        outbox.record(conn, [notices.notice("grace.ended", e["ended_at"], client_id=e["client_id"], ended_at=e["ended_at"],
+                                            outcome=e["outcome"], review_id=e["ended_by"])
+                             for e in endings if e["client_id"] in opened])
         conn.execute(update(GRACE).where(GRACE.c.client_id == bindparam("cid"), GRACE.c.ended_at.is_(None))
                      .values(ended_at=bindparam("p_ended_at"), ended_by=bindparam("p_ended_by"),
                              outcome=bindparam("p_outcome")),
@@ -79,9 +86,12 @@ def close_graces(conn: Connection, endings: list[dict]) -> None:
 
 
 def open_grace_rows(conn: Connection, rows: list[dict]) -> None:
-    """Start grace periods (client_id, tier, started_at, until, review_id)."""
+    """Start grace periods (client_id, tier, started_at, until, review_id), with a grace.started notice each."""
     if rows:
         conn.execute(insert(GRACE), rows)
+        outbox.record(conn, [notices.notice("grace.started", r["started_at"], client_id=r["client_id"], tier=r["tier"],
+                                            started_at=r["started_at"], until=r["until"], review_id=r["review_id"])
+                             for r in rows])
 
 
 def open_flags(conn: Connection, clients: list[str] | Page) -> dict[str, dict]:
@@ -91,9 +101,12 @@ def open_flags(conn: Connection, clients: list[str] | Page) -> dict[str, dict]:
 
 
 def raise_flags(conn: Connection, rows: list[dict]) -> None:
-    """Open churn flags."""
+    """Open churn flags, with a churn.flagged notice each."""
     if rows:
         conn.execute(insert(FLAG), rows)
+        outbox.record(conn, [notices.notice("churn.flagged", r["raised_at"], client_id=r["client_id"], tier=r["tier"],
+                                            signals=json.loads(r["signals"]), value_minor=r["value"],
+                                            review_id=r["raised_by"]) for r in rows])
 
 
 def refresh_flags(conn: Connection, rows: list[dict]) -> None:
@@ -107,8 +120,11 @@ def refresh_flags(conn: Connection, rows: list[dict]) -> None:
 
 
 def clear_flags(conn: Connection, client_ids: list[str], at: datetime, review_id: str) -> None:
-    """Close the open flags of clients that recovered; the rows stay as history."""
+    """Close the open flags of clients that recovered, with a churn.cleared notice each; the rows stay as history."""
     if client_ids:
+        flagged = sorted(open_flags(conn, client_ids))
+        outbox.record(conn, [notices.notice("churn.cleared", at, client_id=client_id, cleared_at=at, review_id=review_id)
+                             for client_id in flagged])
         conn.execute(update(FLAG).where(FLAG.c.client_id.in_(client_ids), FLAG.c.cleared_at.is_(None))
                      .values(cleared_at=at, cleared_by=review_id))
 
