@@ -282,6 +282,8 @@ def _policy_problems(doc: YamlDocument, model: Programme, tier_ids: list[str]) -
             yield from (doc.problem(path + (key,), message) for key, message in schedule_problems(schedule))
     if model.points.expiry_schedule is not None and model.points.expire_after_months is None:
         yield doc.problem(("points", "expiry_schedule"), "an expiry schedule needs expire_after_months")
+    if model.points.expiry_notice_days and model.points.expire_after_months is None:
+        yield doc.problem(("points", "expiry_notice_days"), "expiry notices need expire_after_months")
     churn = model.churn
     if churn.min_tier is not None and churn.min_tier not in tier_ids:
         yield doc.problem(("churn", "min_tier"), _unknown("tier", churn.min_tier, tier_ids))

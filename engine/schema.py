@@ -182,6 +182,10 @@ class PointsPolicy(Strict):
     expire_after_months: int | None = Field(
         default=None, ge=1, le=240, description="points expire this many months after they were earned, oldest first")
     expiry_schedule: Schedule | None = Field(default=None, description="when `loyalty scheduler` expires points")
+    expiry_notice_days: list[Annotated[int, Field(ge=1, le=366)]] = Field(
+        default_factory=list, max_length=5,
+        description="when expiry runs, a points.expiring notice is given once per lot for each of these "
+                    "windows (days before the points expire), e.g. [30, 7]")
 
 
 class ChurnSignal(Threshold):

@@ -97,9 +97,9 @@ class PointsExpired(NoticeData):
 class PointsExpiring(NoticeData):
     """Points of one earning lot will expire within the window the notice was given for."""
 
-    lot_id: int
-    points: int
+    event_id: str  # the lot is the points this event earned under this rule
     rule_id: str
+    points: int  # still unspent
     earned_at: datetime
     expires_at: datetime
     within_days: int

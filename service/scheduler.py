@@ -37,6 +37,7 @@ from engine.schema import Programme, Schedule
 from service.clock import utc_now
 from service.errors import ConflictError, ReviewInterruptedError
 from service.expiry import expire_points
+from service.expiry_notices import announce_expiring
 from service.review import run_review, scheduled_review_id
 from service.rules_watcher import RulesWatcher
 from storage.db import make_engine, write_transaction
@@ -171,11 +172,12 @@ def scheduled_review(database_url: str, rules: str) -> dict | None:
 
 
 def scheduled_expiry(database_url: str, rules: str) -> dict:
-    """Expire the points that have expired by now."""
+    """Expire the points that have expired by now, and warn of those about to (points.expiring notices)."""
     programmes = _programmes(rules)
     _follow_schedules(programmes)
     report = expire_points(_engine(database_url), programmes, utc_now())
-    outcome = {"job": EXPIRY_JOB, **report.as_dict()}
+    warned = announce_expiring(_engine(database_url), programmes)
+    outcome = {"job": EXPIRY_JOB, **report.as_dict(), "expiry_notices": warned}
     log.info(json.dumps(outcome))
     return outcome
 
