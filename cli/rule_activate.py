@@ -98,6 +98,8 @@ def rules_activate(
         candidate = checked  # the same content; whether it is installed may have changed meanwhile
         if not dry_run:
             _refusing(lambda: activation.install(candidate), as_json, file)
+            if checked_against and not candidate.installed:
+                _announce(ctx.obj.db_url, candidate, as_json)
     programme = candidate.programme
     result = {"activated": not dry_run and not candidate.installed, "already_installed": candidate.installed,
               "programme": programme.id, "version": programme.version,
@@ -137,6 +139,19 @@ def _refusing(step: Callable[[], T], as_json: bool, file: Path) -> T:
     except Exception as exc:  # noqa: BLE001 - a file the loader did not foresee (e.g. a recursive YAML alias)
         _refuse("the version cannot be loaded", [str(activation.unexpected_problem(str(file), exc))], as_json)
     raise AssertionError("unreachable: every refusal exits")
+
+
+def _announce(db_url: str, candidate: activation.Candidate, as_json: bool) -> None:
+    """Tell webhook receivers (the rule_version.activated notice); the version is installed whatever happens here."""
+    engine = open_database(db_url)
+    try:
+        activation.announce(engine, candidate, utc_now())
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise fail(f"the version was installed, but its notice could not be recorded: {reason}; "
+                   "receivers of rule_version.activated were not told", as_json=as_json) from None
+    finally:
+        engine.dispose()
 
 
 def _latest_event(db_url: str, as_json: bool) -> tuple[datetime | None, bool]:

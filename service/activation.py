@@ -28,9 +28,12 @@ from sqlalchemy import Engine, func, select
 from engine.errors import Problem, RuleFileError
 from engine.loader import RULE_FILE_SUFFIXES, compile_source, read_source, rule_files, version_problems
 from engine.programme import CompiledProgramme
+from rewards.notices import notice
 from service.clock import MAX_CLOCK_SKEW
 from service.errors import ConflictError, InputError
 from service.rule_trial import require_tried, try_rule_files
+from storage import outbox
+from storage.db import write_transaction
 from storage.models import ProcessedEvent
 
 # Events up to MAX_CLOCK_SKEW ahead of the clock are accepted, and services look for new files at
@@ -141,6 +144,16 @@ def install(candidate: Candidate) -> None:
         _sync_directory(directory)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def announce(engine: Engine, candidate: Candidate, now: datetime) -> None:
+    """Record the installed version's rule_version.activated notice (once per programme version)."""
+    programme = candidate.programme
+    item = notice("rule_version.activated", now, dedupe_key=f"rule_version.activated:{programme.id}:{programme.version}",
+                  client_id=None, programme_id=programme.id, version=programme.version,
+                  effective_from=programme.effective_from, file=candidate.target.name)
+    with write_transaction(engine) as conn:
+        outbox.record(conn, [item], now)
 
 
 def unexpected_problem(file: str, exc: Exception) -> Problem:

@@ -18,7 +18,8 @@ from engine import matching
 from service.activation import Candidate, install
 from service.clock import utc_now
 from service.rules_watcher import RulesWatcher
-from storage.db import make_engine
+from storage import outbox
+from storage.db import make_engine, read_snapshot
 from storage.models import LedgerEntry, ProcessedEvent
 from tests.conftest import RULES, ROOT, cli_json, event, ndjson, run_cli
 from tests.api_support import running_server
@@ -192,6 +193,17 @@ def test_activate_installs_a_future_version_and_refuses_what_would_rewrite_histo
     past.write_text(version_text("2031.2", applied_at - timedelta(hours=1)))
     answer = refused(past)
     assert answer["code"] == "starts-in-the-past" and "already evaluated" in answer["reason"]
+
+    # With a database, an installed version is announced to webhook receivers, once.
+    announced = tmp_path / "announced.yaml"
+    announced.write_text(version_text("2034.1", datetime(2034, 1, 1, tzinfo=UTC)))
+    assert cli_json("rules", "activate", str(announced), rules=rules_dir, db_url=db_url)["activated"] is True
+    engine = make_engine(db_url)
+    with read_snapshot(engine) as conn:
+        [record] = [r for r in outbox.records(conn) if r["type"] == "rule_version.activated"]
+    engine.dispose()
+    assert (record["client_id"], record["data"]["version"], record["data"]["effective_from"]) == \
+        (None, "2034.1", "2034-01-01T00:00:00Z")
 
 
 def test_activation_runs_the_rule_tests_under_the_new_version(rules_dir, tmp_path):
