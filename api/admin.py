@@ -2,12 +2,15 @@
 pins, the churn list, points expiring, tier reviews (run off the request) and the rule versions."""
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from starlette.datastructures import State
 
 from api.models import PinRequest, ReviewRequest
@@ -23,7 +26,18 @@ from service.review_jobs import ReviewJob, ReviewJobs, job_status
 
 SCOPE = "admin"
 ADMIN = Depends(require(SCOPE))
-admin = APIRouter(prefix="/v1", tags=["admin"])
+
+
+@asynccontextmanager
+async def _stop_reviews(app: FastAPI) -> AsyncIterator[None]:
+    """When the server stops, its running review stops at its next page (what it wrote is kept)."""
+    yield
+    jobs = getattr(app.state, "review_jobs", None)
+    if isinstance(jobs, ReviewJobs):
+        await asyncio.to_thread(jobs.stop_all)
+
+
+admin = APIRouter(prefix="/v1", tags=["admin"], lifespan=_stop_reviews)  # the app merges this lifespan with its own
 # `within` of points expiring: a number and a unit, as `loyalty points expiring --within`; at most ten years
 # ahead (lots expire months after they are earned: further says nothing more, and the sum stays bounded).
 WITHIN = re.compile(r"^(\d{1,5})([smhdw])$")

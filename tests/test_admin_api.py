@@ -17,7 +17,7 @@ from service.churn import ChurnFlag
 from service.expiry import ExpiringAnswer
 from service.pins import PinAnswer, UnpinAnswer
 from service.review import run_review
-from service.review_jobs import ReviewJob
+from service.review_jobs import ReviewJob, ReviewJobs
 from tests.api_support import make_api
 from tests.conftest import RULES, event
 
@@ -209,3 +209,31 @@ def test_refusals_of_the_services_are_problems_too(api, engine, programmes, toda
     run_review(engine, programmes, review_id="review-elsewhere", clock=api.clock)
     elsewhere = api.client.get("/v1/reviews/review-elsewhere").json()
     assert (elsewhere["status"], elsewhere["report"]) == ("finished", None) and elsewhere["note"]
+
+
+def test_a_review_past_its_time_bound_stops_and_its_id_finishes_it(api, engine):
+    state = api.client.app.state
+    state.review_jobs = ReviewJobs(max_seconds=0)  # stops at its first page boundary
+    stopped = finished(api, api.client.post("/v1/reviews", json={}).headers["location"])
+    assert (stopped["status"], stopped["error_code"], stopped["report"]) == ("failed", "review-stopped", None)
+    assert api.client.get("/v1/clients/C-1").json()["tier"]  # the API still answers; the pages written are kept
+    state.review_jobs = ReviewJobs()
+    resumed = api.client.post("/v1/reviews", json={"review_id": stopped["id"]})
+    assert resumed.status_code == 202 and resumed.json()["as_of"] is None  # the moment it was started with
+    done = finished(api, resumed.headers["location"])
+    assert done["status"] == "finished" and done["report"]["resumed"] is True
+    assert (done["as_of"], done["report"]["review_id"]) == (stopped["as_of"], stopped["id"])
+    assert done["report"]["clients"] == 3
+
+
+def test_one_review_runs_at_a_time_and_the_server_stopping_stops_it(api):
+    jobs = ReviewJobs()
+    api.client.app.state.review_jobs = jobs
+    jobs._running = "review-busy"  # as while a review runs on this server
+    busy = assert_problem(api.client.post("/v1/reviews", json={}), 409, "review-running")
+    assert "review-busy" in busy["detail"]
+    jobs._running = None
+    with api.client:  # the app's lifespan: at its end, running reviews are told to stop
+        pass
+    stopped = finished(api, api.client.post("/v1/reviews", json={}).headers["location"])
+    assert (stopped["status"], stopped["error_code"]) == ("failed", "review-stopped")
