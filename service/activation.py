@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import Engine, func, select
 
@@ -48,7 +49,7 @@ class RuleVersion(Answer):
     effective_from: Moment
     file: str
     rules: int
-    state: str  # "in force", "scheduled" (starts later) or "superseded"
+    state: Literal["in force", "scheduled", "superseded"]  # scheduled: starts later
 
 
 class RuleVersions(Answer):
@@ -61,10 +62,15 @@ class RuleVersions(Answer):
 def installed_versions(programmes: ProgrammeSet, now: datetime) -> RuleVersions:
     """Every installed version of `programmes`, oldest first, and which one is in force at `now`."""
     in_force = programmes.at(now)
+
+    def state(version: CompiledProgramme) -> str:
+        if version is in_force:
+            return "in force"
+        return "scheduled" if version.effective_from > now else "superseded"
+
     return RuleVersions(as_of=now.isoformat(), versions=[RuleVersion(
         programme=v.id, version=v.version, effective_from=v.effective_from.isoformat(), file=v.source,
-        rules=len(v.rules), state="in force" if v is in_force else ("scheduled" if v.effective_from > now else "superseded"))
-        for v in programmes.versions])
+        rules=len(v.rules), state=state(v)) for v in programmes.versions])
 
 
 @dataclass(frozen=True)
