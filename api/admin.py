@@ -19,9 +19,9 @@ from api.routes import MISSING, PRINTABLE, READ, WRITE, ClientId
 from api.security import require
 from service.activation import RuleVersions, installed_versions
 from service.apikeys import Caller
-from service.churn import ChurnFlag, churn_list
+from service.churn import FlaggedClient, churn_list
 from service.expiry import ExpiringAnswer, expiring_answer
-from service.pins import PinAnswer, UnpinAnswer, pin_tier, unpin_tier
+from service.pins import PinSetAnswer, PinEndedAnswer, pin_tier, unpin_tier
 from service.review_jobs import ReviewJob, ReviewJobs, job_status
 
 SCOPE = "admin"
@@ -61,10 +61,10 @@ def _author(caller: Caller, given: str | None) -> str:
     return given or f"{caller.name} (API key {caller.key_id})"
 
 
-@admin.put("/clients/{client_id}/pin", operation_id="pinClient", response_model=PinAnswer,
+@admin.put("/clients/{client_id}/pin", operation_id="pinClient", response_model=PinSetAnswer,
            responses={**WRITE, **MISSING})
 def put_pin(request: Request, client_id: ClientId, body: PinRequest,
-            caller: Annotated[Caller, ADMIN]) -> PinAnswer:
+            caller: Annotated[Caller, ADMIN]) -> PinSetAnswer:
     """Pin a client to a tier until a moment: it moves there now and reviews leave it there until then; a later
     pin replaces this one. The same answer as `loyalty tier set --json`. 409 if a later tier decision exists."""
     state = request.app.state
@@ -72,26 +72,26 @@ def put_pin(request: Request, client_id: ClientId, body: PinRequest,
                     _author(caller, body.author), state.clock)
 
 
-@admin.delete("/clients/{client_id}/pin", operation_id="unpinClient", response_model=UnpinAnswer,
+@admin.delete("/clients/{client_id}/pin", operation_id="unpinClient", response_model=PinEndedAnswer,
               responses={**WRITE, **MISSING})
 def delete_pin(request: Request, client_id: ClientId, caller: Annotated[Caller, ADMIN],
                reason: Annotated[str, Query(min_length=1, max_length=500, pattern=r"\S",
                                             description="why the pin ends early, for the pin history")],
                author: Annotated[str | None, Query(min_length=1, max_length=128, pattern=PRINTABLE,
                                                    description="who decided; default: the API key's name")] = None,
-               ) -> UnpinAnswer:
+               ) -> PinEndedAnswer:
     """End the client's pin now; it keeps its tier until the next review places it. 404 if no pin is in
     force. The same answer as `loyalty tier unset --json`."""
     state = request.app.state
     return unpin_tier(state.engine, client_id, reason, _author(caller, author), state.clock)
 
 
-@admin.get("/churn", operation_id="getChurnList", dependencies=[ADMIN], response_model=list[ChurnFlag],
+@admin.get("/churn", operation_id="getChurnList", dependencies=[ADMIN], response_model=list[FlaggedClient],
            responses=READ)
 def get_churn(request: Request,
               tier: Annotated[str | None, Query(min_length=1, max_length=64, description="only this tier")] = None,
               history: Annotated[bool, Query(description="also flags cleared since")] = False,
-              limit: Annotated[int, Query(ge=1, le=1000, description="most clients")] = 50) -> list[ChurnFlag]:
+              limit: Annotated[int, Query(ge=1, le=1000, description="most clients")] = 50) -> list[FlaggedClient]:
     """Clients flagged at risk of leaving, most valuable first, with the signals that fired. The same answer
     as `loyalty churn --json`."""
     programme = request.app.state.programmes.current

@@ -7,29 +7,19 @@ from sqlalchemy import Engine
 
 from engine.events import minor_unit_exponent
 from service.answer import Answer, Moment
+from service.profile import ChurnSignalAnswer
 from storage import standing
 from storage.db import read_snapshot
 
 
-class ChurnSignal(Answer):
-    """A churn signal that fired (from the rule file's `churn` section), with the client's value."""
-
-    id: str
-    description: str = ""
-    metric: str
-    operator: str
-    threshold: str | None
-    value: str | None
-
-
-class ChurnFlag(Answer):
+class FlaggedClient(Answer):
     """A client flagged at risk of leaving: its signals, when raised (and cleared) and by which review."""
 
     client_id: str
     name: str | None
     tier: str
     loan_volume: str
-    signals: list[ChurnSignal]
+    signals: list[ChurnSignalAnswer]
     raised_at: Moment
     raised_by: str
     last_seen_at: Moment
@@ -39,12 +29,12 @@ class ChurnFlag(Answer):
 
 
 def churn_list(engine: Engine, currency: str, tier: str | None = None, history: bool = False,
-               client_id: str | None = None) -> list[ChurnFlag]:
+               client_id: str | None = None) -> list[FlaggedClient]:
     """Churn flags with their signals; loan volume in `currency` units, timestamps as ISO text."""
     scale = Decimal(1).scaleb(-minor_unit_exponent(currency))
     with read_snapshot(engine) as conn:
         rows = standing.flags(conn, tier=tier, history=history, client_id=client_id)
-    return [ChurnFlag.model_validate({
+    return [FlaggedClient.model_validate({
         "client_id": row["client_id"], "name": row["name"], "tier": row["tier"],
         "loan_volume": str(Decimal(row["value"]) * scale), "signals": row["signals"],
         "raised_at": row["raised_at"].isoformat(), "raised_by": row["raised_by"],

@@ -27,7 +27,7 @@ from storage import ledger, standing
 from storage.db import write_transaction
 
 
-class PinAnswer(Answer):
+class PinSetAnswer(Answer):
     """A pin just set: the tier, from when until when, and whether the client moved to it."""
 
     client_id: str
@@ -40,7 +40,7 @@ class PinAnswer(Answer):
     author: str
 
 
-class UnpinAnswer(Answer):
+class PinEndedAnswer(Answer):
     """A pin ended early: the pin that ended and when; the client keeps `tier` until a review moves it."""
 
     client_id: str
@@ -53,7 +53,7 @@ class UnpinAnswer(Answer):
 
 
 def pin_tier(engine: Engine, programmes: ProgrammeSet, client_id: str, tier: str, until: datetime, reason: str,
-             author: str, clock: Clock = utc_now) -> PinAnswer:
+             author: str, clock: Clock = utc_now) -> PinSetAnswer:
     """Pin `client_id` to `tier` from now until `until`; returns the pin and whether the client moved."""
     until = require_utc(until)
     if not reason.strip():
@@ -64,7 +64,7 @@ def pin_tier(engine: Engine, programmes: ProgrammeSet, client_id: str, tier: str
 
 
 def _pin(engine: Engine, programmes: ProgrammeSet, client_id: str, tier: str, until: datetime, reason: str,
-         author: str, clock: Clock) -> PinAnswer:
+         author: str, clock: Clock) -> PinSetAnswer:
     with write_transaction(engine) as conn:
         now = clock()
         programme = programmes.for_moment(now)
@@ -96,11 +96,11 @@ def _pin(engine: Engine, programmes: ProgrammeSet, client_id: str, tier: str, un
             ledger.append(conn, entries)
         standing.close_graces(conn, [{"client_id": client_id, "ended_at": start, "ended_by": None,
                                       "outcome": "pinned"}])
-        return PinAnswer(client_id=client_id, tier=tier, from_tier=in_force.tier, moved=moved,
+        return PinSetAnswer(client_id=client_id, tier=tier, from_tier=in_force.tier, moved=moved,
                          valid_from=start.isoformat(), until=until.isoformat(), reason=reason, author=author)
 
 
-def unpin_tier(engine: Engine, client_id: str, reason: str, author: str, clock: Clock = utc_now) -> UnpinAnswer:
+def unpin_tier(engine: Engine, client_id: str, reason: str, author: str, clock: Clock = utc_now) -> PinEndedAnswer:
     """End `client_id`'s pin in force now; NotFoundError if it has none (or is unknown)."""
     if not reason.strip():
         raise InputError("ending a pin needs a reason: the client's pin history shows it")
@@ -109,7 +109,7 @@ def unpin_tier(engine: Engine, client_id: str, reason: str, author: str, clock: 
     return with_retry(lambda: _unpin(engine, client_id, reason.strip(), author.strip(), clock))
 
 
-def _unpin(engine: Engine, client_id: str, reason: str, author: str, clock: Clock) -> UnpinAnswer:
+def _unpin(engine: Engine, client_id: str, reason: str, author: str, clock: Clock) -> PinEndedAnswer:
     with write_transaction(engine) as conn:
         now = clock()
         if not client_store.lock_clients(conn, [client_id]):
@@ -123,6 +123,6 @@ def _unpin(engine: Engine, client_id: str, reason: str, author: str, clock: Cloc
         standing.insert_pin(conn, {"client_id": client_id, "tier": pin.tier, "valid_from": end, "until": end,
                                    "reason": f"pin ended by {author}: {reason}", "author": author,
                                    "created_at": now})
-        return UnpinAnswer(client_id=client_id, tier=in_force.tier, pinned_tier=pin.tier,
+        return PinEndedAnswer(client_id=client_id, tier=in_force.tier, pinned_tier=pin.tier,
                            pinned_until=pin.until.isoformat(), ended_at=end.isoformat(), reason=reason,
                            author=author)

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from cli.main import app as cli_app
 from service.activation import RuleVersions
-from service.churn import ChurnFlag
+from service.churn import FlaggedClient
 from service.expiry import ExpiringAnswer
-from service.pins import PinAnswer, UnpinAnswer
+from service.pins import PinSetAnswer, PinEndedAnswer
 from service.review import run_review
 from service.review_jobs import ReviewJob, ReviewJobs
 from tests.api_support import make_api
@@ -92,7 +92,7 @@ def test_each_admin_answer_is_the_cli_json_answer(api, db_url, today):
     assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()) == (200, "true", first.json())
     assert len(api.client.get("/v1/clients/C-2").json()["pins"]) == 1  # applied once
     by_cli = cli(db_url, "tier", "set", "C-3", "gold", "--until", until, "--reason", pin["reason"], "--author", "ana")
-    PinAnswer.model_validate(first.json())
+    PinSetAnswer.model_validate(first.json())
     assert without(first.json(), "client_id", "valid_from") == without(by_cli, "client_id", "valid_from")
     assert first.json()["moved"] is True and first.json()["from_tier"] == "standard"
 
@@ -115,7 +115,7 @@ def test_each_admin_answer_is_the_cli_json_answer(api, db_url, today):
     assert without(dry["report"], "as_of", "points_expired") == without(by_cli, "as_of", "points_expired")
 
     churn = api.client.get("/v1/churn").json()
-    assert [ChurnFlag.model_validate(flag).client_id for flag in churn] == flagged
+    assert [FlaggedClient.model_validate(flag).client_id for flag in churn] == flagged
     assert churn == cli(db_url, "churn")
     assert api.client.get("/v1/churn", params={"tier": "gold", "limit": 1}).json() == \
         cli(db_url, "churn", "--tier", "gold", "--limit", "1")
@@ -136,7 +136,7 @@ def test_each_admin_answer_is_the_cli_json_answer(api, db_url, today):
                               headers={"Idempotency-Key": "unpin-C-2"})
     assert ended.status_code == 200, ended.text
     by_cli = cli(db_url, "tier", "unset", "C-3", "--reason", "relationship reviewed", "--author", "bo")
-    assert UnpinAnswer.model_validate(ended.json()).pinned_tier == "gold"
+    assert PinEndedAnswer.model_validate(ended.json()).pinned_tier == "gold"
     assert without(ended.json(), "client_id", "ended_at") == without(by_cli, "client_id", "ended_at")
     replayed = api.client.delete("/v1/clients/C-2/pin", params={"reason": "relationship reviewed", "author": "bo"},
                                  headers={"Idempotency-Key": "unpin-C-2"})
