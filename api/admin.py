@@ -128,8 +128,12 @@ def _within(text: str) -> timedelta:
     return span
 
 
+ACCEPTED = {202: {"description": "Accepted: the review runs; its status and report are at `Location`",
+                  "headers": {"Location": {"description": "`/v1/reviews/{id}`", "schema": {"type": "string"}}}}}
+
+
 @admin.post("/reviews", operation_id="startReview", status_code=202, dependencies=[ADMIN],
-            response_model=ReviewJob, responses=WRITE)
+            response_model=ReviewJob, responses={**ACCEPTED, **WRITE})
 def post_review(request: Request, response: Response, body: ReviewRequest | None = None) -> ReviewJob:
     """Start a tier review or a dry run; it runs off the request. Answers 202 at once, with `Location`
     naming `GET /v1/reviews/{id}` where its status, then its report, are served. One review runs at a time:
