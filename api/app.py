@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
+from api.admin import admin
 from api.guard import RequestGuard
 from api.hot_path import HotPaths
 from api.limits import BODY_TIMEOUT, REQUEST_TIMEOUT
@@ -71,6 +72,7 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
     app.state.keys = KeyCache(key_cache_seconds)
     app.state.rules_status = None  # set by `loyalty serve` when it watches the rules for new versions
     app.include_router(router)
+    app.include_router(admin)
     app.include_router(operations)
     install_contract(app)
     app.add_middleware(HotPaths)  # inside the guard: its work is bounded like any other

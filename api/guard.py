@@ -1,9 +1,9 @@
 """Request guard (ASGI middleware): body size and time limits, a bound on each request's database
-work, and Idempotency-Key replay for POST requests.
+work, and Idempotency-Key replay for POST, PUT and DELETE requests.
 
 Every request's work is bounded (`api.deadlines`): past the bound it answers 503 with Retry-After. The
-work left behind finishes when the database answers again: a POST with an Idempotency-Key is then rolled
-back whole (see below), so its retry runs for real; a POST without one runs in its route's own
+work left behind finishes when the database answers again: a POST (PUT, DELETE) with an Idempotency-Key is
+then rolled back whole (see below), so its retry runs for real; a POST without one runs in its route's own
 transactions and may still be applied, so its 503 says so and asks for a key (the README says why POSTs
 without a key are not wrapped in one transaction too).
 
@@ -41,6 +41,7 @@ from service.apikeys import authenticate
 from service import idempotency
 
 MAX_KEY_LENGTH = 255
+WRITES = frozenset({"POST", "PUT", "DELETE"})  # the methods an Idempotency-Key makes safe to retry
 
 
 class _TooLarge(Exception):
@@ -81,7 +82,7 @@ class RequestGuard:
         else:  # no body (a GET): nothing to bound or read, the app reads the connection's own empty one
             body, replay = b"", receive
         deadline = _now() + self.request_seconds
-        key = headers.get("idempotency-key") if scope["method"] == "POST" else None
+        key = headers.get("idempotency-key") if scope["method"] in WRITES else None
         credential = presented_key(headers.get("authorization"), headers.get("x-api-key")) if key is not None else None
         keyed = credential is not None
         try:
@@ -102,7 +103,7 @@ class RequestGuard:
         except DeadlineExceeded as exc:
             if keyed:
                 advice = "nothing was applied; retry shortly with the same Idempotency-Key"
-            elif scope["method"] == "POST":
+            elif scope["method"] in WRITES:
                 advice = ("the request may still be applied once the database answers; check its effect (the "
                           "ledger, the quote) before sending it again, and send POSTs with an Idempotency-Key: "
                           "those are safe to retry")

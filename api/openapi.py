@@ -4,7 +4,7 @@ request guard and the middleware do around the routes (one declaration each, for
 - every `/v1` operation needs an API key, sent either way `api.security.KEY_SCHEMES` names;
 - every error answer is `application/problem+json` with the one `Problem` schema;
 - `X-Request-ID` is a request parameter and a response header of every operation;
-- `Idempotency-Key` is a header parameter of every POST (the guard enforces its bounds), and a POST's
+- `Idempotency-Key` is a header parameter of every POST, PUT and DELETE (the guard enforces its bounds), and their
   success answer may carry `Idempotent-Replayed`;
 - `Retry-After` is documented where it is sent (409, 503);
 - an optional body (a reversal's reason, a commit's loan id) is documented as one to leave out, not as one
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api.guard import MAX_KEY_LENGTH
+from api.guard import MAX_KEY_LENGTH, WRITES
 from api.problems import MEDIA_TYPE
 from api.routes import MAX_EVENTS
 from api.security import KEY_SCHEMES
@@ -39,6 +39,7 @@ _REPLAYED = {"description": "`true` when this is the stored answer to an earlier
 _SCHEMAS = "#/components/schemas/"
 EVENTS_PATH = "/v1/events"
 KEYED = "/v1/"  # the paths that need an API key
+WRITE_METHODS = {method.lower() for method in WRITES}
 
 
 def install(app: FastAPI) -> None:
@@ -65,7 +66,7 @@ def finish(document: dict) -> None:
                                      for scheme in KEY_SCHEMES}
     for path, methods in document.get("paths", {}).items():
         for method, operation in methods.items():
-            post = method == "post"
+            post = method in WRITE_METHODS  # each takes an Idempotency-Key (api.guard.WRITES)
             if path.startswith(KEYED):
                 operation["security"] = [{scheme.scheme_name: []} for scheme in KEY_SCHEMES]
             operation["parameters"] = [*operation.get("parameters", []), REQUEST_ID,

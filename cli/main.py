@@ -96,8 +96,8 @@ app.add_typer(lazy_group(
     "the migrations this release ships (`history`). After installing a new release: `loyalty db current || "
     "loyalty db upgrade`.",
     upgrade="cli.db:db_upgrade", current="cli.db:db_current", history="cli.db:db_history"), name="db")
-app.add_typer(lazy_group("Manual tier overrides: pin a client to a tier until a date.",
-                         set="cli.reviews:tier_set"), name="tier")
+app.add_typer(lazy_group("Manual tier overrides: pin a client to a tier until a date, or end a pin early.",
+                         set="cli.reviews:tier_set", unset="cli.reviews:tier_unset"), name="tier")
 app.add_typer(lazy_group("Points lots: what will expire, and expiry now.",
                          expiring="cli.reviews:points_expiring", expire="cli.reviews:points_expire"), name="points")
 

@@ -42,11 +42,39 @@ def tier_set(
     except (InputError, NotFoundError, ConflictError) as exc:
         raise fail(str(exc), as_json=as_json) from None
     if as_json:
-        emit_json(result)
+        emit_json(result.model_dump(mode="json"))
         return
-    move = f"moved from {result['from_tier']} to {result['tier']}" if result["moved"] else f"already {result['tier']}"
-    console.print(f"{escape(client_id)} pinned to [bold]{escape(tier)}[/] until {result['until']} ({move}); "
-                  f"reason: {escape(result['reason'])}; by {escape(result['author'])}", highlight=False)
+    move = f"moved from {result.from_tier} to {result.tier}" if result.moved else f"already {result.tier}"
+    console.print(f"{escape(client_id)} pinned to [bold]{escape(tier)}[/] until {result.until} ({move}); "
+                  f"reason: {escape(result.reason)}; by {escape(result.author)}", highlight=False)
+
+
+def tier_unset(
+    ctx: typer.Context,
+    client_id: Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")],
+    reason: Annotated[str, typer.Option(help="Why the pin ends early, for the client's pin history.")],
+    author: Annotated[Optional[str], typer.Option(help="Who decided. Default: your user name.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """End a client's pin now: it keeps its tier until the next review places it as usual.
+
+    The pin stays in the client's history, with a record of who ended it and why.
+    Example: `loyalty tier unset C-1001 --reason "relationship reviewed"`.
+    """
+    from service.pins import unpin_tier
+
+    settings = ctx.obj
+    engine = settings.engine(as_json)
+    try:
+        result = unpin_tier(engine, client_id, reason, author or getpass.getuser())
+    except (InputError, NotFoundError) as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    if as_json:
+        emit_json(result.model_dump(mode="json"))
+        return
+    console.print(f"{escape(client_id)}: pin to {escape(result.pinned_tier)} (until {result.pinned_until}) ended at "
+                  f"{result.ended_at}; it stays {escape(result.tier)} until a review places it; reason: "
+                  f"{escape(result.reason)}; by {escape(result.author)}", highlight=False)
 
 
 def churn(
@@ -69,7 +97,8 @@ def churn(
     if tier is not None and tier not in programmes.current.tier_ids:
         raise fail(f"--tier {tier!r} is not a tier; expected one of: {', '.join(programmes.current.tier_ids)}",
                    as_json=as_json)
-    flags = churn_list(engine, programmes.current.currency, tier=tier, history=history)
+    flags = [flag.model_dump(mode="json") for flag in
+             churn_list(engine, programmes.current.currency, tier=tier, history=history)]
     if as_json:
         emit_json(flags[:limit])
         return
@@ -98,16 +127,16 @@ def points_expiring(
     Points expire `points.expire_after_months` after they were earned; redemptions and reversals take
     the oldest lots first, so only what is left of a lot expires.
     """
-    from service.expiry import expiring
+    from service.expiry import expiring, expiring_answer
 
     settings = ctx.obj
     programmes = settings.programmes(as_json)
     engine = settings.engine(as_json)
-    lots = expiring(engine, programmes, parse_moment(None, as_json), parse_duration(within, as_json, "--within"),
-                    client_id)
+    now, span = parse_moment(None, as_json), parse_duration(within, as_json, "--within")
     if as_json:
-        emit_json({"within": within, "points": sum(lot["points"] for lot in lots), "lots": lots[:limit]})
+        emit_json(expiring_answer(engine, programmes, now, span, within, client_id, limit).model_dump(mode="json"))
         return
+    lots = [lot.model_dump(mode="json") for lot in expiring(engine, programmes, now, span, client_id)]
     if not lots:
         console.print(f"no points expire within {escape(within)}")
         return

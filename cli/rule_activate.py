@@ -30,19 +30,13 @@ def rules_versions(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     Every version stays installed: ledger entries name the version that produced them, and an event
     is evaluated under the version in force when it occurred (late events included).
     """
-    programmes = ctx.obj.programmes(as_json)
-    now = utc_now()
-    in_force = programmes.at(now)
-    rows = [{"programme": v.id, "version": v.version, "effective_from": v.effective_from.isoformat(),
-             "file": v.source, "rules": len(v.rules),
-             "state": "in force" if v is in_force else ("scheduled" if v.effective_from > now else "superseded")}
-            for v in programmes.versions]
+    answer = activation.installed_versions(ctx.obj.programmes(as_json), utc_now())
     if as_json:
-        emit_json({"as_of": now.isoformat(), "versions": rows})
+        emit_json(answer.model_dump(mode="json"))
         return
     table = Table("version", "effective from", "state", "rules", "file")
-    for row in rows:
-        table.add_row(escape(row["version"]), row["effective_from"], row["state"], str(row["rules"]), escape(row["file"]))
+    for row in answer.versions:
+        table.add_row(escape(row.version), row.effective_from, row.state, str(row.rules), escape(row.file))
     console.print(table)
 
 

@@ -22,13 +22,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import Engine, func, select
 
 from engine.errors import Problem, RuleFileError
 from engine.loader import RULE_FILE_SUFFIXES, compile_source, read_source, rule_files, version_problems
-from engine.programme import CompiledProgramme
+from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.notices import notice
+from service.answer import Answer, Moment
 from service.clock import MAX_CLOCK_SKEW
 from service.errors import ConflictError, InputError
 from service.rule_trial import require_tried, try_rule_files
@@ -40,6 +42,38 @@ from storage.models import ProcessedEvent
 # least every 30 s: a version starting sooner than this could miss events already evaluated under the old one.
 DEFAULT_LEAD = MAX_CLOCK_SKEW + timedelta(minutes=1)
 LOCK_NAME = ".activate.lock"
+
+
+class RuleVersion(Answer):
+    """One installed version of the programme: from when, its file, its rules, and whether it is in force."""
+
+    programme: str
+    version: str
+    effective_from: Moment
+    file: str
+    rules: int
+    state: Literal["in force", "scheduled", "superseded"]  # scheduled: starts later
+
+
+class RuleVersions(Answer):
+    """The installed versions, oldest first, as of a moment."""
+
+    as_of: Moment
+    versions: list[RuleVersion]
+
+
+def installed_versions(programmes: ProgrammeSet, now: datetime) -> RuleVersions:
+    """Every installed version of `programmes`, oldest first, and which one is in force at `now`."""
+    in_force = programmes.at(now)
+
+    def state(version: CompiledProgramme) -> str:
+        if version is in_force:
+            return "in force"
+        return "scheduled" if version.effective_from > now else "superseded"
+
+    return RuleVersions(as_of=now.isoformat(), versions=[RuleVersion(
+        programme=v.id, version=v.version, effective_from=v.effective_from.isoformat(), file=v.source,
+        rules=len(v.rules), state=state(v)) for v in programmes.versions])
 
 
 @dataclass(frozen=True)

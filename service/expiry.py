@@ -16,6 +16,7 @@ from engine.programme import CompiledProgramme, ProgrammeSet
 from rewards.kinds import Reason
 from rewards.lots import Lot, earned_no_later_than, expires_at
 from service import telemetry
+from service.answer import Answer, Moment
 from service.clock import Clock, utc_now
 from service.errors import InputError
 from service.retry import with_retry
@@ -73,8 +74,28 @@ def expire_points(engine: Engine, programmes: ProgrammeSet, as_of: datetime, dry
     return report
 
 
+class ExpiringLot(Answer):
+    """What is left of one points lot, and when it expires."""
+
+    client_id: str
+    points: int
+    earned: int
+    earned_at: Moment
+    expires_at: Moment
+    event_id: str
+    rule_id: str
+
+
+class ExpiringAnswer(Answer):
+    """Points expiring within a period: their total, and the lots soonest first (the first `limit` of them)."""
+
+    within: str
+    points: int
+    lots: list[ExpiringLot]
+
+
 def expiring(engine: Engine, programmes: ProgrammeSet, now: datetime, within: timedelta,
-             client_id: str | None = None) -> list[dict]:
+             client_id: str | None = None) -> list[ExpiringLot]:
     """Lots that will expire after `now` and no later than `now + within`, soonest first."""
     horizon = now + within
     months = programmes.for_moment(horizon).model.points.expire_after_months
@@ -84,11 +105,18 @@ def expiring(engine: Engine, programmes: ProgrammeSet, now: datetime, within: ti
         open_lots = lots.open_lots_earned_by(conn, earned_no_later_than(horizon, months),
                                              None if client_id is None else [client_id])
     soon = [(expires_at(lot.earned_at, months), lot) for lot in open_lots]
-    return [{"client_id": lot.client_id, "points": lot.remaining, "earned": lot.points,
-             "earned_at": lot.earned_at.isoformat(), "expires_at": moment.isoformat(), "event_id": lot.event_id,
-             "rule_id": lot.rule_id}
+    return [ExpiringLot(client_id=lot.client_id, points=lot.remaining, earned=lot.points,
+                        earned_at=lot.earned_at.isoformat(), expires_at=moment.isoformat(), event_id=lot.event_id,
+                        rule_id=lot.rule_id)
             for moment, lot in sorted(soon, key=lambda pair: (pair[0], pair[1].client_id))
             if now < moment <= horizon]
+
+
+def expiring_answer(engine: Engine, programmes: ProgrammeSet, now: datetime, within: timedelta, label: str,
+                    client_id: str | None = None, limit: int | None = None) -> ExpiringAnswer:
+    """The lots expiring within `within` (named `label`, e.g. 30d): the points of all, the first `limit` lots."""
+    soon = expiring(engine, programmes, now, within, client_id)
+    return ExpiringAnswer(within=label, points=sum(lot.points for lot in soon), lots=soon[:limit])
 
 
 def _due(open_lots: list[Lot], as_of: datetime, months: int) -> list[Lot]:

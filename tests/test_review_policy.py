@@ -62,7 +62,7 @@ def test_a_pin_moves_the_client_and_reviews_honour_and_report_it_until_it_ends(e
     ingest(engine, programmes, drawn("d1", "C-1", "2025-03-01T00:00:00Z", "1000000"))
     pinned = pin_tier(engine, programmes, "C-1", "diamond", at("2025-12-31T00:00:00Z"), "strategic account", "ana",
                       clock=lambda: at("2025-04-01T00:00:00Z"))
-    assert (pinned["from_tier"], pinned["tier"], pinned["moved"]) == ("standard", "diamond", True)
+    assert (pinned.from_tier, pinned.tier, pinned.moved) == ("standard", "diamond", True)
     profile = client_profile(engine, programmes, "C-1", at("2025-04-02T00:00:00Z")).model_dump(mode="json")
     assert profile["tier"] == "diamond"
     assert profile["tier_history"][-1]["reason"] == "pinned by ana until 2025-12-31: strategic account"
@@ -110,8 +110,8 @@ def test_churn_flags_are_raised_with_their_signals_and_cleared_with_history(engi
     assert second.churn_flagged == [] and [c["client_id"] for c in second.churn_cleared] == ["C-1"]
     assert churn_list(engine, "CNY") == []
     [history] = churn_list(engine, "CNY", history=True)
-    assert (history["raised_by"], history["cleared_by"]) == (first.review_id, second.review_id)
-    assert history["loan_volume"] == "40000000.00"
+    assert (history.raised_by, history.cleared_by) == (first.review_id, second.review_id)
+    assert history.loan_volume == "40000000.00"
 
 
 # --- points lots and expiry -------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_redemptions_take_the_oldest_lots_and_expiry_takes_only_what_is_left(eng
     assert lots_left(engine) == {"p0": 0, "p1": 0, "p2": 0, "p3": 0, "p4": 2000}
 
     soon = expiring(engine, programmes, at("2027-04-20T00:00:00Z"), timedelta(days=30))
-    assert [(lot["event_id"], lot["points"], lot["expires_at"]) for lot in soon] == \
+    assert [(lot.event_id, lot.points, lot.expires_at) for lot in soon] == \
         [("p4", 2000, "2027-05-10T00:00:00+00:00")]
     nothing = expire_points(engine, programmes, at("2027-04-30T00:00:00Z"), clock=lambda: NOW)
     assert (nothing.points, nothing.lots) == (0, 0)  # p0-p3 expired in their time, but nothing was left in them

@@ -13,7 +13,7 @@ from tests.conftest import ROOT, SAMPLE
 COMMANDS = ["churn", "simulate", "explain", "serve", "scheduler", "init", "ingest", "benefits", "review", "client",
             "generate", "demo", "ledger", "reverse", "rules", "apikey", "db", "tier", "points"]
 GROUPS = {"rules": ["check", "schema", "diff", "test", "activate", "versions"],
-          "apikey": ["create", "list", "revoke"], "db": ["upgrade", "current", "history"], "tier": ["set"],
+          "apikey": ["create", "list", "revoke"], "db": ["upgrade", "current", "history"], "tier": ["set", "unset"],
           "points": ["expiring", "expire"]}
 # What `--help` must not import: each (with what it imports) costs tens of milliseconds or more, and the
 # listing needs none of them.
