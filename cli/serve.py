@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -50,6 +50,11 @@ def serve(
     max_head_bytes: Annotated[int, _option("max_head_bytes")] = _DEFAULT.max_head_bytes,
     max_headers: Annotated[int, _option("max_headers")] = _DEFAULT.max_headers,
     max_connections: Annotated[int, _option("max_connections")] = _DEFAULT.max_connections,
+    consume_url: Annotated[Optional[str], typer.Option(
+        "--consume", metavar="URL", envvar="LOYALTY_CONSUME_URL", show_envvar=True,
+        help="Also consume events from this RabbitMQ broker (amqp://...) in a thread of this process, as "
+             "`loyalty consume` does (one worker only: with --workers N run `loyalty consume` beside it).")] = None,
+    consume_queue: Annotated[str, typer.Option("--queue", help="The queue --consume reads.")] = "loyalty.events",
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -70,7 +75,11 @@ def serve(
     from service.database import API, URL_ENV
 
     settings: Settings = ctx.obj
-    options = ServeSettings(**{name: value for name, value in ctx.params.items() if name != "as_json"})
+    options = ServeSettings(**{name: value for name, value in ctx.params.items()
+                               if name not in ("as_json", "consume_url", "consume_queue")})
+    if consume_url and options.workers > 1:  # one consumer in N workers would be N consumers, or none to count
+        raise fail("--consume runs in a one-worker server; with --workers N run `loyalty consume` as its own "
+                   "process (as many as you like: they share the queue)", as_json=as_json)
     # Checked here, once, so that a problem is one line, not a traceback from each worker.
     settings.rules_watcher(as_json, interval=options.reload_seconds)
     engine = settings.engine(as_json, role=API)
@@ -88,6 +97,11 @@ def serve(
         processes = f" with {options.workers} worker processes" if options.workers > 1 else ""
         console.print(f"serving {escape(where)} on {url}{processes} (docs: {url}/docs)", highlight=False)
     jobs = start_scheduler(settings, background=True) if options.scheduler else None
+    consumer = None
+    if consume_url:
+        from cli.consume import start_in_background
+
+        consumer = start_in_background(settings, consume_url, consume_queue)
     try:
         uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
                     log_level=options.log_level, server_header=False, http=PROTOCOL,
@@ -96,6 +110,10 @@ def serve(
     finally:
         if jobs is not None:
             jobs.shutdown(wait=False)
+        if consumer is not None:  # after the server stopped: the batch in hand is finished and acknowledged
+            thread, stop = consumer
+            stop.set()
+            thread.join(timeout=60)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
