@@ -28,6 +28,7 @@ from brokers import BrokerError, Message, dead_letter_headers
 # the broker drops a connection silent for two heartbeats.
 TIMEOUTS = {"socket_timeout": 10.0, "stack_timeout": 15.0, "heartbeat": 60, "blocked_connection_timeout": 60.0}
 PERSISTENT = 2  # delivery mode: a dead letter survives a broker restart
+DROPPED_HEADER = "x-loyalty-headers-dropped"  # the original headers could not be copied
 _FAILURES = (pika.exceptions.AMQPError, OSError)
 
 
@@ -124,16 +125,24 @@ class RabbitMQ:
     def dead_letter(self, message: Message, reason_text: str, field: str | None) -> None:
         """Publish a copy to the dead-letter exchange, its reason in the headers, and wait for the confirm."""
         original: BasicProperties = message.receipt[1]
+        try:
+            self._publish_dead(message, original, dead_letter_headers(message.headers, reason_text, field, self.queue))
+        except _FAILURES as exc:
+            raise BrokerError(f"the dead letter was not confirmed: {reason(exc)}") from None
+        except Exception:  # noqa: BLE001 - original headers pika decoded but cannot encode again: drop them
+            headers = dead_letter_headers({DROPPED_HEADER: True}, reason_text, field, self.queue)
+            try:
+                self._publish_dead(message, original, headers)
+            except _FAILURES as exc:
+                raise BrokerError(f"the dead letter was not confirmed: {reason(exc)}") from None
+
+    def _publish_dead(self, message: Message, original: BasicProperties, headers: dict) -> None:
         properties = BasicProperties(
             content_type=original.content_type, content_encoding=original.content_encoding,
             message_id=original.message_id, correlation_id=original.correlation_id, timestamp=original.timestamp,
-            type=original.type, app_id=original.app_id, delivery_mode=PERSISTENT,
-            headers=dead_letter_headers(message.headers, reason_text, field, self.queue))
-        try:
-            # mandatory: a dead-letter queue deleted under us raises UnroutableError instead of losing the copy
-            self._channel.basic_publish(self.exchange, self.queue, message.body, properties, mandatory=True)
-        except _FAILURES as exc:
-            raise BrokerError(f"the dead letter was not confirmed: {reason(exc)}") from None
+            type=original.type, app_id=original.app_id, delivery_mode=PERSISTENT, headers=headers)
+        # mandatory: a dead-letter queue deleted under us raises UnroutableError instead of losing the copy
+        self._channel.basic_publish(self.exchange, self.queue, message.body, properties, mandatory=True)
 
     def close(self) -> None:
         """Close the connection; unacknowledged messages return to the queue. Never raises."""

@@ -102,9 +102,10 @@ def consume(broker: Broker, connect: Callable[[], Broker], ingestor: Ingestor, o
             except Exception as exc:  # noqa: BLE001 - the database failed (or a bug): acknowledge nothing, retry
                 counts.failures += 1
                 first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-                log.error("the database failed applying a batch of %d message(s) (%s: %s); nothing of it is "
-                          "acknowledged: the broker delivers it again; retrying in %.0f s", len(messages),
-                          type(exc).__name__, first[0] if first else "", delay, exc_info=not _is_database(exc))
+                what = "the database failed" if _is_database(exc) else "an unexpected error (its trace is logged)"
+                log.error("%s applying a batch of %d message(s) (%s: %s); nothing of it is acknowledged: the "
+                          "broker delivers it again; retrying in %.0f s", what, len(messages), type(exc).__name__,
+                          first[0] if first else "", delay, exc_info=not _is_database(exc))
                 current = _drop(current)
                 delay = _back_off(stop, delay)
     finally:

@@ -123,6 +123,19 @@ def _depth(url: str, queue_name: str) -> int:
         connection.close()
 
 
+def _exists(url: str, queue_name: str) -> bool:
+    """Whether the queue was declared."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(queue_name, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 def _dead_letters(url: str, queue_name: str) -> list[tuple[bytes, dict]]:
     """The messages of `queue_name`'s dead-letter queue (taken off it), with their headers."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -156,7 +169,10 @@ def _wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize(("database", "count"), [("postgresql", 100_000), ("sqlite", 5_000)], indirect=["database"])
 def test_a_consumer_killed_three_times_applies_every_event_exactly_once(database, amqp_url, queue, count, tmp_path):
-    publish(amqp_url, queue, _events(count))
+    # Published while the consumers run (as a source system would), which also keeps the test short.
+    publisher = threading.Thread(target=publish, args=(amqp_url, queue, _events(count)))
+    publisher.start()
+    _wait_for(lambda: _exists(amqp_url, queue), 30, "the queue")
     log = tmp_path / "consume.log"
     for kill in range(1, 4):  # kill -9 at about a quarter, a half and three quarters of the way
         process = _consumer(database, amqp_url, queue, log, "--batch", "1000", "--prefetch", "2000")
@@ -167,6 +183,8 @@ def test_a_consumer_killed_three_times_applies_every_event_exactly_once(database
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
+    publisher.join(timeout=120)
+    assert not publisher.is_alive()
     # The last one drains the queue: what the killed ones applied but had not acknowledged comes again.
     process = _consumer(database, amqp_url, queue, log, "--until-idle", "2")
     out, _ = process.communicate(timeout=300)
