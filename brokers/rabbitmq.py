@@ -70,7 +70,11 @@ class RabbitMQ:
         self.exchange = dead_letter_exchange(queue, dead_letter_exchange_name)
         self._buffer: deque[Message] = deque()
         try:
-            self._connection = pika.BlockingConnection(connection_parameters(url))
+            params = connection_parameters(url)
+        except (ValueError, TypeError) as exc:  # pika's messages name the part at fault, not the password
+            raise BrokerError(f"the URL is not valid: {exc}") from None
+        try:
+            self._connection = pika.BlockingConnection(params)
         except _FAILURES as exc:
             raise BrokerError(reason(exc)) from None
         try:

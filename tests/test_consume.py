@@ -206,17 +206,20 @@ def test_rejected_messages_go_to_the_dead_letter_queue_with_their_reason_and_the
     bad_value = event("E-9", "C-1", "loan.drawn", "2026-03-09T10:00:00Z", loan_id="L-9", product="working_capital",
                       amount="lots", currency="CNY", term_months=12)
     bodies = [json.dumps(good[0]).encode(), b"{not json", json.dumps(good[1]).encode(), json.dumps(bad_value).encode(),
-              json.dumps(conflicting).encode(), b"", json.dumps(good[2]).encode(), json.dumps(good[1]).encode()]
+              json.dumps(conflicting).encode(), b"", json.dumps(good[2]).encode(), json.dumps(good[1]).encode(),
+              b'{"id": "E-\xff"}']
     publish(amqp_url, queue, bodies)
     result = CliRunner().invoke(app, ["--db", database, "consume", amqp_url, "--queue", queue, "--until-idle", "1",
                                       "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert {k: summary[k] for k in ("consumed", "applied", "duplicates", "dead_lettered", "batches")} == {
-        "consumed": 8, "applied": 3, "duplicates": 1, "dead_lettered": 4, "batches": 1}
+        "consumed": 9, "applied": 3, "duplicates": 1, "dead_lettered": 5, "batches": 1}
     assert _processed(database) == (3, 3)
     dead = {body: headers for body, headers in _dead_letters(amqp_url, queue)}
-    assert set(dead) == {b"{not json", json.dumps(bad_value).encode(), json.dumps(conflicting).encode(), b""}
+    assert set(dead) == {b"{not json", json.dumps(bad_value).encode(), json.dumps(conflicting).encode(), b"",
+                         b'{"id": "E-\xff"}'}
+    assert "not UTF-8" in dead[b'{"id": "E-\xff"}'][ERROR_HEADER]
     assert "not valid JSON" in dead[b"{not json"][ERROR_HEADER]
     assert dead[json.dumps(bad_value).encode()][FIELD_HEADER] == "data.amount"
     assert dead[json.dumps(conflicting).encode()][ERROR_HEADER].startswith("conflict: event id 'E-1'")
@@ -237,6 +240,18 @@ def test_two_consumers_on_one_queue_apply_each_event_once(database, amqp_url, qu
     assert sum(summary["applied"] for summary in summaries) == count
     assert sum(summary["consumed"] for summary in summaries) == count
     assert _processed(database) == (count, count)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_sigterm_stops_a_consumer_after_its_batch_and_it_prints_the_counts(database, amqp_url, queue, tmp_path):
+    publish(amqp_url, queue, _events(300))
+    process = _consumer(database, amqp_url, queue, tmp_path / "consume.log")  # runs until stopped
+    _wait_for(lambda: _processed(database)[0] == 300 and _depth(amqp_url, queue) == 0, 60, "the events")
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=15)
+    assert process.returncode == 0, (tmp_path / "consume.log").read_text()
+    summary = json.loads(out)
+    assert (summary["consumed"], summary["applied"], summary["queue"]) == (300, 300, queue)
 
 
 @POSTGRESQL
@@ -295,6 +310,8 @@ def test_consume_says_what_is_wrong_without_printing_the_password(tmp_path):
     assert "cannot consume from amqp://loyalty:***@127.0.0.1:1/%2F" in message and "s3cret-pw" not in message
     result = runner.invoke(app, ["--db", db, "consume", "amqp://x@h/", "--batch", "500", "--prefetch", "100"])
     assert result.exit_code == 2 and "--prefetch 100 is below --batch 500" in result.output
+    result = runner.invoke(app, ["--db", db, "consume", "amqp://u:pw@h:99999999/", "--json"])
+    assert result.exit_code == 2 and "the URL is not valid: Port out of range" in json.loads(result.stdout)["error"]
     result = runner.invoke(app, ["--db", db, "consume", "http://h/", "--json"])
     assert result.exit_code == 2 and "amqp://" in json.loads(result.stdout)["error"]
     result = runner.invoke(app, ["--db", db, "serve", "--workers", "2", "--consume", "amqp://x@h/"])
