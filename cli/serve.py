@@ -33,6 +33,15 @@ def _option(name: str) -> Any:
                         help=setting.help)
 
 
+def _keep(name: str) -> Any:
+    """An option callback that keeps the value in ctx.meta: options that are not `ServeSettings` (those of
+    --consume) stay out of ctx.params, which is exactly the server's settings."""
+    def keep(ctx: typer.Context, value: Any) -> Any:
+        ctx.meta[name] = value
+        return value
+    return keep
+
+
 def serve(
     ctx: typer.Context,
     host: Annotated[str, _option("host")] = _DEFAULT.host,
@@ -51,10 +60,12 @@ def serve(
     max_headers: Annotated[int, _option("max_headers")] = _DEFAULT.max_headers,
     max_connections: Annotated[int, _option("max_connections")] = _DEFAULT.max_connections,
     consume_url: Annotated[Optional[str], typer.Option(
-        "--consume", metavar="URL", envvar="LOYALTY_CONSUME_URL", show_envvar=True,
+        "--consume", metavar="URL", envvar="LOYALTY_CONSUME_URL", show_envvar=True, expose_value=False,
+        callback=_keep("consume_url"),
         help="Also consume events from this RabbitMQ broker (amqp://...) in a thread of this process, as "
              "`loyalty consume` does (one worker only: with --workers N run `loyalty consume` beside it).")] = None,
-    consume_queue: Annotated[str, typer.Option("--queue", help="The queue --consume reads.")] = "loyalty.events",
+    consume_queue: Annotated[str, typer.Option("--queue", expose_value=False, callback=_keep("consume_queue"),
+                                               help="The queue --consume reads.")] = "loyalty.events",
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -75,8 +86,8 @@ def serve(
     from service.database import API, URL_ENV
 
     settings: Settings = ctx.obj
-    options = ServeSettings(**{name: value for name, value in ctx.params.items()
-                               if name not in ("as_json", "consume_url", "consume_queue")})
+    options = ServeSettings(**{name: value for name, value in ctx.params.items() if name != "as_json"})
+    consume_url, consume_queue = ctx.meta.get("consume_url"), ctx.meta.get("consume_queue", "loyalty.events")
     if consume_url and options.workers > 1:  # one consumer in N workers would be N consumers, or none to count
         raise fail("--consume runs in a one-worker server; with --workers N run `loyalty consume` as its own "
                    "process (as many as you like: they share the queue)", as_json=as_json)
