@@ -68,7 +68,7 @@ def consume_command(
         errors.print(f"consuming {escape(options.queue)} from {escape(redacted(url))} in batches of {batch} "
                      f"(rejected messages: {escape(options.queue)}.dead); stop with Ctrl-C", highlight=False)
     stop = threading.Event()
-    with _stopped_by_signals(stop):
+    with stopped_by_signals(stop):
         summary = run(settings, connect, url, options, stop, as_json)
     if as_json:
         emit_json(summary.model_dump(mode="json"))
@@ -158,7 +158,7 @@ def _first(connect, url: str, as_json: bool) -> Broker:  # noqa: ANN001 - the co
 
 
 @contextmanager
-def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+def stopped_by_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT and SIGTERM set `stop` (the batch in hand is finished and acknowledged first); restored after."""
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

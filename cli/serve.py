@@ -1,6 +1,7 @@
 """`loyalty serve` (the HTTP API, in one or several processes) and `loyalty scheduler` (the scheduled jobs)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -108,16 +109,20 @@ def serve(
         processes = f" with {options.workers} worker processes" if options.workers > 1 else ""
         console.print(f"serving {escape(where)} on {url}{processes} (docs: {url}/docs)", highlight=False)
     jobs = start_scheduler(settings, background=True) if options.scheduler else None
-    consumer = None
+    consumer, signals = None, contextlib.nullcontext()
     if consume_url:
-        from cli.consume import start_in_background
+        from cli.consume import start_in_background, stopped_by_signals
 
         consumer = start_in_background(settings, consume_url, consume_queue)
+        # uvicorn stops on SIGTERM/SIGINT and then raises the signal again under the handler it found: this one
+        # (stop the consumer) rather than the default (die at once, the consumer's batch cut off).
+        signals = stopped_by_signals(consumer[1])
     try:
-        uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
-                    log_level=options.log_level, server_header=False, http=PROTOCOL,
-                    timeout_keep_alive=options.keep_alive, limit_concurrency=options.max_connections,
-                    log_config=uvicorn_log_config(settings.log_format, options.log_level), access_log=False)
+        with signals:
+            uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
+                        log_level=options.log_level, server_header=False, http=PROTOCOL,
+                        timeout_keep_alive=options.keep_alive, limit_concurrency=options.max_connections,
+                        log_config=uvicorn_log_config(settings.log_format, options.log_level), access_log=False)
     finally:
         if jobs is not None:
             jobs.shutdown(wait=False)
