@@ -121,13 +121,11 @@ def consume(broker: Broker, connect: Callable[[], Broker], ingestor: Ingestor, o
 
 def settle(broker: Broker, ingestor: Ingestor, messages: Sequence[Message], counts: _Counts, queue: str) -> None:
     """Apply one batch of messages in one ingest batch, dead-letter the rejected ones, acknowledge them all."""
-    lines, empty = [], []
+    lines = []
     for number, message in enumerate(messages, start=1):
         body = message.body.removeprefix(_BOM)  # every message alike (ingest forgives a BOM on line 1 only)
-        if body.strip():
+        if body.strip():  # ingest skips a blank line without an outcome: an empty message is refused below
             lines.append((number, body))
-        else:
-            empty.append(number)
     outcomes = {outcome.line: outcome for outcome in ingestor.ingest_chunk(lines)}  # commits, or raises
     statuses = {APPLIED: 0, DUPLICATE: 0, REJECTED: 0}
     for number, message in enumerate(messages, start=1):
