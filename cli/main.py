@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from cli import explain, reviews, serve, simulate, views
+from cli import consume, explain, reviews, serve, simulate, views
 from cli.lazy import lazy_group
 from cli.options import BATCH_SIZE
 from cli.output import console, emit_json, fail, parse_moment, progress_bar
@@ -81,6 +81,7 @@ app.command("simulate")(simulate.simulate_command)
 app.command("explain")(explain.explain)
 app.command()(serve.serve)
 app.command("scheduler")(serve.run_scheduler)
+app.command("consume")(consume.consume_command)
 # Groups, after the commands (`loyalty --help` lists them so); each command is "module:function".
 app.add_typer(lazy_group(
     "Author rule files safely: check, test, diff, schema, then activate a new version.",

@@ -1,12 +1,13 @@
 """`loyalty serve` (the HTTP API, in one or several processes) and `loyalty scheduler` (the scheduled jobs)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -33,6 +34,15 @@ def _option(name: str) -> Any:
                         help=setting.help)
 
 
+def _keep(name: str) -> Any:
+    """An option callback that keeps the value in ctx.meta: options that are not `ServeSettings` (those of
+    --consume) stay out of ctx.params, which is exactly the server's settings."""
+    def keep(ctx: typer.Context, value: Any) -> Any:
+        ctx.meta[name] = value
+        return value
+    return keep
+
+
 def serve(
     ctx: typer.Context,
     host: Annotated[str, _option("host")] = _DEFAULT.host,
@@ -50,6 +60,13 @@ def serve(
     max_head_bytes: Annotated[int, _option("max_head_bytes")] = _DEFAULT.max_head_bytes,
     max_headers: Annotated[int, _option("max_headers")] = _DEFAULT.max_headers,
     max_connections: Annotated[int, _option("max_connections")] = _DEFAULT.max_connections,
+    consume_url: Annotated[Optional[str], typer.Option(
+        "--consume", metavar="URL", envvar="LOYALTY_CONSUME_URL", show_envvar=True, expose_value=False,
+        callback=_keep("consume_url"),
+        help="Also consume events from this RabbitMQ broker (amqp://...) in a thread of this process, as "
+             "`loyalty consume` does (one worker only: with --workers N run `loyalty consume` beside it).")] = None,
+    consume_queue: Annotated[str, typer.Option("--queue", expose_value=False, callback=_keep("consume_queue"),
+                                               help="The queue --consume reads.")] = "loyalty.events",
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -71,6 +88,10 @@ def serve(
 
     settings: Settings = ctx.obj
     options = ServeSettings(**{name: value for name, value in ctx.params.items() if name != "as_json"})
+    consume_url, consume_queue = ctx.meta.get("consume_url"), ctx.meta.get("consume_queue", "loyalty.events")
+    if consume_url and options.workers > 1:  # one consumer in N workers would be N consumers, or none to count
+        raise fail("--consume runs in a one-worker server; with --workers N run `loyalty consume` as its own "
+                   "process (as many as you like: they share the queue)", as_json=as_json)
     # Checked here, once, so that a problem is one line, not a traceback from each worker.
     settings.rules_watcher(as_json, interval=options.reload_seconds)
     engine = settings.engine(as_json, role=API)
@@ -88,14 +109,27 @@ def serve(
         processes = f" with {options.workers} worker processes" if options.workers > 1 else ""
         console.print(f"serving {escape(where)} on {url}{processes} (docs: {url}/docs)", highlight=False)
     jobs = start_scheduler(settings, background=True) if options.scheduler else None
+    consumer, signals = None, contextlib.nullcontext()
+    if consume_url:
+        from cli.consume import start_in_background, stopped_by_signals
+
+        consumer = start_in_background(settings, consume_url, consume_queue)
+        # uvicorn stops on SIGTERM/SIGINT and then raises the signal again under the handler it found: this one
+        # (stop the consumer) rather than the default (die at once, the consumer's batch cut off).
+        signals = stopped_by_signals(consumer[1])
     try:
-        uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
-                    log_level=options.log_level, server_header=False, http=PROTOCOL,
-                    timeout_keep_alive=options.keep_alive, limit_concurrency=options.max_connections,
-                    log_config=uvicorn_log_config(settings.log_format, options.log_level), access_log=False)
+        with signals:
+            uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
+                        log_level=options.log_level, server_header=False, http=PROTOCOL,
+                        timeout_keep_alive=options.keep_alive, limit_concurrency=options.max_connections,
+                        log_config=uvicorn_log_config(settings.log_format, options.log_level), access_log=False)
     finally:
         if jobs is not None:
             jobs.shutdown(wait=False)
+        if consumer is not None:  # after the server stopped: the batch in hand is finished and acknowledged
+            thread, stop = consumer
+            stop.set()
+            thread.join(timeout=60)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -133,3 +133,17 @@ def review_run(dry_run: bool) -> Iterator[None]:
         REVIEW_RUNS.labels(outcome).inc()
         if outcome != "refused":
             REVIEW_SECONDS.observe(time.perf_counter() - started)
+
+
+BROKER_MESSAGES = Counter("loyalty_broker_messages", "Messages consumed from a broker queue (`loyalty consume`), once "
+                          "acknowledged, by outcome: consumed (all of them), applied, duplicate (delivered again), "
+                          "dead_lettered (rejected: copied to the dead-letter queue with the reason)",
+                          ["queue", "outcome"])
+
+
+def count_messages(queue: str, consumed: int, applied: int, duplicates: int, dead_lettered: int) -> None:
+    """Count a batch of messages from `queue` once it is acknowledged, by outcome."""
+    for outcome, count in (("consumed", consumed), ("applied", applied), ("duplicate", duplicates),
+                           ("dead_lettered", dead_lettered)):
+        if count:
+            BROKER_MESSAGES.labels(queue, outcome).inc(count)

@@ -20,7 +20,7 @@ from tests.api_support import free_port
 from tests.conftest import ROOT
 
 # What a wheel is built from: the pyproject, the README it names, and the packages it lists.
-SOURCES = ("pyproject.toml", "README.md", "engine", "rewards", "storage", "service", "api", "cli", "demo",
+SOURCES = ("pyproject.toml", "README.md", "engine", "rewards", "storage", "service", "brokers", "api", "cli", "demo",
            "rules", "examples")
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from tests.conftest import ROOT, SAMPLE
 
-COMMANDS = ["churn", "simulate", "explain", "serve", "scheduler", "init", "ingest", "benefits", "review", "client",
+COMMANDS = ["churn", "simulate", "explain", "serve", "scheduler", "consume", "init", "ingest", "benefits", "review", "client",
             "generate", "demo", "ledger", "reverse", "rules", "apikey", "db", "tier", "points"]
 GROUPS = {"rules": ["check", "schema", "diff", "test", "activate", "versions"],
           "apikey": ["create", "list", "revoke"], "db": ["upgrade", "current", "history"], "tier": ["set", "unset"],
