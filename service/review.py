@@ -65,7 +65,7 @@ from storage import clients as client_store
 from storage import leases, ledger, lots, review_pages, reviews, standing
 from storage.clients import TierInForce
 from storage.db import read_snapshot, write_transaction
-from storage.metrics import client_metrics, volume_by_product
+from storage.metrics import page_metrics, volume_by_product
 from storage.review_pages import Page
 
 PAGE = 5000  # clients per page: fewer, larger pages read the metrics faster (measured in bench/review.py)
@@ -450,7 +450,7 @@ def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewRep
     rank = {tier: position for position, tier in enumerate(programme.tier_ids)}
     with read_snapshot(engine) as conn:
         ids = review_pages.clients(conn, page)
-        metrics = client_metrics(conn, as_of, window_start, window, programme.currency, ids)
+        metrics = page_metrics(conn, as_of, window_start, window, programme.currency, page)
         current = {client_id: in_force for client_id, in_force in client_store.tiers_as_of(conn, as_of, ids).items()
                    if in_force.tier is not None}  # the others were not clients yet at that moment
         pins = standing.pins_in_force(conn, as_of, page)

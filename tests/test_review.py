@@ -14,9 +14,9 @@ from service.ingest import Ingestor
 from service.profile import client_profile
 from service.reversal import reverse_event
 from service.review import run_review
-from storage import ledger
+from storage import ledger, review_pages, reviews
 from storage.db import read_snapshot
-from storage.metrics import client_metrics
+from storage.metrics import client_metrics, page_metrics
 from storage.models import LedgerEntry, TierAssignment
 from tests.conftest import event, ndjson
 
@@ -46,6 +46,34 @@ def counts(engine) -> tuple[int, int]:
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_a_page_reads_by_id_range_the_metrics_of_its_clients(engine, programmes):
+    """page_metrics (the review's read, by client-id range) gives each page's clients what client_metrics
+    gives them from a list of their ids: window edges, reversals, restated and late deposit reports."""
+    events = []
+    for n, client in enumerate(("C-1", "C-2", "C-3", "C-4", "C-5")):
+        events += [event(f"o{n}", client, "client.onboarded", "2024-02-15T00:00:00Z", name=client, segment="strategic"),
+                   drawn(f"a{n}", client, "2025-10-31T23:59:59Z", str(1000 * (n + 1))),
+                   drawn(f"b{n}", client, "2025-11-01T00:00:01Z", "0.10"),
+                   drawn(f"c{n}", client, "2026-10-31T12:00:00Z", str(n + 1)),
+                   repaid(f"r{n}", client, "2026-03-10T00:00:00Z", days_late=n),
+                   event(f"d{n}", client, "deposit.reported", "2026-04-30T00:00:00Z", month="2026-04",
+                         average_balance="10.00"),
+                   event(f"e{n}", client, "deposit.reported", "2026-11-02T00:00:00Z", month="2026-04",
+                         average_balance=str(n + 1)),  # a report of the window known only after as_of
+                   event(f"s{n}", client, "survey.answered", "2026-06-01T00:00:00Z", nps=n)]
+    ingest(engine, programmes, *events)
+    reverse_event(engine, "r2")
+    as_of, start = at("2026-11-01T00:00:00Z"), at("2025-11-01T00:00:00Z")
+    with read_snapshot(engine) as conn:
+        pages = review_pages.bounds(reviews.all_client_ids(conn), 2)
+        assert len(pages) == 3
+        for page in pages:
+            ids = review_pages.clients(conn, page)
+            read = page_metrics(conn, as_of, start, 12, "CNY", page)
+            assert read == client_metrics(conn, as_of, start, 12, "CNY", ids)
+            assert sorted(read) == ids
 
 
 # --- qualification (pure) -----------------------------------------------------------------------------
