@@ -469,7 +469,7 @@ def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewRep
                                                  graces.get(client_id), pins.get(client_id)))
             _churn(programme, report, decided, client_id, tier_after, values[client_id], flags.get(client_id))
         if report.dry_run:  # a review finds when each move takes effect under the clients' locks, when it writes
-            latest = client_store.last_activity(conn, [change.client_id for change in decided.changes])
+            latest = reviews.activity_from(conn, [change.client_id for change in decided.changes], as_of)
             decided.changes = [replace(change, effective_from=effective_moment(
                 as_of, latest.get(change.client_id), current[change.client_id].since)) for change in decided.changes]
         elif programme.model.points.expire_after_months is not None:
@@ -594,7 +594,7 @@ def _move(conn: Connection, programme: CompiledProgramme, report: ReviewReport, 
     skipped: list[tuple[TierChange, str]] = []
     moved = [change.client_id for change in changes]
     in_force = client_store.tiers_as_of(conn, report.as_of, moved)
-    latest = client_store.last_activity(conn, moved)
+    latest = reviews.activity_from(conn, moved, report.as_of)  # only activity from as_of on can move the moment
     held = ledger.active_entitlements_by_rule_prefix(conn, moved, TIER_RULE_PREFIX)
     revocations, grants, tier_rows = [], [], []
     for change in changes:

@@ -6,13 +6,16 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
-from storage.models import Client, TierAssignment, TierReview
+from engine.metric_totals import month_of
+from storage.models import Client, ClientMonth, TierAssignment, TierReview
+from storage.types import as_utc
 
 REVIEWS = TierReview.__table__
 CLIENTS = Client.__table__
 TIERS = TierAssignment.__table__
+MONTH = ClientMonth.__table__
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,15 @@ def insert_in_small_batches(conn: Connection) -> None:
     psycopg converts a statement's placeholders in a time that grows faster than their number (measured:
     23 us a ledger row in statements of 50 rows, 68 us in SQLAlchemy's default of 1,000)."""
     conn.execution_options(insertmanyvalues_page_size=50)
+
+
+def activity_from(conn: Connection, client_ids: list[str], moment: datetime) -> dict[str, datetime]:
+    """Per client, its latest applied event that was not reversed, if it is at or after `moment` (else it may
+    be missing): all a move's effective moment needs. Reads only the monthly totals from `moment`'s month
+    on, not every month of each client's history."""
+    if not client_ids:
+        return {}
+    query = select(MONTH.c.client_id, func.max(MONTH.c.last_event_at)).where(
+        MONTH.c.client_id.in_(client_ids), MONTH.c.month >= month_of(moment), MONTH.c.last_event_at.is_not(None)) \
+        .group_by(MONTH.c.client_id)
+    return {client_id: as_utc(latest) for client_id, latest in conn.execute(query)}

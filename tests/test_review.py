@@ -14,6 +14,8 @@ from service.ingest import Ingestor
 from service.profile import client_profile
 from service.reversal import reverse_event
 from service.review import run_review
+from service.tier_moves import effective_moment
+from storage import clients as client_store
 from storage import ledger, review_pages, reviews
 from storage.db import read_snapshot
 from storage.metrics import client_metrics, page_metrics
@@ -74,6 +76,23 @@ def test_a_page_reads_by_id_range_the_metrics_of_its_clients(engine, programmes)
             read = page_metrics(conn, as_of, start, 12, "CNY", page)
             assert read == client_metrics(conn, as_of, start, 12, "CNY", ids)
             assert sorted(read) == ids
+
+
+def test_activity_from_a_moment_reads_the_activity_that_can_move_an_effective_moment(engine, programmes):
+    """activity_from reads only the months from the moment's on; the effective moments it gives are those
+    of the client's whole history (an event at a month's first instant belongs to the month before)."""
+    ingest(engine, programmes, drawn("a", "C-1", "2025-03-01T00:00:00Z", "100"),
+           drawn("b", "C-1", "2025-07-01T00:00:00Z", "100"),  # exactly the moment, at a month boundary
+           drawn("c", "C-2", "2025-05-01T00:00:00Z", "100"), drawn("d", "C-2", "2025-06-30T23:59:59Z", "100"),
+           drawn("e", "C-3", "2025-03-01T00:00:00Z", "100"), drawn("f", "C-3", "2025-09-15T00:00:00Z", "100"))
+    moment = at("2025-07-01T00:00:00Z")
+    with read_snapshot(engine) as conn:
+        whole = client_store.last_activity(conn, ["C-1", "C-2", "C-3"])
+        narrow = reviews.activity_from(conn, ["C-1", "C-2", "C-3"], moment)
+    assert (narrow["C-1"], narrow["C-3"]) == (at("2025-07-01T00:00:00Z"), at("2025-09-15T00:00:00Z"))
+    assert narrow.get("C-2", at("2025-01-01T00:00:00Z")) < moment  # earlier activity: missing, or read and ignored
+    for client_id in ("C-1", "C-2", "C-3"):
+        assert effective_moment(moment, narrow.get(client_id)) == effective_moment(moment, whole.get(client_id))
 
 
 # --- qualification (pure) -----------------------------------------------------------------------------
