@@ -62,7 +62,7 @@ from service.expiry import ExpiryReport, expire_due, expire_points
 from service.retry import with_retry
 from service.tier_moves import TierMove, effective_moment, move_rows
 from storage import clients as client_store
-from storage import leases, ledger, lots, review_pages, reviews, standing
+from storage import leases, ledger, review_pages, reviews, standing
 from storage.clients import TierInForce
 from storage.db import read_snapshot, write_transaction
 from storage.metrics import page_metrics, volume_by_product
@@ -473,7 +473,9 @@ def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewRep
             decided.changes = [replace(change, effective_from=effective_moment(
                 as_of, latest.get(change.client_id), current[change.client_id].since)) for change in decided.changes]
         elif programme.model.points.expire_after_months is not None:
-            due = set(lots.lot_clients(conn, earned_no_later_than(as_of, programme.model.points.expire_after_months)))
+            # The page's own clients, by id range: every page read the whole table (every process, again).
+            due = reviews.clients_with_lots_by(
+                conn, earned_no_later_than(as_of, programme.model.points.expire_after_months), page)
             decided.expiring = [client_id for client_id in ids if client_id in due]
         changed = [change.client_id for change in decided.changes + decided.already_moved]
         decided.volumes = volume_by_product(conn, changed, window_start, as_of)

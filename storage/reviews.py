@@ -9,13 +9,15 @@ from datetime import datetime
 from sqlalchemy import Connection, func, insert, select, update
 
 from engine.metric_totals import month_of
-from storage.models import Client, ClientMonth, TierAssignment, TierReview
+from storage.models import Client, ClientMonth, PointsLot, TierAssignment, TierReview
+from storage.review_pages import Page, within
 from storage.types import as_utc
 
 REVIEWS = TierReview.__table__
 CLIENTS = Client.__table__
 TIERS = TierAssignment.__table__
 MONTH = ClientMonth.__table__
+LOT = PointsLot.__table__
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,9 @@ def activity_from(conn: Connection, client_ids: list[str], moment: datetime) -> 
         MONTH.c.client_id.in_(client_ids), MONTH.c.month >= month_of(moment), MONTH.c.last_event_at.is_not(None)) \
         .group_by(MONTH.c.client_id)
     return {client_id: as_utc(latest) for client_id, latest in conn.execute(query)}
+
+
+def clients_with_lots_by(conn: Connection, latest: datetime, page: Page) -> set[str]:
+    """Clients of the page holding points earned at or before `latest` (those whose points may be due to expire)."""
+    query = select(LOT.c.client_id).where(within(page, LOT.c.client_id), LOT.c.remaining > 0, LOT.c.earned_at <= latest)
+    return set(conn.execute(query.distinct()).scalars())
