@@ -451,7 +451,7 @@ def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewRep
     with read_snapshot(engine) as conn:
         ids = review_pages.clients(conn, page)
         metrics = page_metrics(conn, as_of, window_start, window, programme.currency, page)
-        current = {client_id: in_force for client_id, in_force in client_store.tiers_as_of(conn, as_of, ids).items()
+        current = {client_id: in_force for client_id, in_force in reviews.tiers_in_force(conn, as_of, page).items()
                    if in_force.tier is not None}  # the others were not clients yet at that moment
         pins = standing.pins_in_force(conn, as_of, page)
         graces = standing.open_graces(conn, page)

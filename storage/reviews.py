@@ -3,12 +3,13 @@ the moves a review wrote."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from engine.metric_totals import month_of
+from storage.clients import TierInForce
 from storage.models import Client, ClientMonth, PointsLot, TierAssignment, TierReview
 from storage.review_pages import Page, within
 from storage.types import as_utc
@@ -91,3 +92,18 @@ def clients_with_lots_by(conn: Connection, latest: datetime, page: Page) -> set[
     """Clients of the page holding points earned at or before `latest` (those whose points may be due to expire)."""
     query = select(LOT.c.client_id).where(within(page, LOT.c.client_id), LOT.c.remaining > 0, LOT.c.earned_at <= latest)
     return set(conn.execute(query.distinct()).scalars())
+
+
+def tiers_in_force(conn: Connection, as_of: datetime, page: Page) -> dict[str, TierInForce]:
+    """Per client of the page, the tier in force at `as_of` (as storage.clients.tiers_as_of finds it), read
+    by the page's id range: on PostgreSQL a list of its thousands of ids costs more to bind than to read."""
+    query = select(TIERS.c.client_id, TIERS.c.tier, TIERS.c.valid_from, TIERS.c.review_id, TIERS.c.previous_tier) \
+        .where(within(page, TIERS.c.client_id)).order_by(TIERS.c.client_id, TIERS.c.valid_from)
+    result: dict[str, TierInForce] = {}
+    for row in conn.execute(query):
+        known = result.get(row.client_id, TierInForce(None, None, None, False))
+        if row.valid_from <= as_of:
+            result[row.client_id] = TierInForce(row.tier, row.valid_from, row.review_id, False, row.previous_tier)
+        else:
+            result[row.client_id] = replace(known, decided_later=True)
+    return result

@@ -76,6 +76,8 @@ def test_a_page_reads_by_id_range_the_metrics_of_its_clients(engine, programmes)
             read = page_metrics(conn, as_of, start, 12, "CNY", page)
             assert read == client_metrics(conn, as_of, start, 12, "CNY", ids)
             assert sorted(read) == ids
+            tiers = reviews.tiers_in_force(conn, as_of, page)
+            assert tiers == client_store.tiers_as_of(conn, as_of, ids) and sorted(tiers) == ids
 
 
 def test_activity_from_a_moment_reads_the_activity_that_can_move_an_effective_moment(engine, programmes):
