@@ -33,8 +33,8 @@ is its own, not the seeding's. Measured on each database, --runs times, in this 
 
 - metrics: `storage.metrics.client_metrics` for every client in one read transaction, the floor
   under any review (the ratio to it says how much a review adds);
-- paged: the same metrics read as a review reads them, a page of clients at a time, each page in
-  its own snapshot (what the review pays for its metrics; the rest is what it adds);
+- paged: the same metrics read as a review reads them (`storage.metrics.page_metrics`), a page of
+  clients at a time by client-id range, each page in its own snapshot (what the review pays for its metrics; the rest is what it adds);
 - dry run: `run_review(..., dry_run=True)`, every decision and nothing written;
 - review: `run_review(...)`, writing the moves (tier rows, revocations, grants), grace periods,
   churn flags and expiry; then a digest of everything it wrote (tier rows, grace periods, flags,
@@ -96,7 +96,7 @@ from storage import ledger, review_pages, reviews  # noqa: E402
 from storage.db import init_schema, make_engine, read_snapshot, write_transaction  # noqa: E402
 from storage.ledger import Provenance  # noqa: E402
 from storage import metric_totals  # noqa: E402
-from storage.metrics import client_metrics  # noqa: E402
+from storage.metrics import client_metrics, page_metrics  # noqa: E402
 from storage.models import (  # noqa: E402
     Client,
     LedgerEntry,
@@ -752,8 +752,9 @@ def child(mode: str, url: str, profile: bool) -> None:
         read = 0
         for page in pages:
             with read_snapshot(engine) as conn:
-                ids = review_pages.clients(conn, page)
-                read += len(client_metrics(conn, AS_OF, months_before(AS_OF, window), window, programme.currency, ids))
+                ids = set(review_pages.clients(conn, page))
+                read += sum(client_id in ids for client_id in
+                            page_metrics(conn, AS_OF, months_before(AS_OF, window), window, programme.currency, page))
         seconds, cpu, peak_kib = time.perf_counter() - began, time.process_time() - cpu_began, memory_kib("VmHWM")
         result = {"clients": read}
     else:
@@ -884,7 +885,7 @@ def measure_database(database: str, fresh, cleanup, args: argparse.Namespace) ->
                 found[f"{processes} written"] = written_digest(url) if "error" not in shared else None
             finally:
                 cleanup(args)
-        print(f"  run {number}/{args.runs}:")
+        print(f"  run {number}/{args.runs}: digests: report {found['review'].get('report')}, written {found.get('written')}")
         for mode in modes(found):
             print("  " + result_line(database, "dry run" if mode == "dry" else mode, found[mode], found["metrics"]))
         rounds.append(found)

@@ -62,10 +62,10 @@ from service.expiry import ExpiryReport, expire_due, expire_points
 from service.retry import with_retry
 from service.tier_moves import TierMove, effective_moment, move_rows
 from storage import clients as client_store
-from storage import leases, ledger, lots, review_pages, reviews, standing
+from storage import leases, ledger, review_pages, reviews, standing
 from storage.clients import TierInForce
 from storage.db import read_snapshot, write_transaction
-from storage.metrics import client_metrics, volume_by_product
+from storage.metrics import page_metrics, volume_by_product
 from storage.review_pages import Page
 
 PAGE = 5000  # clients per page: fewer, larger pages read the metrics faster (measured in bench/review.py)
@@ -450,8 +450,8 @@ def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewRep
     rank = {tier: position for position, tier in enumerate(programme.tier_ids)}
     with read_snapshot(engine) as conn:
         ids = review_pages.clients(conn, page)
-        metrics = client_metrics(conn, as_of, window_start, window, programme.currency, ids)
-        current = {client_id: in_force for client_id, in_force in client_store.tiers_as_of(conn, as_of, ids).items()
+        metrics = page_metrics(conn, as_of, window_start, window, programme.currency, page)
+        current = {client_id: in_force for client_id, in_force in reviews.tiers_in_force(conn, as_of, page).items()
                    if in_force.tier is not None}  # the others were not clients yet at that moment
         pins = standing.pins_in_force(conn, as_of, page)
         graces = standing.open_graces(conn, page)
@@ -469,11 +469,13 @@ def _decide_page(engine: Engine, programme: CompiledProgramme, report: ReviewRep
                                                  graces.get(client_id), pins.get(client_id)))
             _churn(programme, report, decided, client_id, tier_after, values[client_id], flags.get(client_id))
         if report.dry_run:  # a review finds when each move takes effect under the clients' locks, when it writes
-            latest = client_store.last_activity(conn, [change.client_id for change in decided.changes])
+            latest = reviews.activity_from(conn, [change.client_id for change in decided.changes], as_of)
             decided.changes = [replace(change, effective_from=effective_moment(
                 as_of, latest.get(change.client_id), current[change.client_id].since)) for change in decided.changes]
         elif programme.model.points.expire_after_months is not None:
-            due = set(lots.lot_clients(conn, earned_no_later_than(as_of, programme.model.points.expire_after_months)))
+            # The page's own clients, by id range: every page read the whole table (every process, again).
+            due = reviews.clients_with_lots_by(
+                conn, earned_no_later_than(as_of, programme.model.points.expire_after_months), page)
             decided.expiring = [client_id for client_id in ids if client_id in due]
         changed = [change.client_id for change in decided.changes + decided.already_moved]
         decided.volumes = volume_by_product(conn, changed, window_start, as_of)
@@ -594,7 +596,7 @@ def _move(conn: Connection, programme: CompiledProgramme, report: ReviewReport, 
     skipped: list[tuple[TierChange, str]] = []
     moved = [change.client_id for change in changes]
     in_force = client_store.tiers_as_of(conn, report.as_of, moved)
-    latest = client_store.last_activity(conn, moved)
+    latest = reviews.activity_from(conn, moved, report.as_of)  # only activity from as_of on can move the moment
     held = ledger.active_entitlements_by_rule_prefix(conn, moved, TIER_RULE_PREFIX)
     revocations, grants, tier_rows = [], [], []
     for change in changes:

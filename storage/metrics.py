@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Connection, and_, case, func, select, union_all
+from sqlalchemy import ColumnElement, Connection, and_, case, func, select, union_all
 
 from engine.context import whole_months
 from engine.events import minor_unit_exponent
@@ -15,10 +16,12 @@ from engine.metrics import Values
 from rewards.caps import months_before
 from storage.metric_totals import FACT_COLUMNS, MONTH, PRODUCT
 from storage.models import EventReversal, ProcessedEvent
+from storage.review_pages import Page, within
 from storage.types import as_utc
 
 EVENTS = ProcessedEvent.__table__
 REVERSAL = EventReversal.__table__
+Among = Callable[[ColumnElement], ColumnElement[bool]] | None  # which clients a query reads (None: every client)
 
 
 def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, window_months: int, currency: str,
@@ -29,6 +32,23 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
     events themselves of the partial months at its edges, so the cost does not grow with the history.
     Values are exact decimals (ratios and averages are not rounded, so a threshold is never met by rounding).
     """
+    return _metrics(conn, as_of, window_start, window_months, currency,
+                    None if client_ids is None else lambda column: column.in_(client_ids))
+
+
+def page_metrics(conn: Connection, as_of: datetime, window_start: datetime, window_months: int, currency: str,
+                 page: Page) -> dict[str, Values]:
+    """client_metrics for the clients of a review page, read by their id range.
+
+    The same values as client_metrics given the page's ids, but each query reads one range of the
+    (client, ...) keys instead of probing a list of thousands of ids (on PostgreSQL the list made the
+    paged read about 2.5x one read of every client).
+    """
+    return _metrics(conn, as_of, window_start, window_months, currency, lambda column: within(page, column))
+
+
+def _metrics(conn: Connection, as_of: datetime, window_start: datetime, window_months: int, currency: str,
+             among: Among) -> dict[str, Values]:
     previous_start = months_before(window_start, window_months)
     full = _full_months(window_start, as_of)
     full_before = _full_months(previous_start, window_start)
@@ -36,12 +56,12 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
     # Exactly `window_months` calendar months, ending with the month of the last instant before as_of.
     last = as_of - timedelta(microseconds=1)
     labels = (f"{months_before(last, window_months - 1):%Y-%m}", f"{last:%Y-%m}")
-    stored = _stored_totals(conn, full, full_before, labels, as_of, client_ids)
+    stored = _stored_totals(conn, full, full_before, labels, as_of, among)
     window_edges: dict[str, list[MonthTotals]] = defaultdict(list)
     earlier_edges: dict[str, list[MonthTotals]] = defaultdict(list)
     edges = _edge_facts(conn, [(previous_start, next_month_start(previous_start)),
                                (month_start(window_start), next_month_start(window_start)),
-                               (month_start(as_of), as_of)], client_ids)
+                               (month_start(as_of), as_of)], among)
     for (client_id, _), part in fold(f for f in edges if window_start < f.occurred_at <= as_of).items():
         window_edges[client_id].append(part)
     for (client_id, _), part in fold(f for f in edges if previous_start < f.occurred_at <= window_start).items():
@@ -54,9 +74,14 @@ def client_metrics(conn: Connection, as_of: datetime, window_start: datetime, wi
     metrics: dict[str, Values] = {}
     for client_id in stored.keys() | window_edges.keys() | earlier_edges.keys():
         row = stored.get(client_id)
-        window = combine([row.window, *window_edges[client_id]] if row else window_edges[client_id])
-        ever = combine([row.ever, window, *earlier_edges[client_id]] if row
-                       else [window, *earlier_edges[client_id]])
+        if row and client_id not in window_edges and client_id not in earlier_edges:
+            # No event at the windows' edges (none at all when the windows start on month starts): the stored
+            # totals are the values as they are (what combine would copy), without its 200,000 copies a review.
+            window, ever = row.window, row.ever
+        else:
+            window = combine([row.window, *window_edges[client_id]] if row else window_edges[client_id])
+            ever = combine([row.ever, window, *earlier_edges[client_id]] if row
+                           else [window, *earlier_edges[client_id]])
         if not ever.events:
             continue  # every event of the client was reversed, or came after as_of
         before = (row.previous_loan_minor if row else 0) + sum(part.loan_minor for part in earlier_edges[client_id])
@@ -98,7 +123,7 @@ def _full_months(start: datetime, end: datetime) -> tuple[str, str]:
 
 
 def _stored_totals(conn: Connection, full: tuple[str, str], full_before: tuple[str, str], labels: tuple[str, str],
-                   as_of: datetime, client_ids: list[str] | None) -> dict[str, _Stored]:
+                   as_of: datetime, among: Among) -> dict[str, _Stored]:
     in_window = and_(MONTH.c.month >= full[0], MONTH.c.month < full[1])
     in_before = and_(MONTH.c.month >= full_before[0], MONTH.c.month < full_before[1])
     ever = MONTH.c.month < full[1]
@@ -119,9 +144,9 @@ def _stored_totals(conn: Connection, full: tuple[str, str], full_before: tuple[s
         .label("position")).where(in_window, MONTH.c.nps_at.is_not(None))
     products = select(PRODUCT.c.client_id, func.count()).where(PRODUCT.c.first_at <= as_of) \
         .group_by(PRODUCT.c.client_id)
-    if client_ids is not None:
-        query, nps = query.where(MONTH.c.client_id.in_(client_ids)), nps.where(MONTH.c.client_id.in_(client_ids))
-        products = products.where(PRODUCT.c.client_id.in_(client_ids))
+    if among is not None:
+        query, nps = query.where(among(MONTH.c.client_id)), nps.where(among(MONTH.c.client_id))
+        products = products.where(among(PRODUCT.c.client_id))
     stored: dict[str, _Stored] = {}
     for client_id, *sums, events, first, onboarded, last, before, deposits, stale in conn.execute(query):
         window = MonthTotals(0, *(int(value or 0) for value in sums))
@@ -144,14 +169,14 @@ def _moment(value: datetime | str | None) -> datetime | None:
     return None if value is None else as_utc(value)
 
 
-def _edge_facts(conn: Connection, spans: list[tuple[datetime, datetime]], client_ids: list[str] | None) -> list[Fact]:
+def _edge_facts(conn: Connection, spans: list[tuple[datetime, datetime]], among: Among) -> list[Fact]:
     """The live events in the spans (start, end] that are not empty: the partial months at a window's edges."""
     parts = []
     for start, end in spans:
         if end > start:  # one indexed range (client, time) per span: an OR of them reads every event of the client
             part = select(*FACT_COLUMNS).where(EVENTS.c.occurred_at > start, EVENTS.c.occurred_at <= end,
                                                EVENTS.c.event_id.not_in(select(REVERSAL.c.event_id)))
-            parts.append(part.where(EVENTS.c.client_id.in_(client_ids)) if client_ids is not None else part)
+            parts.append(part.where(among(EVENTS.c.client_id)) if among is not None else part)
     if not parts:
         return []
     query = union_all(*parts) if len(parts) > 1 else parts[0]

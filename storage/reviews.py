@@ -3,16 +3,22 @@ the moves a review wrote."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
-from storage.models import Client, TierAssignment, TierReview
+from engine.metric_totals import month_of
+from storage.clients import TierInForce
+from storage.models import Client, ClientMonth, PointsLot, TierAssignment, TierReview
+from storage.review_pages import Page, within
+from storage.types import as_utc
 
 REVIEWS = TierReview.__table__
 CLIENTS = Client.__table__
 TIERS = TierAssignment.__table__
+MONTH = ClientMonth.__table__
+LOT = PointsLot.__table__
 
 
 @dataclass(frozen=True)
@@ -68,3 +74,36 @@ def insert_in_small_batches(conn: Connection) -> None:
     psycopg converts a statement's placeholders in a time that grows faster than their number (measured:
     23 us a ledger row in statements of 50 rows, 68 us in SQLAlchemy's default of 1,000)."""
     conn.execution_options(insertmanyvalues_page_size=50)
+
+
+def activity_from(conn: Connection, client_ids: list[str], moment: datetime) -> dict[str, datetime]:
+    """Per client, its latest applied event that was not reversed, if it is at or after `moment` (else it may
+    be missing): all a move's effective moment needs. Reads only the monthly totals from `moment`'s month
+    on, not every month of each client's history."""
+    if not client_ids:
+        return {}
+    query = select(MONTH.c.client_id, func.max(MONTH.c.last_event_at)).where(
+        MONTH.c.client_id.in_(client_ids), MONTH.c.month >= month_of(moment), MONTH.c.last_event_at.is_not(None)) \
+        .group_by(MONTH.c.client_id)
+    return {client_id: as_utc(latest) for client_id, latest in conn.execute(query)}
+
+
+def clients_with_lots_by(conn: Connection, latest: datetime, page: Page) -> set[str]:
+    """Clients of the page holding points earned at or before `latest` (those whose points may be due to expire)."""
+    query = select(LOT.c.client_id).where(within(page, LOT.c.client_id), LOT.c.remaining > 0, LOT.c.earned_at <= latest)
+    return set(conn.execute(query.distinct()).scalars())
+
+
+def tiers_in_force(conn: Connection, as_of: datetime, page: Page) -> dict[str, TierInForce]:
+    """Per client of the page, the tier in force at `as_of` (as storage.clients.tiers_as_of finds it), read
+    by the page's id range: on PostgreSQL a list of its thousands of ids costs more to bind than to read."""
+    query = select(TIERS.c.client_id, TIERS.c.tier, TIERS.c.valid_from, TIERS.c.review_id, TIERS.c.previous_tier) \
+        .where(within(page, TIERS.c.client_id)).order_by(TIERS.c.client_id, TIERS.c.valid_from)
+    result: dict[str, TierInForce] = {}
+    for row in conn.execute(query):
+        known = result.get(row.client_id, TierInForce(None, None, None, False))
+        if row.valid_from <= as_of:
+            result[row.client_id] = TierInForce(row.tier, row.valid_from, row.review_id, False, row.previous_tier)
+        else:
+            result[row.client_id] = replace(known, decided_later=True)
+    return result

@@ -14,9 +14,11 @@ from service.ingest import Ingestor
 from service.profile import client_profile
 from service.reversal import reverse_event
 from service.review import run_review
-from storage import ledger
+from service.tier_moves import effective_moment
+from storage import clients as client_store
+from storage import ledger, review_pages, reviews
 from storage.db import read_snapshot
-from storage.metrics import client_metrics
+from storage.metrics import client_metrics, page_metrics
 from storage.models import LedgerEntry, TierAssignment
 from tests.conftest import event, ndjson
 
@@ -46,6 +48,53 @@ def counts(engine) -> tuple[int, int]:
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_a_page_reads_by_id_range_the_metrics_of_its_clients(engine, programmes):
+    """page_metrics (the review's read, by client-id range) gives each page's clients what client_metrics
+    gives them from a list of their ids: window edges, reversals, restated and late deposit reports."""
+    events = []
+    for n, client in enumerate(("C-1", "C-2", "C-3", "C-4", "C-5")):
+        events += [event(f"o{n}", client, "client.onboarded", "2024-02-15T00:00:00Z", name=client, segment="strategic"),
+                   drawn(f"a{n}", client, "2025-10-31T23:59:59Z", str(1000 * (n + 1))),
+                   drawn(f"b{n}", client, "2025-11-01T00:00:01Z", "0.10"),
+                   drawn(f"c{n}", client, "2026-10-31T12:00:00Z", str(n + 1)),
+                   repaid(f"r{n}", client, "2026-03-10T00:00:00Z", days_late=n),
+                   event(f"d{n}", client, "deposit.reported", "2026-04-30T00:00:00Z", month="2026-04",
+                         average_balance="10.00"),
+                   event(f"e{n}", client, "deposit.reported", "2026-11-02T00:00:00Z", month="2026-04",
+                         average_balance=str(n + 1)),  # a report of the window known only after as_of
+                   event(f"s{n}", client, "survey.answered", "2026-06-01T00:00:00Z", nps=n)]
+    ingest(engine, programmes, *events)
+    reverse_event(engine, "r2")
+    as_of, start = at("2026-11-01T00:00:00Z"), at("2025-11-01T00:00:00Z")
+    with read_snapshot(engine) as conn:
+        pages = review_pages.bounds(reviews.all_client_ids(conn), 2)
+        assert len(pages) == 3
+        for page in pages:
+            ids = review_pages.clients(conn, page)
+            read = page_metrics(conn, as_of, start, 12, "CNY", page)
+            assert read == client_metrics(conn, as_of, start, 12, "CNY", ids)
+            assert sorted(read) == ids
+            tiers = reviews.tiers_in_force(conn, as_of, page)
+            assert tiers == client_store.tiers_as_of(conn, as_of, ids) and sorted(tiers) == ids
+
+
+def test_activity_from_a_moment_reads_the_activity_that_can_move_an_effective_moment(engine, programmes):
+    """activity_from reads only the months from the moment's on; the effective moments it gives are those
+    of the client's whole history (an event at a month's first instant belongs to the month before)."""
+    ingest(engine, programmes, drawn("a", "C-1", "2025-03-01T00:00:00Z", "100"),
+           drawn("b", "C-1", "2025-07-01T00:00:00Z", "100"),  # exactly the moment, at a month boundary
+           drawn("c", "C-2", "2025-05-01T00:00:00Z", "100"), drawn("d", "C-2", "2025-06-30T23:59:59Z", "100"),
+           drawn("e", "C-3", "2025-03-01T00:00:00Z", "100"), drawn("f", "C-3", "2025-09-15T00:00:00Z", "100"))
+    moment = at("2025-07-01T00:00:00Z")
+    with read_snapshot(engine) as conn:
+        whole = client_store.last_activity(conn, ["C-1", "C-2", "C-3"])
+        narrow = reviews.activity_from(conn, ["C-1", "C-2", "C-3"], moment)
+    assert (narrow["C-1"], narrow["C-3"]) == (at("2025-07-01T00:00:00Z"), at("2025-09-15T00:00:00Z"))
+    assert narrow.get("C-2", at("2025-01-01T00:00:00Z")) < moment  # earlier activity: missing, or read and ignored
+    for client_id in ("C-1", "C-2", "C-3"):
+        assert effective_moment(moment, narrow.get(client_id)) == effective_moment(moment, whole.get(client_id))
 
 
 # --- qualification (pure) -----------------------------------------------------------------------------
