@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from engine.programme import ProgrammeSet
 from rewards.notices import Notice, notice
 from service.clock import Clock, utc_now
-from service.expiry import expiring
+from service.expiry import ExpiringLot, expiring
 from service.retry import with_retry
 from storage import clients as client_store
 from storage import outbox
@@ -26,10 +26,10 @@ def announce_expiring(engine: Engine, programmes: ProgrammeSet, clock: Clock = u
     windows = sorted(programmes.for_moment(now).model.points.expiry_notice_days)
     if not windows:
         return 0
-    narrowest: dict[tuple[str, str], tuple[int, dict]] = {}
+    narrowest: dict[tuple[str, str], tuple[int, ExpiringLot]] = {}
     for days in reversed(windows):  # widest first, so a narrower window overrides
         for lot in expiring(engine, programmes, now, timedelta(days=days)):
-            narrowest[(lot["event_id"], lot["rule_id"])] = (days, lot)
+            narrowest[(lot.event_id, lot.rule_id)] = (days, lot)
     given = [_warning(days, lot, now) for days, lot in narrowest.values()]
     clients = sorted({item.client_id for item in given})
     for start in range(0, len(clients), CHUNK):
@@ -45,9 +45,9 @@ def _record(engine: Engine, items: list[Notice], now: datetime) -> None:
         outbox.record(conn, items, now)
 
 
-def _warning(days: int, lot: dict, now: datetime) -> Notice:
-    lot_key = hashlib.sha256(f"{lot['event_id']}\0{lot['rule_id']}".encode()).hexdigest()
-    expires_at = datetime.fromisoformat(lot["expires_at"])
+def _warning(days: int, lot: ExpiringLot, now: datetime) -> Notice:
+    lot_key = hashlib.sha256(f"{lot.event_id}\0{lot.rule_id}".encode()).hexdigest()
     return notice("points.expiring", now, dedupe_key=f"points.expiring:{days}:{lot_key}",
-                  client_id=lot["client_id"], event_id=lot["event_id"], rule_id=lot["rule_id"], points=lot["points"],
-                  earned_at=datetime.fromisoformat(lot["earned_at"]), expires_at=expires_at, within_days=days)
+                  client_id=lot.client_id, event_id=lot.event_id, rule_id=lot.rule_id, points=lot.points,
+                  earned_at=datetime.fromisoformat(lot.earned_at), expires_at=datetime.fromisoformat(lot.expires_at),
+                  within_days=days)
