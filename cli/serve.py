@@ -50,6 +50,8 @@ def serve(
     max_head_bytes: Annotated[int, _option("max_head_bytes")] = _DEFAULT.max_head_bytes,
     max_headers: Annotated[int, _option("max_headers")] = _DEFAULT.max_headers,
     max_connections: Annotated[int, _option("max_connections")] = _DEFAULT.max_connections,
+    dispatch: Annotated[bool, typer.Option("--dispatch", envvar="LOYALTY_DISPATCH", help="Also send webhook "
+                                           "deliveries from this process, as `loyalty dispatch` does.")] = False,
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -67,10 +69,11 @@ def serve(
     from api.factory import FACTORY, RULES_ENV
     from api.server import PROTOCOL
     from cli.logs import uvicorn_log_config
+    from cli.webhooks import start_background_dispatcher
     from service.database import API, URL_ENV
 
     settings: Settings = ctx.obj
-    options = ServeSettings(**{name: value for name, value in ctx.params.items() if name != "as_json"})
+    options = ServeSettings(**{name: value for name, value in ctx.params.items() if name not in ("as_json", "dispatch")})
     # Checked here, once, so that a problem is one line, not a traceback from each worker.
     settings.rules_watcher(as_json, interval=options.reload_seconds)
     engine = settings.engine(as_json, role=API)
@@ -88,12 +91,15 @@ def serve(
         processes = f" with {options.workers} worker processes" if options.workers > 1 else ""
         console.print(f"serving {escape(where)} on {url}{processes} (docs: {url}/docs)", highlight=False)
     jobs = start_scheduler(settings, background=True) if options.scheduler else None
+    stop_dispatcher = start_background_dispatcher(settings) if dispatch else None
     try:
         uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
                     log_level=options.log_level, server_header=False, http=PROTOCOL,
                     timeout_keep_alive=options.keep_alive, limit_concurrency=options.max_connections,
                     log_config=uvicorn_log_config(settings.log_format, options.log_level), access_log=False)
     finally:
+        if stop_dispatcher is not None:
+            stop_dispatcher()
         if jobs is not None:
             jobs.shutdown(wait=False)
         if metrics_dir is not None:

@@ -6,6 +6,8 @@ import json
 import re
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
@@ -15,6 +17,7 @@ from rich.table import Table
 from cli.output import console, emit_json, errors, fail, parse_duration, parse_moment
 from service.errors import InputError, NotFoundError, SettingError
 
+_STOP_WAIT = 30.0  # seconds `serve` waits for its dispatcher's deliveries in flight when it stops
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 SubscriptionArg = Annotated[str, typer.Argument(help="The subscription's id (whk_…), as `loyalty webhooks list` shows it.")]
 
@@ -274,3 +277,23 @@ def _seconds(text: str, as_json: bool) -> float:
     if not 0.01 <= value <= 600:
         raise fail(f"--interval {text!r} is outside 10ms-10m", as_json=as_json)
     return value
+
+
+def start_background_dispatcher(settings) -> Callable[[], None]:  # noqa: ANN001 - cli.main.Settings
+    """A dispatcher with the default settings in a thread of this process (`loyalty serve --dispatch`): the
+    function that stops it (after the deliveries in flight) and waits for it."""
+    from service.database import BATCH, make_engine
+    from service.dispatch import Dispatcher
+
+    engine = make_engine(settings.db_url, BATCH)
+    dispatcher = Dispatcher(engine)
+    thread = threading.Thread(target=dispatcher.run, name="webhook-dispatcher", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        dispatcher.stop()
+        thread.join(_STOP_WAIT)
+        dispatcher.close()
+        engine.dispose()
+
+    return stop

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 from typer.testing import CliRunner
@@ -45,6 +46,7 @@ class Receiver:
         self.secret: str | None = None
         self.received: list[dict] = []  # verified envelopes, with their webhook-id, in arrival order
         self.problems: list[str] = []
+        self.arrivals: dict[str, datetime] = {}  # webhook-id -> first arrival
         self.hits = 0
         self.holding = threading.Event()  # set when a held request has arrived
         self.release = threading.Event()
@@ -86,6 +88,7 @@ class Receiver:
                     return
                 with receiver.lock:
                     receiver.received.append({**payload, "id": self.headers["webhook-id"]})
+                    receiver.arrivals.setdefault(self.headers["webhook-id"], datetime.now(UTC))
                 self.send_response(receiver.answer)
                 self.end_headers()
 
@@ -404,6 +407,38 @@ def test_dispatch_stops_on_sigterm(db_url, engine, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_serve_dispatch_sends_from_the_server_process(receiver, tmp_path):
+    """`loyalty serve --dispatch`: events posted to the API reach the receiver with no other process; the
+    latency from the notice's commit to its receipt is measured (printed with -s). On SQLite only: the server
+    takes seconds to start on a busy machine, and the dispatcher is the one tested on both databases above."""
+    from service.apikeys import create_key
+    from service.webhooks import add_subscription
+    from storage.db import init_schema, make_engine
+    from tests.api_support import serve
+
+    db_url = f"sqlite:///{tmp_path / 'loyalty.db'}"
+    engine = make_engine(db_url)
+    init_schema(engine)
+    key, _ = create_key(engine, "test", ["admin"])
+    receiver.secret = add_subscription(engine, receiver.url, ["*"]).secret
+    with serve(db_url, tmp_path / "serve.log", "--dispatch") as server:
+        for number in range(1, 6):
+            for item in borrower_events(f"C-{number}"):
+                answer = httpx.post(f"{server.base}/v1/events", json=[item], headers={"X-API-Key": key}, timeout=10)
+                assert answer.status_code == 200 and answer.json()["rejected"] == 0, answer.text
+        notices = outbox(engine)
+        deadline = time.monotonic() + 20
+        while len(set(receiver.ids())) < len(notices) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert receiver.problems == [] and set(receiver.ids()) == {notice["id"] for notice in notices}
+    assert_in_order_per_client(receiver, notices)
+    delays = sorted((receiver.arrivals[n["id"]] - n["created_at"]).total_seconds() * 1000 for n in notices)
+    p50, p99 = delays[len(delays) // 2], delays[min(len(delays) - 1, round(len(delays) * 0.99))]
+    print(f"\n{db_url.split(':')[0]}: {len(notices)} notices, commit to receipt p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    engine.dispose()
+    assert p99 < 5000
 
 
 if __name__ == "__main__":  # pragma: no cover
