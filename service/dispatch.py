@@ -130,6 +130,8 @@ class Dispatcher:
     def route(self) -> int:
         """Route every unrouted outbox record (in batches); the number routed (0 if another dispatcher routes)."""
         total = 0
+        if not self._idle_check(store.has_unrouted):
+            return 0
         while not self.stopping.is_set():
             with write_transaction(self.engine) as conn:
                 routed = store.route(conn, self.clock(), self.settings.route_batch)
@@ -141,6 +143,8 @@ class Dispatcher:
     def deliver_due(self) -> DispatchRound:
         """Claim up to `concurrency` due deliveries, send them at once, write their outcomes."""
         now = self.clock()
+        if not self._idle_check(lambda conn: store.has_due(conn, now)):
+            return DispatchRound(routed=0, sent=0, delivered=0, retrying=0, failed=0, disabled=[])
         with write_transaction(self.engine) as conn:
             claimed = store.claim(conn, self.name, now, now + timedelta(seconds=self.settings.lease),
                                   self.settings.concurrency)
@@ -178,6 +182,12 @@ class Dispatcher:
                 on_round(step)
             if step.sent < self.settings.concurrency and not step.routed:
                 self.stopping.wait(interval)
+
+    def _idle_check(self, question: Callable) -> bool:
+        """Ask `question` in a plain read first: an idle dispatcher then takes no write lock (SQLite's is the
+        whole database's) and no row locks, however often it polls."""
+        with self.engine.connect() as conn:
+            return question(conn)
 
     def backoff(self, attempts: int) -> timedelta:
         """The delay before the next attempt after `attempts` failed ones: full jitter over an exponential."""

@@ -112,9 +112,15 @@ def route(conn: Connection, now: datetime, limit: int) -> int | None:
     return len(records)
 
 
-def unrouted(conn: Connection) -> int:
-    """How many outbox records no dispatcher has routed yet."""
-    return conn.execute(select(func.count()).select_from(OUTBOX).where(OUTBOX.c.routed_at.is_(None))).scalar_one()
+def has_unrouted(conn: Connection) -> bool:
+    """Whether any outbox record waits to be routed (a read on the partial index: no lock taken)."""
+    return conn.execute(select(OUTBOX.c.seq).where(OUTBOX.c.routed_at.is_(None)).limit(1)).first() is not None
+
+
+def has_due(conn: Connection, now: datetime) -> bool:
+    """Whether any pending delivery's time has come (a read on the partial index: no lock taken)."""
+    return conn.execute(select(DELIVERY.c.id).where(DELIVERY.c.status == PENDING, DELIVERY.c.next_attempt_at <= now)
+                        .limit(1)).first() is not None
 
 
 # Claiming and finishing deliveries
