@@ -30,6 +30,7 @@ from standardwebhooks import Webhook
 from service.answer import Answer
 from service.clock import Clock, utc_now
 from service.errors import SettingError
+from service.exchange import ExchangePublisher, is_broker_url
 from service.version import package_version
 from storage import webhooks as store
 from storage.db import write_transaction
@@ -88,7 +89,7 @@ class _Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
+        return self.error is None
 
 
 def envelope(item: dict) -> bytes:
@@ -117,11 +118,13 @@ class Dispatcher:
                                  transport=transport,
                                  headers={"user-agent": f"loyalty-engine-webhooks/{package_version()}"})
         self.pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="webhook")
+        self.exchanges = ExchangePublisher(self.settings.timeout)  # for subscriptions to a broker's exchange
 
     def close(self) -> None:
         """Release the HTTP connections and the sending threads."""
         self.pool.shutdown(wait=True)
         self.http.close()
+        self.exchanges.close()
 
     def stop(self) -> None:
         """Ask `run` to return after the deliveries in flight."""
@@ -202,6 +205,10 @@ class Dispatcher:
                    "webhook-signature": Webhook(item["secret"]).sign(item["message_id"], sent_at, body),
                    "content-type": "application/json"}
         attempted_at, started = self.clock(), time.monotonic()
+        if is_broker_url(item["url"]):
+            code, error = None, self._publish(item, body, headers)
+            return _Outcome(item, attempted_at, code, error[:MAX_ERROR] if error else None,
+                            round((time.monotonic() - started) * 1000))
         try:
             # Streamed and closed unread: a receiver's answer body is not needed, whatever its size.
             with self.http.stream("POST", item["url"], content=body, headers=headers) as response:
@@ -213,6 +220,12 @@ class Dispatcher:
             code, error = None, f"{type(exc).__name__}: {exc}"
         return _Outcome(item, attempted_at, code, error[:MAX_ERROR] if error else None,
                         round((time.monotonic() - started) * 1000))
+
+    def _publish(self, item: dict, body: bytes, headers: dict[str, str]) -> str | None:
+        try:
+            return self.exchanges.publish(item["url"], item["type"], body, headers)
+        except Exception as exc:  # noqa: BLE001 - a broker's failure is this delivery's, not the dispatcher's
+            return f"{type(exc).__name__}: {exc}"
 
     def _finish(self, outcome: _Outcome, tally: DispatchRound) -> None:
         item, now = outcome.item, self.clock()

@@ -7,6 +7,7 @@ import binascii
 import re
 import secrets
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import Engine
@@ -16,6 +17,7 @@ from rewards.notices import TYPES, json_schemas
 from service.answer import Answer, Moment
 from service.clock import Clock, utc_now
 from service.errors import InputError, NotFoundError
+from service.exchange import split_url
 from storage import webhooks as store
 from storage.db import read_snapshot, write_transaction
 
@@ -212,7 +214,8 @@ def check_secret(secret: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """`url` if it is an absolute http(s) URL with a host, at most 2000 characters, else InputError."""
+    """`url` if it is an absolute http(s) URL with a host, or an amqp(s) URL naming its exchange
+    (`?exchange=NAME`), at most 2000 characters; else InputError."""
     url = url.strip()
     if not url or len(url) > MAX_URL or not _PRINTABLE.match(url) or " " in url:
         raise InputError(f"the URL must be 1 to {MAX_URL} printable characters without spaces")
@@ -220,9 +223,28 @@ def check_url(url: str) -> str:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:
         raise InputError(f"{url!r} is not a URL: {exc}") from None
+    if parsed.scheme in ("amqp", "amqps") and parsed.host:
+        try:
+            split_url(url)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        return url
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise InputError(f"{url!r} is not an http(s) URL with a host, e.g. https://crm.example.com/hooks/loyalty")
+        raise InputError(f"{shown_url(url)!r} is not an http(s) URL with a host, e.g. "
+                         "https://crm.example.com/hooks/loyalty (or amqp://…?exchange=NAME for a RabbitMQ exchange)")
     return url
+
+
+def shown_url(url: str) -> str:
+    """`url` with its password, if any, replaced by ***: as listings and messages show it."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
 
 
 def check_types(events: list[str]) -> list[str]:
@@ -260,7 +282,7 @@ def _moment(value: datetime | None) -> str | None:
 
 
 def _subscription(row: dict, with_secret: bool = False) -> SubscriptionAnswer:
-    return SubscriptionAnswer(id=row["id"], url=row["url"], events=row["event_types"].split(),
+    return SubscriptionAnswer(id=row["id"], url=shown_url(row["url"]), events=row["event_types"].split(),
                               description=row["description"], created_at=row["created_at"].isoformat(),
                               disabled_at=_moment(row["disabled_at"]), disabled_reason=row["disabled_reason"],
                               failing_since=_moment(row["failing_since"]), pending=row["pending"],

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +31,7 @@ from service.review import run_review
 from storage.db import read_snapshot
 from storage.outbox import records
 from tests.api_support import FakeClock, borrower_events, make_api
-from tests.conftest import ROOT, event
+from tests.conftest import IN_CI, ROOT, event
 
 RUNNER = CliRunner()
 FAST = DispatchSettings(timeout=1.0, lease=2.0, concurrency=4, backoff_base=0.05, backoff_cap=0.2)
@@ -439,6 +440,70 @@ def test_serve_dispatch_sends_from_the_server_process(receiver, tmp_path):
     print(f"\n{db_url.split(':')[0]}: {len(notices)} notices, commit to receipt p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     engine.dispose()
     assert p99 < 5000
+
+
+RABBIT_URL = os.environ.get("LOYALTY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def rabbit_connection():
+    """A connection to the test RabbitMQ; fails in CI and skips elsewhere when it does not answer."""
+    import pika
+
+    parameters = pika.URLParameters(RABBIT_URL)
+    parameters.socket_timeout = parameters.stack_timeout = 3
+    parameters.connection_attempts = 1
+    try:
+        return pika.BlockingConnection(parameters)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means: no RabbitMQ here
+        reason = f"RabbitMQ at {RABBIT_URL} does not answer: {type(exc).__name__} {exc}"
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: RabbitMQ tests must run)")
+        pytest.skip(f"{reason}; start it or set LOYALTY_TEST_AMQP_URL")
+
+
+def test_notices_are_published_to_a_rabbitmq_exchange_with_confirms(engine, programmes, db_url):
+    broker = rabbit_connection()
+    channel = broker.channel()
+    exchange, nowhere = f"loyalty.test.{uuid.uuid4().hex[:8]}", f"loyalty.test.{uuid.uuid4().hex[:8]}"
+    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, exchange, routing_key="#")
+    dispatcher = None
+    try:
+        api = make_api(engine, programmes)
+        added = api.client.post("/v1/webhooks", json={"url": f"{RABBIT_URL}?exchange={exchange}", "events": ["*"]})
+        assert added.status_code == 201 and ":***@" in added.json()["url"], added.text  # the password is not shown
+        secret = added.json()["secret"]
+        lost = api.client.post("/v1/webhooks", json={"url": f"{RABBIT_URL}?exchange={nowhere}",
+                                                     "events": ["quote.committed"]}).json()
+        make_notices(api, engine, programmes, clients=3)
+        notices = outbox(engine)
+        dispatcher = Dispatcher(engine, FAST)
+        dispatcher.run_once()
+
+        messages = []
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                break
+            headers = {key: value.decode() if isinstance(value, bytes) else value
+                       for key, value in properties.headers.items()}
+            payload = Webhook(secret).verify(body, headers)  # signed as a webhook is
+            assert method.routing_key == payload["type"] and properties.delivery_mode == 2
+            messages.append({**payload, "id": properties.message_id})
+        received = Receiver.__new__(Receiver)  # only its `received`, for the order check
+        received.received = messages
+        assert sorted(m["id"] for m in messages) == sorted(n["id"] for n in notices)  # each once
+        assert_in_order_per_client(received, notices)
+        # An exchange no queue is bound to returns the message: the delivery stays pending, with the reason.
+        [stuck] = loyalty(db_url, "webhooks", "deliveries", "--subscription", lost["id"])["deliveries"]
+        assert stuck["status"] == "pending" and "no queue is bound" in stuck["last_error"]
+    finally:
+        if dispatcher is not None:
+            dispatcher.close()
+        channel.exchange_delete(exchange)
+        channel.exchange_delete(nowhere)
+        broker.close()
 
 
 if __name__ == "__main__":  # pragma: no cover
