@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -16,6 +16,12 @@ from rich.table import Table
 
 from cli.output import console, emit_json, errors, fail, parse_duration, parse_moment
 from service.errors import InputError, NotFoundError, SettingError
+
+if TYPE_CHECKING:  # imported by the commands that use them: `loyalty --help` loads none
+    from types import FrameType
+
+    from cli.main import Settings
+    from service.dispatch import Dispatcher, DispatchRound
 
 _STOP_WAIT = 30.0  # seconds `serve` waits for its dispatcher's deliveries in flight when it stops
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -248,9 +254,9 @@ def dispatch_command(
         dispatcher.close()
 
 
-def _stop_on_signals(dispatcher) -> None:  # noqa: ANN001
+def _stop_on_signals(dispatcher: Dispatcher) -> None:
     """SIGTERM and Ctrl-C end the run loop after the deliveries in flight."""
-    def stop(_signum, _frame) -> None:  # noqa: ANN001
+    def stop(_signum: int, _frame: FrameType | None) -> None:
         dispatcher.stop()
 
     signal.signal(signal.SIGTERM, stop)
@@ -262,7 +268,7 @@ def _json_line(value: dict) -> None:
     sys.stdout.flush()
 
 
-def _print_round(step) -> None:  # noqa: ANN001
+def _print_round(step: DispatchRound) -> None:
     disabled = f", disabled {', '.join(step.disabled)}" if step.disabled else ""
     console.print(f"routed {step.routed:,}, sent {step.sent:,}: delivered {step.delivered:,}, retrying "
                   f"{step.retrying:,}, failed {step.failed:,}{disabled}", highlight=False)
@@ -279,7 +285,7 @@ def _seconds(text: str, as_json: bool) -> float:
     return value
 
 
-def start_background_dispatcher(settings) -> Callable[[], None]:  # noqa: ANN001 - cli.main.Settings
+def start_background_dispatcher(settings: Settings) -> Callable[[], None]:
     """A dispatcher with the default settings in a thread of this process (`loyalty serve --dispatch`): the
     function that stops it (after the deliveries in flight) and waits for it."""
     from service.database import BATCH, make_engine

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from standardwebhooks import Webhook
 
 from service.answer import Answer
@@ -154,7 +155,10 @@ class Dispatcher:
         outcomes = list(self.pool.map(self._send, claimed))
         tally = DispatchRound(routed=0, sent=len(outcomes), delivered=0, retrying=0, failed=0, disabled=[])
         for outcome in outcomes:
-            self._finish(outcome, tally)
+            try:
+                self._finish(outcome, tally)
+            except IntegrityError:  # its subscription was removed while it was being sent: nothing to write
+                log.info("delivery %s: its subscription was removed meanwhile", outcome.item["id"])
         return tally
 
     def run_once(self) -> DispatchRound:
@@ -177,7 +181,7 @@ class Dispatcher:
             try:
                 step = DispatchRound(routed=self.route(), sent=0, delivered=0, retrying=0, failed=0, disabled=[])
                 _add(step, self.deliver_due())
-            except Exception as exc:  # noqa: BLE001 - the database away for a while must not end the dispatcher
+            except Exception as exc:
                 log.error("dispatcher %s: %s; retrying in %g s", self.name, str(exc).splitlines()[0][:300], interval)
                 self.stopping.wait(interval)
                 continue
@@ -216,7 +220,7 @@ class Dispatcher:
             error = None if 200 <= code < 300 else f"the receiver answered HTTP {code}"
         except httpx.HTTPError as exc:
             code, error = None, f"{type(exc).__name__}: {exc}".strip(": ")
-        except Exception as exc:  # noqa: BLE001 - a bad URL or a TLS failure is this delivery's, not the dispatcher's
+        except Exception as exc:
             code, error = None, f"{type(exc).__name__}: {exc}"
         return _Outcome(item, attempted_at, code, error[:MAX_ERROR] if error else None,
                         round((time.monotonic() - started) * 1000))
@@ -224,7 +228,7 @@ class Dispatcher:
     def _publish(self, item: dict, body: bytes, headers: dict[str, str]) -> str | None:
         try:
             return self.exchanges.publish(item["url"], item["type"], body, headers)
-        except Exception as exc:  # noqa: BLE001 - a broker's failure is this delivery's, not the dispatcher's
+        except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
 
     def _finish(self, outcome: _Outcome, tally: DispatchRound) -> None:
@@ -256,7 +260,7 @@ class Dispatcher:
                 self._disable(conn, subscription, now, f"every attempt failed since {failing_since.isoformat()} "
                               f"(last: {outcome.error})", tally)
 
-    def _disable(self, conn, subscription: str, now: datetime, reason: str, tally: DispatchRound) -> None:  # noqa: ANN001
+    def _disable(self, conn: Connection, subscription: str, now: datetime, reason: str, tally: DispatchRound) -> None:
         store.disable(conn, subscription, now, reason)
         tally.disabled.append(subscription)
         log.warning("webhook subscription %s disabled: %s; `loyalty webhooks enable %s` resumes it once the "

@@ -73,10 +73,10 @@ class ExchangePublisher:
         for connection in opened:
             try:
                 connection.close()
-            except Exception:  # noqa: BLE001, S110 - closing a broken connection is best effort
+            except Exception:
                 pass
 
-    def _channel(self, broker: str, exchange: str, fresh: bool):  # noqa: ANN202 - pika's BlockingChannel
+    def _channel(self, broker: str, exchange: str, fresh: bool):
         kept: dict = self._local.__dict__.setdefault("channels", {})
         if fresh or broker not in kept or not kept[broker][0].is_open:
             self._forget(broker)
@@ -102,5 +102,5 @@ class ExchangePublisher:
         if entry is not None:
             try:
                 entry[0].close()
-            except Exception:  # noqa: BLE001, S110 - it is already broken
+            except Exception:
                 pass

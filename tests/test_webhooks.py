@@ -65,7 +65,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 with receiver.lock:
                     receiver.hits += 1
@@ -286,7 +286,7 @@ def test_two_dispatchers_share_the_work_without_sending_twice(engine, programmes
     def work(dispatcher: Dispatcher) -> None:
         try:
             drain(dispatcher, engine)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(d,)) for d in dispatchers]
@@ -454,7 +454,7 @@ def rabbit_connection():
     parameters.connection_attempts = 1
     try:
         return pika.BlockingConnection(parameters)
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means: no RabbitMQ here
+    except Exception as exc:
         reason = f"RabbitMQ at {RABBIT_URL} does not answer: {type(exc).__name__} {exc}"
         if IN_CI:
             pytest.fail(f"{reason} (CI=true: RabbitMQ tests must run)")
