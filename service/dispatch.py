@@ -120,6 +120,10 @@ class Dispatcher:
                                  headers={"user-agent": f"loyalty-engine-webhooks/{package_version()}"})
         self.pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="webhook")
         self.exchanges = ExchangePublisher(self.settings.timeout)  # for subscriptions to a broker's exchange
+        # Deliveries claimed at once: `concurrency` per wave, as many waves as fit in a lease with a timeout to
+        # spare (at most 4), so a batch of sends that all time out still ends within its lease.
+        waves = max(1, min(4, int(self.settings.lease // self.settings.timeout) - 1))
+        self.batch = self.settings.concurrency * waves
 
     def close(self) -> None:
         """Release the HTTP connections and the sending threads."""
@@ -145,20 +149,27 @@ class Dispatcher:
         return total
 
     def deliver_due(self) -> DispatchRound:
-        """Claim up to `concurrency` due deliveries, send them at once, write their outcomes."""
+        """Claim a batch of due deliveries, send them `concurrency` at a time, write their outcomes."""
         now = self.clock()
         if not self._idle_check(lambda conn: store.has_due(conn, now)):
             return DispatchRound(routed=0, sent=0, delivered=0, retrying=0, failed=0, disabled=[])
         with write_transaction(self.engine) as conn:
-            claimed = store.claim(conn, self.name, now, now + timedelta(seconds=self.settings.lease),
-                                  self.settings.concurrency)
-        outcomes = list(self.pool.map(self._send, claimed))
+            claimed = store.claim(conn, self.name, now, now + timedelta(seconds=self.settings.lease), self.batch)
+        # Sorted: every dispatcher then locks subscription rows in the same order (no deadlock between them).
+        outcomes = sorted(self.pool.map(self._send, claimed), key=lambda o: (o.item["subscription_id"], o.item["id"]))
         tally = DispatchRound(routed=0, sent=len(outcomes), delivered=0, retrying=0, failed=0, disabled=[])
-        for outcome in outcomes:
-            try:
-                self._finish(outcome, tally)
-            except IntegrityError:  # its subscription was removed while it was being sent: nothing to write
-                log.info("delivery %s: its subscription was removed meanwhile", outcome.item["id"])
+        try:  # the batch's outcomes in one transaction: one commit (one fsync) for them all
+            with write_transaction(self.engine) as conn:
+                for outcome in outcomes:
+                    self._finish(conn, outcome, tally)
+        except IntegrityError:  # a subscription removed while its delivery was sent: the others one by one
+            tally = DispatchRound(routed=0, sent=len(outcomes), delivered=0, retrying=0, failed=0, disabled=[])
+            for outcome in outcomes:
+                try:
+                    with write_transaction(self.engine) as conn:
+                        self._finish(conn, outcome, tally)
+                except IntegrityError:
+                    log.info("delivery %s: its subscription was removed meanwhile", outcome.item["id"])
         return tally
 
     def run_once(self) -> DispatchRound:
@@ -231,37 +242,37 @@ class Dispatcher:
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
 
-    def _finish(self, outcome: _Outcome, tally: DispatchRound) -> None:
+    def _finish(self, conn: Connection, outcome: _Outcome, tally: DispatchRound) -> None:
         item, now = outcome.item, self.clock()
         subscription = item["subscription_id"]
-        with write_transaction(self.engine) as conn:
-            store.log_attempt(conn, {"delivery_id": item["id"], "attempted_at": outcome.attempted_at,
-                                     "dispatcher": self.name, "status_code": outcome.status_code,
-                                     "error": outcome.error, "duration_ms": outcome.duration_ms})
-            last = {"last_status_code": outcome.status_code, "last_error": outcome.error}
-            if outcome.ok:
-                store.finish(conn, item["id"], self.name, {**last, "status": store.DELIVERED, "delivered_at": now})
-                store.note_success(conn, subscription)
-                tally.delivered += 1
-                return
-            if outcome.status_code == 410:  # Gone: the receiver asks for no more; the delivery waits for `enable`
-                store.finish(conn, item["id"], self.name, {**last, "next_attempt_at": now, "first_attempt_at": None})
-                self._disable(conn, subscription, now, f"the receiver answered 410 Gone at {now.isoformat()}", tally)
-                return
-            failing_since = store.note_failure(conn, subscription, now)
-            attempts = item["attempts"] + 1
-            if now - item["first_attempt_at"] >= self.settings.retry_for:
-                store.finish(conn, item["id"], self.name, {**last, "status": store.FAILED})
-                tally.failed += 1
-            else:
-                store.finish(conn, item["id"], self.name, {**last, "next_attempt_at": now + self.backoff(attempts)})
-                tally.retrying += 1
-            if now - failing_since >= self.settings.disable_after:
-                self._disable(conn, subscription, now, f"every attempt failed since {failing_since.isoformat()} "
-                              f"(last: {outcome.error})", tally)
+        store.log_attempt(conn, {"delivery_id": item["id"], "attempted_at": outcome.attempted_at,
+                                 "dispatcher": self.name, "status_code": outcome.status_code,
+                                 "error": outcome.error, "duration_ms": outcome.duration_ms})
+        last = {"last_status_code": outcome.status_code, "last_error": outcome.error}
+        if outcome.ok:
+            store.finish(conn, item["id"], self.name, {**last, "status": store.DELIVERED, "delivered_at": now})
+            store.note_success(conn, subscription)
+            tally.delivered += 1
+            return
+        if outcome.status_code == 410:  # Gone: the receiver asks for no more; the delivery waits for `enable`
+            store.finish(conn, item["id"], self.name, {**last, "next_attempt_at": now, "first_attempt_at": None})
+            self._disable(conn, subscription, now, f"the receiver answered 410 Gone at {now.isoformat()}", tally)
+            return
+        failing_since = store.note_failure(conn, subscription, now)
+        attempts = item["attempts"] + 1
+        if now - item["first_attempt_at"] >= self.settings.retry_for:
+            store.finish(conn, item["id"], self.name, {**last, "status": store.FAILED})
+            tally.failed += 1
+        else:
+            store.finish(conn, item["id"], self.name, {**last, "next_attempt_at": now + self.backoff(attempts)})
+            tally.retrying += 1
+        if now - failing_since >= self.settings.disable_after:
+            self._disable(conn, subscription, now, f"every attempt failed since {failing_since.isoformat()} "
+                          f"(last: {outcome.error})", tally)
 
     def _disable(self, conn: Connection, subscription: str, now: datetime, reason: str, tally: DispatchRound) -> None:
-        store.disable(conn, subscription, now, reason)
+        if not store.disable(conn, subscription, now, reason):
+            return  # already disabled (by another outcome of the batch, or another dispatcher)
         tally.disabled.append(subscription)
         log.warning("webhook subscription %s disabled: %s; `loyalty webhooks enable %s` resumes it once the "
                     "receiver is fixed", subscription, reason, subscription)

@@ -52,11 +52,11 @@ def delete_subscription(conn: Connection, subscription_id: str) -> bool:
     return conn.execute(delete(SUBSCRIPTION).where(SUBSCRIPTION.c.id == subscription_id)).rowcount > 0
 
 
-def disable(conn: Connection, subscription_id: str, at: datetime, reason: str) -> None:
-    """Disable a subscription (if it is enabled): its deliveries wait until it is enabled again."""
-    conn.execute(update(SUBSCRIPTION).where(SUBSCRIPTION.c.id == subscription_id,
+def disable(conn: Connection, subscription_id: str, at: datetime, reason: str) -> bool:
+    """Disable a subscription if it is enabled (False if it was not): its deliveries wait until it is enabled."""
+    return conn.execute(update(SUBSCRIPTION).where(SUBSCRIPTION.c.id == subscription_id,
                                             SUBSCRIPTION.c.disabled_at.is_(None))
-                 .values(disabled_at=at, disabled_reason=reason[:1000]))
+                 .values(disabled_at=at, disabled_reason=reason[:1000])).rowcount > 0
 
 
 def enable(conn: Connection, subscription_id: str, now: datetime) -> bool:
