@@ -50,8 +50,7 @@ def serve(
     max_head_bytes: Annotated[int, _option("max_head_bytes")] = _DEFAULT.max_head_bytes,
     max_headers: Annotated[int, _option("max_headers")] = _DEFAULT.max_headers,
     max_connections: Annotated[int, _option("max_connections")] = _DEFAULT.max_connections,
-    dispatch: Annotated[bool, typer.Option("--dispatch", envvar="LOYALTY_DISPATCH", help="Also send webhook "
-                                           "deliveries from this process, as `loyalty dispatch` does.")] = False,
+    dispatch: Annotated[bool, _option("dispatch")] = _DEFAULT.dispatch,
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -73,7 +72,7 @@ def serve(
     from service.database import API, URL_ENV
 
     settings: Settings = ctx.obj
-    options = ServeSettings(**{name: value for name, value in ctx.params.items() if name not in ("as_json", "dispatch")})
+    options = ServeSettings(**{name: value for name, value in ctx.params.items() if name != "as_json"})
     # Checked here, once, so that a problem is one line, not a traceback from each worker.
     settings.rules_watcher(as_json, interval=options.reload_seconds)
     engine = settings.engine(as_json, role=API)
@@ -91,7 +90,7 @@ def serve(
         processes = f" with {options.workers} worker processes" if options.workers > 1 else ""
         console.print(f"serving {escape(where)} on {url}{processes} (docs: {url}/docs)", highlight=False)
     jobs = start_scheduler(settings, background=True) if options.scheduler else None
-    stop_dispatcher = start_background_dispatcher(settings) if dispatch else None
+    stop_dispatcher = start_background_dispatcher(settings) if options.dispatch else None
     try:
         uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
                     log_level=options.log_level, server_header=False, http=PROTOCOL,
