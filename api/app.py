@@ -28,6 +28,7 @@ from api.openapi import install as install_contract
 from api.operations import operations
 from api.problems import ProblemError, problem_response
 from api.routes import router
+from api.webhooks import install as install_webhooks
 from engine.programme import ProgrammeSet
 from service import telemetry
 from service.apikeys import KeyCache
@@ -74,6 +75,7 @@ def create_app(engine: Engine, programmes: ProgrammeSet, clock: Clock = utc_now,
     app.include_router(router)
     app.include_router(admin)
     app.include_router(operations)
+    install_webhooks(app)
     install_contract(app)
     app.add_middleware(HotPaths)  # inside the guard: its work is bounded like any other
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, request_seconds=request_seconds,

@@ -76,6 +76,9 @@ class ServeSettings:
     scheduler: bool = _setting(
         "LOYALTY_SCHEDULER", False, "Also run the review and expiry jobs (see `loyalty scheduler`), once, in the "
         "process `loyalty serve` started: never in the workers.")
+    dispatch: bool = _setting(
+        "LOYALTY_DISPATCH", False, "Also send webhook deliveries (see `loyalty dispatch`), from the process "
+        "`loyalty serve` started: never in the workers.")
     request_timeout: float = _setting(
         "LOYALTY_API_REQUEST_TIMEOUT", REQUEST_TIMEOUT, "Seconds a request's database work may take before it "
         "answers 503 (a frozen database).", 0.5, 3600)

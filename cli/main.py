@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 from cli import consume, explain, reviews, serve, simulate, views
 from cli.lazy import lazy_group
 from cli.options import BATCH_SIZE
+from cli.webhooks import dispatch_command
 from cli.output import console, emit_json, fail, parse_moment, progress_bar
 from engine.errors import RuleFileError
 from service.errors import ConflictError, InputError, NotFoundError, ReviewInterruptedError, SettingError
@@ -82,6 +83,7 @@ app.command("explain")(explain.explain)
 app.command()(serve.serve)
 app.command("scheduler")(serve.run_scheduler)
 app.command("consume")(consume.consume_command)
+app.command("dispatch")(dispatch_command)
 # Groups, after the commands (`loyalty --help` lists them so); each command is "module:function".
 app.add_typer(lazy_group(
     "Author rule files safely: check, test, diff, schema, then activate a new version.",
@@ -101,6 +103,12 @@ app.add_typer(lazy_group("Manual tier overrides: pin a client to a tier until a 
                          set="cli.reviews:tier_set", unset="cli.reviews:tier_unset"), name="tier")
 app.add_typer(lazy_group("Points lots: what will expire, and expiry now.",
                          expiring="cli.reviews:points_expiring", expire="cli.reviews:points_expire"), name="points")
+app.add_typer(lazy_group(
+    "Webhooks: subscribe URLs to notices (signed, retried, logged), the delivery log, replay, the notice types. "
+    "`loyalty dispatch` sends them.",
+    add="cli.webhooks:webhooks_add", list="cli.webhooks:webhooks_list", remove="cli.webhooks:webhooks_remove",
+    enable="cli.webhooks:webhooks_enable", deliveries="cli.webhooks:webhooks_deliveries",
+    replay="cli.webhooks:webhooks_replay", types="cli.webhooks:webhooks_types"), name="webhooks")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ClientArg = Annotated[str, typer.Argument(help="The lender's client id, e.g. C-1001.")]

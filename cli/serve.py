@@ -67,6 +67,7 @@ def serve(
              "`loyalty consume` does (one worker only: with --workers N run `loyalty consume` beside it).")] = None,
     consume_queue: Annotated[str, typer.Option("--queue", expose_value=False, callback=_keep("consume_queue"),
                                                help="The queue --consume reads.")] = "loyalty.events",
+    dispatch: Annotated[bool, _option("dispatch")] = _DEFAULT.dispatch,
 ) -> None:
     """Run the HTTP API for loan systems (OpenAPI docs at /docs, health at /healthz).
 
@@ -84,6 +85,7 @@ def serve(
     from api.factory import FACTORY, RULES_ENV
     from api.server import PROTOCOL
     from cli.logs import uvicorn_log_config
+    from cli.webhooks import start_background_dispatcher
     from service.database import API, URL_ENV
 
     settings: Settings = ctx.obj
@@ -117,6 +119,7 @@ def serve(
         # uvicorn stops on SIGTERM/SIGINT and then raises the signal again under the handler it found: this one
         # (stop the consumer) rather than the default (die at once, the consumer's batch cut off).
         signals = stopped_by_signals(consumer[1])
+    stop_dispatcher = start_background_dispatcher(settings) if options.dispatch else None
     try:
         with signals:
             uvicorn.run(FACTORY, factory=True, workers=options.workers, host=options.host, port=options.port,
@@ -124,6 +127,8 @@ def serve(
                         timeout_keep_alive=options.keep_alive, limit_concurrency=options.max_connections,
                         log_config=uvicorn_log_config(settings.log_format, options.log_level), access_log=False)
     finally:
+        if stop_dispatcher is not None:
+            stop_dispatcher()
         if jobs is not None:
             jobs.shutdown(wait=False)
         if consumer is not None:  # after the server stopped: the batch in hand is finished and acknowledged

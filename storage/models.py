@@ -423,8 +423,75 @@ class OutboxEvent(SQLModel, table=True):
     routed_at: datetime | None = _ts(default=None)
 
 
+
+class WebhookSubscription(SQLModel, table=True):
+    """A receiver of notices: its URL, the notice types it wants (space-separated, or `*`), the Standard
+    Webhooks secret its deliveries are signed with, and whether it is disabled (by whom or what, and why).
+    `failing_since`: since when no attempt to it succeeded (None while the last one did)."""
+
+    __tablename__ = "webhook_subscription"
+
+    id: str = Field(primary_key=True, max_length=40)  # whk_<hex>
+    url: str = Field(max_length=2000)
+    event_types: str = Field(max_length=2000)  # "*" or type names separated by spaces
+    secret: str = Field(max_length=200)  # whsec_<base64>
+    description: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts()
+    disabled_at: datetime | None = _ts(default=None)
+    disabled_reason: str | None = Field(default=None, max_length=1000)
+    failing_since: datetime | None = _ts(default=None)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One outbox record to one subscription: pending until delivered (2xx) or failed (retries exhausted).
+
+    `order_key` is the record's client id ('' for none): a delivery is sent only when no earlier pending
+    delivery of the same subscription and key exists, so each client's notices arrive in order. A dispatcher
+    that claims a delivery leases it (`leased_by` until `leased_until`); a lapsed lease lets another take it."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ux_webhook_delivery_record", "subscription_id", "outbox_seq", unique=True),
+        Index("ix_webhook_delivery_pending", "subscription_id", "order_key", "outbox_seq",
+              sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
+        Index("ix_webhook_delivery_due", "next_attempt_at", sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="ck_webhook_delivery_status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    subscription_id: str = Field(foreign_key="webhook_subscription.id", max_length=40)
+    outbox_seq: int = Field(foreign_key="outbox_event.seq", sa_type=BigInteger)
+    order_key: str = Field(max_length=64)
+    type: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts()
+    first_attempt_at: datetime | None = _ts(default=None)  # of the current round (a replay starts a new one)
+    leased_by: str | None = Field(default=None, max_length=128)
+    leased_until: datetime | None = _ts(default=None)
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(default=None)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One HTTP attempt of a delivery (the delivery log): when, by which dispatcher, the answer or the error."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (Index("ix_webhook_attempt_delivery", "delivery_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    delivery_id: int = Field(foreign_key="webhook_delivery.id", sa_type=BigInteger)
+    attempted_at: datetime = _ts()
+    dispatcher: str = Field(max_length=128)
+    status_code: int | None = None
+    error: str | None = Field(default=None, max_length=1000)
+    duration_ms: int
+
 # The migration revisions (storage/migrations/versions), oldest first: the last is the schema these
 # models describe. Kept here so checking a database's revision needs no Alembic (a test compares them).
 SCHEMA_REVISIONS = ("0001_baseline", "0002_bigint_ids", "0003_review_pages", "0004_client_totals",
-                    "0005_outbox")
+                    "0005_outbox", "0006_webhooks")
 SCHEMA_VERSION = SCHEMA_REVISIONS[-1]

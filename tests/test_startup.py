@@ -10,11 +10,13 @@ from typer.testing import CliRunner
 from cli.main import app
 from tests.conftest import ROOT, SAMPLE
 
-COMMANDS = ["churn", "simulate", "explain", "serve", "scheduler", "consume", "init", "ingest", "benefits", "review", "client",
-            "generate", "demo", "ledger", "reverse", "rules", "apikey", "db", "tier", "points"]
+COMMANDS = ["churn", "simulate", "explain", "serve", "scheduler", "consume", "dispatch", "init", "ingest", "benefits",
+            "review", "client", "generate", "demo", "ledger", "reverse", "rules", "apikey", "db", "tier", "points",
+            "webhooks"]
 GROUPS = {"rules": ["check", "schema", "diff", "test", "activate", "versions"],
           "apikey": ["create", "list", "revoke"], "db": ["upgrade", "current", "history"], "tier": ["set", "unset"],
-          "points": ["expiring", "expire"]}
+          "points": ["expiring", "expire"],
+          "webhooks": ["add", "list", "remove", "enable", "deliveries", "replay", "types"]}
 # What `--help` must not import: each (with what it imports) costs tens of milliseconds or more, and the
 # listing needs none of them.
 HEAVY = ["sqlalchemy", "sqlmodel", "pydantic", "cel", "durable", "apscheduler", "fastapi", "uvicorn",
