@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from standardwebhooks import Webhook
 
+from service import telemetry
 from service.answer import Answer
 from service.clock import Clock, utc_now
 from service.errors import SettingError
@@ -170,6 +171,7 @@ class Dispatcher:
                         self._finish(conn, outcome, tally)
                 except IntegrityError:
                     log.info("delivery %s: its subscription was removed meanwhile", outcome.item["id"])
+        telemetry.count_deliveries(tally.delivered, tally.retrying, tally.failed, len(tally.disabled))
         return tally
 
     def run_once(self) -> DispatchRound:

@@ -147,3 +147,16 @@ def count_messages(queue: str, consumed: int, applied: int, duplicates: int, dea
                            ("dead_lettered", dead_lettered)):
         if count:
             BROKER_MESSAGES.labels(queue, outcome).inc(count)
+
+
+WEBHOOK_DELIVERIES = Counter("loyalty_webhook_deliveries", "Webhook (and exchange) delivery attempts written by "
+                             "dispatchers, by outcome: delivered, retrying (failed, to be tried again), failed (retries "
+                             "over a day: given up), and subscriptions disabled", ["outcome"])
+
+
+def count_deliveries(delivered: int, retrying: int, failed: int, disabled: int) -> None:
+    """Count a dispatcher round's outcomes once they are committed."""
+    for outcome, count in (("delivered", delivered), ("retrying", retrying), ("failed", failed),
+                           ("subscription_disabled", disabled)):
+        if count:
+            WEBHOOK_DELIVERIES.labels(outcome).inc(count)

