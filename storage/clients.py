@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -151,8 +152,13 @@ def tiers_as_of(conn: Connection, as_of: datetime, client_ids: list[str] | None 
         .order_by(TIER.c.client_id, TIER.c.valid_from)
     if client_ids is not None:
         query = query.where(TIER.c.client_id.in_(client_ids))
+    return fold_tiers(conn.execute(query), as_of)
+
+
+def fold_tiers(rows: Iterable, as_of: datetime) -> dict[str, TierInForce]:
+    """Per client, the tier in force at `as_of`, from its tier-history rows in (client, valid_from) order."""
     result: dict[str, TierInForce] = {}
-    for row in conn.execute(query):
+    for row in rows:
         known = result.get(row.client_id, TierInForce(None, None, None, False))
         if row.valid_from <= as_of:
             result[row.client_id] = TierInForce(row.tier, row.valid_from, row.review_id, False, row.previous_tier)

@@ -3,13 +3,13 @@ the moves a review wrote."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from engine.metric_totals import month_of
-from storage.clients import TierInForce
+from storage.clients import TierInForce, fold_tiers
 from storage.models import Client, ClientMonth, PointsLot, TierAssignment, TierReview
 from storage.review_pages import Page, within
 from storage.types import as_utc
@@ -99,11 +99,4 @@ def tiers_in_force(conn: Connection, as_of: datetime, page: Page) -> dict[str, T
     by the page's id range: on PostgreSQL a list of its thousands of ids costs more to bind than to read."""
     query = select(TIERS.c.client_id, TIERS.c.tier, TIERS.c.valid_from, TIERS.c.review_id, TIERS.c.previous_tier) \
         .where(within(page, TIERS.c.client_id)).order_by(TIERS.c.client_id, TIERS.c.valid_from)
-    result: dict[str, TierInForce] = {}
-    for row in conn.execute(query):
-        known = result.get(row.client_id, TierInForce(None, None, None, False))
-        if row.valid_from <= as_of:
-            result[row.client_id] = TierInForce(row.tier, row.valid_from, row.review_id, False, row.previous_tier)
-        else:
-            result[row.client_id] = replace(known, decided_later=True)
-    return result
+    return fold_tiers(conn.execute(query), as_of)

@@ -136,3 +136,15 @@ def running_server(db_url: str, log: Path, *serve_options: str, rules: Path | No
     """`serve`, yielding only its base URL."""
     with serve(db_url, log, *serve_options, rules=rules) as server:
         yield server.base
+
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    """The problem+json body of `response`, after checking its status, media type and problem type."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["type"] == f"/problems/{code}" and body["status"] == status and body["detail"]
+    return body

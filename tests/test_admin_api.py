@@ -18,10 +18,9 @@ from service.expiry import ExpiringAnswer
 from service.pins import PinSetAnswer, PinEndedAnswer
 from service.review import run_review
 from service.review_jobs import ReviewJob, ReviewJobs
-from tests.api_support import make_api
+from tests.api_support import assert_problem, make_api
 from tests.conftest import RULES, event
 
-PROBLEM = "application/problem+json"
 RUNNER = CliRunner()
 
 
@@ -31,14 +30,6 @@ def cli(db_url: str, *args: str) -> object:
                            env={"COLUMNS": "200", "LOYALTY_DATABASE_URL": None, "LOYALTY_RULES": None})
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def assert_problem(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["type"] == f"/problems/{code}" and body["status"] == status and body["detail"]
-    return body
 
 
 def without(answer: dict, *keys: str) -> dict:

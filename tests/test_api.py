@@ -20,10 +20,8 @@ from service.redemptions import RedemptionAnswer, RewardAnswer
 from service.reversal import ReversalAnswer
 from storage import ledger
 from storage.db import read_snapshot, write_transaction
-from tests.api_support import HOLD, borrower_events, make_api
+from tests.api_support import HOLD, PROBLEM, assert_problem, borrower_events, make_api
 from tests.conftest import cli_json, event
-
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
@@ -44,14 +42,6 @@ def consumed(engine, entitlement_id: int) -> list[dict]:
 def assert_consistent(engine) -> None:
     with read_snapshot(engine) as conn:
         assert ledger.verify(conn) == []
-
-
-def assert_problem(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["type"] == f"/problems/{code}" and body["status"] == status and body["detail"]
-    return body
 
 
 # --- keys and scopes --------------------------------------------------------------------------------
