@@ -188,8 +188,8 @@ REDEEM_RULE_PREFIX = "redeem:"  # a redemption's ledger entries are booked under
 
 
 def from_entry(row: dict, entitlement_id: int | None) -> Notice | None:
-    """The notice of one ledger entry (a row as storage.ledger writes it), or None for entries nobody
-    acts on (points earned, adjustments, tier-start grants of a new client are still announced)."""
+    """The notice of one ledger entry (a row as storage.ledger writes it; `entitlement_id` for a grant,
+    whose entry id is known only once it is inserted), or None for an entry nobody acts on (an adjustment)."""
     reason = Reason(row["reason"])
     if row["kind"] != Kind.POINTS and reason in _ENTITLEMENT_TYPES:
         detail = json.loads(row["detail"]) if row["detail"] else None
