@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from engine.errors import Problem, RuleFileError
 from engine.loader import RULE_FILE_SUFFIXES, compile_source, read_source, rule_files, version_problems
@@ -34,9 +34,9 @@ from service.answer import Answer, Moment
 from service.clock import MAX_CLOCK_SKEW
 from service.errors import ConflictError, InputError
 from service.rule_trial import require_tried, try_rule_files
+from storage import clients as client_store
 from storage import outbox
-from storage.db import write_transaction
-from storage.models import ProcessedEvent
+from storage.db import read_snapshot, write_transaction
 
 # Events up to MAX_CLOCK_SKEW ahead of the clock are accepted, and services look for new files at
 # least every 30 s: a version starting sooner than this could miss events already evaluated under the old one.
@@ -151,8 +151,8 @@ def check_start(candidate: Candidate, now: datetime, latest_event: datetime | No
 
 def latest_event_moment(engine: Engine) -> datetime | None:
     """The latest `occurred_at` of any event already applied."""
-    with engine.connect() as conn:
-        return conn.execute(select(func.max(ProcessedEvent.occurred_at))).scalar()
+    with read_snapshot(engine) as conn:
+        return client_store.latest_event_moment(conn)
 
 
 def install(candidate: Candidate) -> None:

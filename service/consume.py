@@ -126,7 +126,7 @@ def settle(broker: Broker, ingestor: Ingestor, messages: Sequence[Message], coun
         body = message.body.removeprefix(_BOM)  # every message alike (ingest forgives a BOM on line 1 only)
         if body.strip():  # ingest skips a blank line without an outcome: an empty message is refused below
             lines.append((number, body))
-    outcomes = {outcome.line: outcome for outcome in ingestor.ingest_chunk(lines)}  # commits, or raises
+    outcomes = {outcome.line: outcome for outcome in ingestor.ingest_chunk(lines, source="broker")}  # commits, or raises
     statuses = {APPLIED: 0, DUPLICATE: 0, REJECTED: 0}
     for number, message in enumerate(messages, start=1):
         outcome = outcomes.get(number)

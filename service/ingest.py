@@ -176,11 +176,12 @@ class Ingestor:
         return report
 
     def ingest_chunk(self, chunk: list[tuple[int, InputLine]], rejects: RejectSink | None = None,
-                     moment: datetime | None = None) -> list[Outcome]:
+                     moment: datetime | None = None, source: str = "ingest") -> list[Outcome]:
         """Apply numbered input lines as one batch; the outcome of each non-blank line, in line order.
 
         `moment` is when the batch's instant upgrades are measured (default: its latest valid event
         under a programme in force); a share of a larger batch applied elsewhere passes that batch's.
+        `source` labels the events in the metrics (ingest: files; broker: messages).
         """
         if self.rules is not None and self.rules.refresh():
             self.programmes = self.rules.current()
@@ -208,7 +209,7 @@ class Ingestor:
                 for outcome in decided:
                     if outcome.status == REJECTED:
                         rejects(outcome, originals[outcome.line])
-        telemetry.count_events("ingest", decided)
+        telemetry.count_events(source, decided)
         return decided
 
     def ingest_raw(self, items: list[tuple[int, dict]]) -> list[Outcome]:

@@ -32,7 +32,7 @@ REQUESTS = Histogram("loyalty_http_request_duration_seconds",
                      "(its _count is the number of requests)",
                      ["method", "route", "status"], buckets=_REQUEST_BUCKETS)
 EVENTS = Counter("loyalty_events", "Events by outcome (applied, duplicate, rejected) and source (api: POST /v1/events; "
-                 "ingest: NDJSON lines)", ["source", "outcome"])
+                 "ingest: NDJSON lines; broker: messages of `loyalty consume`)", ["source", "outcome"])
 QUOTES = Counter("loyalty_quotes", "Quotes by outcome: held (created), committed, voided, expired (a commit or void "
                  "that arrived after the hold lapsed)", ["outcome"])
 REDEMPTIONS = Counter("loyalty_redemptions", "Points redeemed for a catalogue reward", ["reward"])

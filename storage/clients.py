@@ -98,6 +98,11 @@ def insert_tier_assignments(conn: Connection, rows: list[dict]) -> None:
     conn.execute(insert(TIER), [{key: value for key, value in row.items() if key != "direction"} for row in rows])
 
 
+def latest_event_moment(conn: Connection) -> datetime | None:
+    """The latest `occurred_at` of any event already applied."""
+    return conn.execute(select(func.max(PROCESSED.c.occurred_at))).scalar()
+
+
 def processed_hashes(conn: Connection, event_ids: list[str]) -> dict[str, str]:
     """Content hash of each already-processed event among `event_ids`."""
     if not event_ids:

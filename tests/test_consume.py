@@ -329,5 +329,6 @@ def test_serve_consumes_in_a_thread_and_counts_the_messages(database, amqp_url, 
         metrics = httpx.get(f"{server.base}/metrics", timeout=5).text
     assert f'loyalty_broker_messages_total{{outcome="applied",queue="{queue}"}} 50.0' in metrics
     assert f'loyalty_broker_messages_total{{outcome="dead_lettered",queue="{queue}"}} 1.0' in metrics
+    assert 'loyalty_events_total{outcome="applied",source="broker"} 50.0' in metrics
     assert server.process.returncode == 0  # SIGTERM: the server, then the consumer, stopped in order
     assert "guest:guest" not in (tmp_path / "serve.log").read_text()
